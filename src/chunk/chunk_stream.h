@@ -1,0 +1,177 @@
+// The chunk placement core.
+//
+// A chunk_stream receives batches of decoded packets from its readers,
+// assembles them into heaps (live_heaps) and writes each heap's payload
+// straight into the chunk chosen by the user's place callback, keeping a
+// sliding window of at most max_chunks chunks (chunk_window).  Completed
+// chunks leave through the ready callback; new ones come from allocate.
+//
+// Unlike the reference, every placement is bounds-checked: a heap whose
+// heap_offset/heap_index/extra_offset would write outside the chunk is dropped
+// and counted in the "out_of_range_heaps" statistic.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "chunk/config.h"
+#include "common/memcpy.h"
+#include "common/thread_pool.h"
+#include "protocol/spead.h"
+#include "transport/reader.h"
+
+namespace spead2::chunk
+{
+
+using allocate_function = std::function<std::unique_ptr<chunk>(std::int64_t chunk_id, std::uint64_t *batch_stats)>;
+using ready_function = std::function<void(std::unique_ptr<chunk> &&, std::uint64_t *batch_stats)>;
+
+class chunk_stream : public transport::packet_sink
+{
+public:
+    chunk_stream(std::shared_ptr<thread_pool> pool,
+                 const stream_config &config,
+                 const chunk_stream_config &chunk_config,
+                 allocate_function allocate,
+                 ready_function ready);
+    ~chunk_stream() override;
+
+    /// The effective configuration (unsized heaps disallowed, chunk stats added).
+    const stream_config &get_config() const { return config; }
+    const chunk_stream_config &get_chunk_config() const { return chunk_config; }
+    std::shared_ptr<thread_pool> get_thread_pool() const { return pool; }
+
+    /// Construct and attach a reader.  @a factory receives the sink and the
+    /// worker to bind to.  Ignored (returns false) if the stream has stopped.
+    bool add_reader(const std::function<std::shared_ptr<transport::reader>(transport::packet_sink &, worker &)> &factory);
+
+    /// Start readers held back by explicit_start.
+    void start();
+    /// Stop the stream from the user's side: chunks still in the window are
+    /// flushed to ready, live heaps are flushed, readers are stopped and closed.
+    virtual void stop();
+    bool is_stopped() const { return stopped.load(); }
+
+    /// A snapshot of the statistics.
+    std::vector<std::uint64_t> get_stats() const;
+
+    // packet_sink
+    bool batch_begin() override;
+    bool batch_packets(const protocol::packet_header *packets, std::size_t n) override;
+    void batch_malformed(std::size_t n) override;
+    void batch_end(bool end_of_stream) override;
+
+protected:
+    /// Called (with the stream lock held, on the worker) after a stop that
+    /// came from the data: stop item, end of file, queue stopped.
+    virtual void network_stop_hook() {}
+    /// Wait for readers to finish and close them; the stream lock must not be held.
+    void stop_readers();
+
+private:
+    struct heap_placement
+    {
+        std::int64_t chunk_id = -1;   ///< -1: not placed (rejected, too old, out of range, no chunk)
+        std::size_t heap_index = 0;
+        std::size_t heap_offset = 0;
+    };
+
+    struct live_heap
+    {
+        std::int64_t cnt = -1;         ///< -1 marks an empty slot
+        std::int64_t heap_length = 0;
+        std::uint64_t received = 0;
+        std::uint64_t min_length = 0;
+        int heap_address_bits = 0;
+        bool stop_item = false;
+        bool placed = false;
+        heap_placement where;
+        std::int32_t hash_next = -1;
+        std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  ///< out-of-order mode only
+    };
+
+    /// Per-batch counters, merged into the stream statistics at batch end.
+    struct batch_counters
+    {
+        std::uint64_t heaps = 0;
+        std::uint64_t evicted = 0;
+        std::uint64_t flushed = 0;
+        std::uint64_t packets = 0;
+        std::uint64_t single_packet_heaps = 0;
+        std::uint64_t search_dist = 0;
+        std::uint64_t too_old = 0;
+        std::uint64_t rejected = 0;
+        std::uint64_t out_of_range = 0;
+        std::uint64_t malformed = 0;
+    };
+
+    std::shared_ptr<thread_pool> pool;
+    stream_config config;
+    chunk_stream_config chunk_config;
+    allocate_function allocate;
+    ready_function ready;
+    memcpy_function copy;
+    std::size_t presence_payload_size;
+    std::size_t max_heaps;
+    std::size_t substreams;
+    bool allow_out_of_order;
+    bool stop_on_stop_item;
+    std::uintptr_t stream_id;
+    std::size_t first_chunk_stat;   ///< index of too_old_heaps in the stats vector
+
+    // Guarded by queue_mutex
+    std::mutex queue_mutex;
+    std::vector<live_heap> heaps;        ///< max_heaps × substreams slots
+    std::vector<std::size_t> sub_head;   ///< last used slot per substream
+    std::vector<std::int32_t> buckets;
+    int bucket_shift;
+    std::vector<chunk *> window;         ///< chunks [head, tail), slot = id % max_chunks
+    std::uint64_t head = 0, tail = 0;
+    std::vector<std::uint64_t> batch_stats;
+    batch_counters counters;
+    std::size_t batch_packet_count = 0;
+    bool stopped_in_batch = false;
+    std::vector<std::int64_t> item_values;
+    std::vector<std::uint8_t> extra_scratch;
+    chunk_place_data place_data;
+
+    std::atomic<bool> stopped{false};
+    bool started;
+
+    mutable std::mutex stats_mutex;
+    std::vector<std::uint64_t> stats;
+
+    std::mutex readers_mutex;
+    std::vector<std::shared_ptr<transport::reader>> readers;
+    bool readers_closed = false;
+
+    // Heap assembly
+    void process_packet(const protocol::packet_header &ph);
+    void process_single(const protocol::packet_header &ph);
+    std::int32_t find_heap(std::int64_t cnt);
+    std::size_t hash(std::int64_t cnt) const;
+    void unlink_heap(std::size_t slot);
+    std::size_t new_heap(const protocol::packet_header &ph);
+    void heap_done(live_heap &h, bool complete);
+    bool scan_pointers(const protocol::packet_header &ph, std::uint64_t &max_address, bool &stop_flag) const;
+    void flush_heaps();
+
+    // Placement
+    heap_placement place(const protocol::packet_header &ph);
+    void copy_payload(const heap_placement &where, const protocol::packet_header &ph);
+    void mark_complete(const heap_placement &where);
+    chunk *chunk_for(std::int64_t chunk_id) const;
+    void advance_window(std::uint64_t chunk_id);
+    void flush_head();
+    void flush_chunks();
+
+    // Stopping
+    void stop_received();  ///< with queue_mutex held
+    void merge_batch();
+};
+
+} // namespace spead2::chunk

@@ -1,0 +1,212 @@
+// A bounded multi-producer / multi-consumer FIFO with stop semantics and
+// pollable file descriptors (for asyncio).
+//
+// data_fd() is readable while the ring holds an item or is stopped;
+// space_fd() is readable while there is free space or the ring is stopped.
+// Both are eventfds kept in step with the fill level under the ring's mutex.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+
+namespace spead2
+{
+
+/// Thrown by a ringbuffer operation that can never succeed (stopped).
+class ringbuffer_stopped : public std::runtime_error
+{
+public:
+    ringbuffer_stopped() : std::runtime_error("ringbuffer has been stopped") {}
+};
+class ringbuffer_empty : public std::runtime_error
+{
+public:
+    ringbuffer_empty() : std::runtime_error("ringbuffer is empty") {}
+};
+class ringbuffer_full : public std::runtime_error
+{
+public:
+    ringbuffer_full() : std::runtime_error("ringbuffer is full") {}
+};
+
+/// The pollable flag pair; implemented with eventfds.
+class level_fd
+{
+    int fd = -1;
+    bool set = false;
+public:
+    level_fd();
+    ~level_fd();
+    level_fd(const level_fd &) = delete;
+    level_fd &operator=(const level_fd &) = delete;
+    int get() const { return fd; }
+    void update(bool readable);  ///< call with the owning mutex held
+};
+
+template<typename T>
+class ringbuffer
+{
+    mutable std::mutex mutex;
+    std::condition_variable data_cond, space_cond;
+    std::deque<T> items;
+    std::size_t capacity_;
+    bool stopped = false;
+    int producers = 0;
+    level_fd data_flag, space_flag;
+
+    void update_flags()
+    {
+        data_flag.update(stopped || !items.empty());
+        space_flag.update(stopped || items.size() < capacity_);
+    }
+
+    T take(std::unique_lock<std::mutex> &)
+    {
+        T item = std::move(items.front());
+        items.pop_front();
+        update_flags();
+        space_cond.notify_one();
+        return item;
+    }
+
+    void give(std::unique_lock<std::mutex> &, T &&item)
+    {
+        items.push_back(std::move(item));
+        update_flags();
+        data_cond.notify_one();
+    }
+
+public:
+    explicit ringbuffer(std::size_t capacity) : capacity_(capacity)
+    {
+        if (capacity == 0)
+            throw std::invalid_argument("ringbuffer capacity must be positive");
+        update_flags();
+    }
+
+    std::size_t capacity() const { return capacity_; }
+    std::size_t size() const { std::lock_guard<std::mutex> lock(mutex); return items.size(); }
+    int data_fd() const { return data_flag.get(); }
+    int space_fd() const { return space_flag.get(); }
+    bool is_stopped() const { std::lock_guard<std::mutex> lock(mutex); return stopped; }
+
+    /// Pop, waiting at most @a timeout.  Returns nullopt on timeout.
+    /// Throws ringbuffer_stopped if stopped and drained.
+    template<typename Rep, typename Period>
+    std::optional<T> pop_for(std::chrono::duration<Rep, Period> timeout)
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (!data_cond.wait_for(lock, timeout, [&] { return stopped || !items.empty(); }))
+            return std::nullopt;
+        if (items.empty())
+            throw ringbuffer_stopped();
+        return take(lock);
+    }
+
+    T pop()
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        data_cond.wait(lock, [&] { return stopped || !items.empty(); });
+        if (items.empty())
+            throw ringbuffer_stopped();
+        return take(lock);
+    }
+
+    T try_pop()
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (items.empty())
+        {
+            if (stopped)
+                throw ringbuffer_stopped();
+            throw ringbuffer_empty();
+        }
+        return take(lock);
+    }
+
+    /// Push, waiting at most @a timeout.  On timeout returns false and leaves
+    /// @a item untouched.  Throws ringbuffer_stopped (item untouched) if stopped.
+    template<typename Rep, typename Period>
+    bool push_for(T &item, std::chrono::duration<Rep, Period> timeout)
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (!space_cond.wait_for(lock, timeout, [&] { return stopped || items.size() < capacity_; }))
+            return false;
+        if (stopped)
+            throw ringbuffer_stopped();
+        give(lock, std::move(item));
+        return true;
+    }
+
+    /// Blocking push.  Throws ringbuffer_stopped (item untouched) if stopped.
+    void push(T &item)
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        space_cond.wait(lock, [&] { return stopped || items.size() < capacity_; });
+        if (stopped)
+            throw ringbuffer_stopped();
+        give(lock, std::move(item));
+    }
+
+    /// Non-blocking push; throws ringbuffer_full or ringbuffer_stopped (item untouched).
+    void try_push(T &item)
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (stopped)
+            throw ringbuffer_stopped();
+        if (items.size() >= capacity_)
+            throw ringbuffer_full();
+        give(lock, std::move(item));
+    }
+
+    /// Stop the ring: pushes fail from now on, pops drain what is left.
+    /// Returns true (every call, as the reference does).
+    bool stop()
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        stopped = true;
+        update_flags();
+        data_cond.notify_all();
+        space_cond.notify_all();
+        return true;
+    }
+
+    void add_producer()
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        producers++;
+    }
+
+    /// Returns true if this removed the last producer (and so stopped the ring).
+    bool remove_producer()
+    {
+        std::unique_lock<std::mutex> lock(mutex);
+        if (producers > 0)
+            producers--;
+        if (producers == 0)
+        {
+            lock.unlock();
+            stop();
+            return true;
+        }
+        return false;
+    }
+
+    /// Remove everything (used when tearing down, with the owner's locks held).
+    std::deque<T> drain()
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        std::deque<T> out;
+        out.swap(items);
+        update_flags();
+        space_cond.notify_all();
+        return out;
+    }
+};
+
+} // namespace spead2

@@ -1,0 +1,110 @@
+#include "protocol/frame.h"
+#include "protocol/spead.h"
+
+namespace spead2::protocol
+{
+
+const char *describe(frame_status status)
+{
+    switch (status)
+    {
+    case frame_status::ok: return "ok";
+    case frame_status::truncated: return "frame is truncated";
+    case frame_status::not_ipv4: return "frame is not IPv4";
+    case frame_status::bad_ipv4: return "invalid IPv4 header";
+    case frame_status::fragment: return "IPv4 fragment";
+    case frame_status::not_udp: return "IP protocol is not UDP";
+    case frame_status::bad_udp: return "invalid UDP length";
+    }
+    return "unknown";
+}
+
+frame_status decode_ipv4_udp(udp_frame &out, const std::uint8_t *data, std::size_t size)
+{
+    if (size < IPV4_MIN_HEADER_SIZE)
+        return frame_status::truncated;
+    if ((data[0] >> 4) != 4)
+        return frame_status::not_ipv4;
+    const std::size_t ihl = std::size_t(data[0] & 0x0f) * 4;
+    const std::size_t total_length = load_be16(data + 2);
+    if (ihl < IPV4_MIN_HEADER_SIZE || total_length < ihl)
+        return frame_status::bad_ipv4;
+    if (total_length > size)
+        return frame_status::truncated;
+    const std::uint16_t flags_fragment = load_be16(data + 6);
+    if (flags_fragment & 0x3fff)  // more-fragments flag or a fragment offset
+        return frame_status::fragment;
+    if (data[9] != IPPROTO_UDP_NUMBER)
+        return frame_status::not_udp;
+    const std::uint8_t *udp = data + ihl;
+    const std::size_t ip_payload = total_length - ihl;
+    if (ip_payload < UDP_HEADER_SIZE)
+        return frame_status::truncated;
+    const std::size_t udp_length = load_be16(udp + 4);
+    if (udp_length < UDP_HEADER_SIZE || udp_length > ip_payload)
+        return frame_status::bad_udp;
+    out.src_ip = load_be32(data + 12);
+    out.dst_ip = load_be32(data + 16);
+    out.src_port = load_be16(udp);
+    out.dst_port = load_be16(udp + 2);
+    out.payload = udp + UDP_HEADER_SIZE;
+    out.payload_size = udp_length - UDP_HEADER_SIZE;
+    return frame_status::ok;
+}
+
+namespace
+{
+
+// Skip 802.1Q / QinQ tags starting at the ethertype at data[pos].
+frame_status after_ethertype(udp_frame &out, const std::uint8_t *data, std::size_t size, std::size_t pos)
+{
+    for (;;)
+    {
+        if (pos + 2 > size)
+            return frame_status::truncated;
+        const std::uint16_t ethertype = load_be16(data + pos);
+        if (ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ || ethertype == ETHERTYPE_QINQ_OLD)
+        {
+            pos += VLAN_TAG_SIZE;  // 2 bytes TCI, then the next ethertype
+            continue;
+        }
+        if (ethertype != ETHERTYPE_IPV4)
+            return frame_status::not_ipv4;
+        pos += 2;
+        return decode_ipv4_udp(out, data + pos, size - pos);
+    }
+}
+
+} // anonymous namespace
+
+frame_status decode_frame(udp_frame &out, link_type link, const std::uint8_t *data, std::size_t size)
+{
+    switch (link)
+    {
+    case link_type::ethernet:
+        // dst MAC (6), src MAC (6), then the ethertype
+        return after_ethertype(out, data, size, 12);
+    case link_type::linux_sll:
+        // packet type, ARPHRD, address length, address (8), then the protocol
+        return after_ethertype(out, data, size, 14);
+    case link_type::linux_sll2:
+        // protocol type comes first, then reserved, ifindex, ARPHRD, type, addr
+        if (size < SLL2_HEADER_SIZE)
+            return frame_status::truncated;
+        {
+            const std::uint16_t protocol = load_be16(data);
+            if (protocol != ETHERTYPE_IPV4)
+            {
+                if (protocol == ETHERTYPE_VLAN || protocol == ETHERTYPE_QINQ || protocol == ETHERTYPE_QINQ_OLD)
+                    return after_ethertype(out, data, size, SLL2_HEADER_SIZE + 2);
+                return frame_status::not_ipv4;
+            }
+        }
+        return decode_ipv4_udp(out, data + SLL2_HEADER_SIZE, size - SLL2_HEADER_SIZE);
+    case link_type::raw_ipv4:
+        return decode_ipv4_udp(out, data, size);
+    }
+    return frame_status::not_ipv4;
+}
+
+} // namespace spead2::protocol

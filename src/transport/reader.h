@@ -1,0 +1,86 @@
+// The interface between transports and the stream core.
+//
+// A transport decodes what it receives into protocol::packet_header records
+// and hands them to a packet_sink in batches.  One batch corresponds to one
+// wake-up of the transport (a recvmmsg call, a run of frames from a file, a
+// whole memory buffer); the sink takes its lock once per batch.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+
+#include "protocol/spead.h"
+
+namespace spead2
+{
+class worker;
+}
+
+namespace spead2::transport
+{
+
+class packet_sink
+{
+public:
+    virtual ~packet_sink() = default;
+    /// Start a batch (takes the sink's lock).  Returns false if the stream
+    /// has stopped, in which case the batch must not be continued.
+    virtual bool batch_begin() = 0;
+    /// Add decoded packets.  Returns false once the stream has stopped (the
+    /// rest of the batch must then be dropped).
+    virtual bool batch_packets(const protocol::packet_header *packets, std::size_t n) = 0;
+    /// Count packets the transport had to drop as malformed.
+    virtual void batch_malformed(std::size_t n) = 0;
+    /// End the batch (releases the lock).  @a end_of_stream stops the stream
+    /// as a network stop (EOF, queue stopped).
+    virtual void batch_end(bool end_of_stream) = 0;
+};
+
+/// RAII helper for a batch.
+class batch
+{
+    packet_sink &sink;
+    bool open;
+    bool eos = false;
+public:
+    explicit batch(packet_sink &sink) : sink(sink), open(sink.batch_begin()) {}
+    ~batch() { if (open) sink.batch_end(eos); }
+    batch(const batch &) = delete;
+    batch &operator=(const batch &) = delete;
+    bool active() const { return open; }
+    bool add(const protocol::packet_header *packets, std::size_t n) { return sink.batch_packets(packets, n); }
+    void malformed(std::size_t n) { sink.batch_malformed(n); }
+    void end_of_stream() { eos = true; }
+};
+
+/// Number of decoded headers a transport gathers before handing them over.
+constexpr std::size_t PACKET_GROUP = 64;
+
+/// Base class of readers.  A reader is owned (through shared_ptr, so that
+/// tasks it posted can keep it alive) by its stream and bound to one worker.
+class reader : public std::enable_shared_from_this<reader>
+{
+protected:
+    packet_sink &sink;
+    worker &thread;
+    std::atomic<bool> stopping{false};
+public:
+    reader(packet_sink &sink, worker &thread) : sink(sink), thread(thread) {}
+    virtual ~reader() = default;
+    /// Begin delivering packets (called once, from any thread).
+    virtual void start() = 0;
+    /// Ask the reader to stop; safe from any thread, including inside a batch.
+    /// After it returns no new batch is begun by this reader.
+    void request_stop() { stopping.store(true); on_stop_requested(); }
+    /// Release resources; called on a user thread after request_stop, once no
+    /// callback can be running.  Default: nothing.
+    virtual void close() {}
+    bool is_stopping() const { return stopping.load(); }
+    worker &get_worker() { return thread; }
+protected:
+    /// Hook for readers registered with the reactor (remove the fd).
+    virtual void on_stop_requested() {}
+};
+
+} // namespace spead2::transport
