@@ -1,0 +1,163 @@
+"""Receiving SPEAD streams into chunks."""
+
+from collections.abc import Mapping as _Mapping
+
+from .._spead2 import recv as _recv
+
+Chunk = _recv.Chunk
+ChunkRingbuffer = _recv.ChunkRingbuffer
+ChunkRingPair = _recv.ChunkRingPair
+ChunkStreamConfig = _recv.ChunkStreamConfig
+StreamConfig = _recv.StreamConfig
+StreamStatConfig = _recv.StreamStatConfig
+stream_stat_indices = _recv.stream_stat_indices
+
+_CORE_STATS = (
+    "heaps",
+    "incomplete_heaps_evicted",
+    "incomplete_heaps_flushed",
+    "packets",
+    "batches",
+    "max_batch",
+    "single_packet_heaps",
+    "search_dist",
+    "worker_blocked",
+)
+
+
+class StreamStats:
+    """A snapshot of a stream's statistics.
+
+    Behaves like a mapping from statistic name to value, and can also be
+    indexed by position (see :mod:`~spead2.recv.stream_stat_indices`).  The
+    nine core statistics are also attributes.  Two snapshots with the same
+    statistics can be combined with ``+`` (counters add, maxima take the
+    larger value).
+    """
+
+    __slots__ = ("_config", "_values", "_index")
+
+    def __init__(self, config=None, values=None):
+        if config is None:
+            config = StreamConfig().stats
+        self._config = list(config)
+        self._index = {c.name: i for i, c in enumerate(self._config)}
+        if values is None:
+            values = [0] * len(self._config)
+        if len(values) != len(self._config):
+            raise ValueError("values and config have different lengths")
+        self._values = list(values)
+
+    @property
+    def config(self):
+        return list(self._config)
+
+    def _position(self, key):
+        if isinstance(key, str):
+            try:
+                return self._index[key]
+            except KeyError:
+                raise KeyError(key) from None
+        index = int(key)
+        if index < 0 or index >= len(self._values):
+            raise IndexError(f"statistic index {key} out of range")
+        return index
+
+    def __getitem__(self, key):
+        return self._values[self._position(key)]
+
+    def __setitem__(self, key, value):
+        self._values[self._position(key)] = int(value)
+
+    def __contains__(self, name):
+        return name in self._index
+
+    def get(self, name, default=None):
+        index = self._index.get(name)
+        return default if index is None else self._values[index]
+
+    def keys(self):
+        return [c.name for c in self._config]
+
+    def values(self):
+        return list(self._values)
+
+    def items(self):
+        return list(zip(self.keys(), self._values))
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return len(self._values)
+
+    def __eq__(self, other):
+        if not isinstance(other, StreamStats):
+            return NotImplemented
+        return self._config == other._config and self._values == other._values
+
+    def _combine(self, other):
+        if not isinstance(other, StreamStats):
+            return NotImplemented
+        if self._config != other._config:
+            raise ValueError("cannot combine statistics with different configurations")
+        return [c.combine(a, b) for c, a, b in zip(self._config, self._values, other._values)]
+
+    def __add__(self, other):
+        values = self._combine(other)
+        if values is NotImplemented:
+            return values
+        return StreamStats(self._config, values)
+
+    def __iadd__(self, other):
+        values = self._combine(other)
+        if values is NotImplemented:
+            return values
+        self._values = values
+        return self
+
+    def __repr__(self):
+        inner = ", ".join(f"{k}={v}" for k, v in self.items())
+        return f"StreamStats({inner})"
+
+
+def _core_stat_property(index, name):
+    def getter(self):
+        return self._values[index]
+
+    def setter(self, value):
+        self._values[index] = int(value)
+
+    return property(getter, setter, doc=f"The ``{name}`` statistic.")
+
+
+for _i, _name in enumerate(_CORE_STATS):
+    setattr(StreamStats, _name, _core_stat_property(_i, _name))
+del _i, _name
+
+_Mapping.register(StreamStats)
+
+
+class ChunkRingStream(_recv.ChunkRingStream):
+    """Stream that writes heaps into chunks taken from and returned to ringbuffers.
+
+    See the chunking receiver reference for the parameters.
+    """
+
+    @property
+    def stats(self) -> StreamStats:
+        """A snapshot of the stream's statistics (a new object on each access)."""
+        return StreamStats(self.config.stats, self._stats_values())
+
+
+__all__ = [
+    "Chunk",
+    "ChunkRingbuffer",
+    "ChunkRingPair",
+    "ChunkRingStream",
+    "ChunkStreamConfig",
+    "StreamConfig",
+    "StreamStatConfig",
+    "StreamStats",
+    "stream_stat_indices",
+]

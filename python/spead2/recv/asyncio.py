@@ -1,0 +1,87 @@
+"""asyncio integration for chunk ringbuffers."""
+
+import asyncio
+import collections
+
+import spead2
+from . import ChunkRingbuffer as _ChunkRingbuffer
+
+
+class _FdWaiter:
+    """Waits, FIFO among concurrent waiters, for a file descriptor to be readable."""
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._waiters = collections.deque()
+        self._loop = None
+
+    def _ready(self):
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+        if not self._waiters:
+            self._loop.remove_reader(self._fd)
+
+    async def wait(self):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self._waiters:
+            self._loop = loop
+            loop.add_reader(self._fd, self._ready)
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass
+                if not self._waiters and self._loop is not None:
+                    self._loop.remove_reader(self._fd)
+
+
+class ChunkRingbuffer(_ChunkRingbuffer):
+    """A :class:`spead2.recv.ChunkRingbuffer` with coroutine ``get`` and ``put``.
+
+    The synchronous methods are still available as ``get_nowait`` and
+    ``put_nowait``; async iteration yields chunks until the ring is stopped.
+    """
+
+    def __init__(self, maxsize):
+        super().__init__(maxsize)
+        self._data_waiter = _FdWaiter(self.data_fd)
+        self._space_waiter = _FdWaiter(self.space_fd)
+
+    async def get(self):
+        """Retrieve a chunk, waiting if necessary; raises :exc:`spead2.Stopped`."""
+        while True:
+            try:
+                chunk = self.get_nowait()
+            except spead2.Empty:
+                await self._data_waiter.wait()
+            else:
+                await asyncio.sleep(0)   # don't starve the event loop
+                return chunk
+
+    async def put(self, chunk):
+        """Add a chunk, waiting for space if necessary; raises :exc:`spead2.Stopped`."""
+        while True:
+            try:
+                self.put_nowait(chunk)
+            except spead2.Full:
+                await self._space_waiter.wait()
+            else:
+                await asyncio.sleep(0)
+                return
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.get()
+        except spead2.Stopped:
+            raise StopAsyncIteration from None

@@ -1,0 +1,493 @@
+// Python bindings for spead2.recv: configs, chunks, ringbuffers, streams.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "bindings/module.h"
+#include "bindings/py_chunk.h"
+#include "chunk/ring_stream.h"
+#include "transport/mem/mem_reader.h"
+#include "transport/pcap/pcap_reader.h"
+
+namespace spead2::bindings
+{
+
+namespace
+{
+
+using namespace spead2::chunk;
+
+// How often a blocking ring operation wakes to let Python handle signals.
+constexpr auto SIGNAL_POLL_INTERVAL = std::chrono::milliseconds(50);
+
+constexpr const char *PLACE_SIGNATURE_PLAIN = "void (void *, size_t)";
+constexpr const char *PLACE_SIGNATURE_CONTEXT = "void (void *, size_t, void *)";
+
+// ------------------------------------------------------------- StreamConfig
+
+struct py_stream_config
+{
+    stream_config cfg;
+    py::object memory_allocator = py::none();
+};
+
+// -------------------------------------------------------- ChunkStreamConfig
+
+struct py_chunk_stream_config
+{
+    chunk_stream_config cfg;
+    py::object place = py::none();
+};
+
+place_function parse_place(const py::object &obj)
+{
+    place_function f;
+    if (obj.is_none())
+        return f;
+    if (!py::isinstance<py::tuple>(obj))
+        throw py::type_error("place must be None or a tuple whose first element is a PyCapsule");
+    py::tuple t = obj.cast<py::tuple>();
+    if (t.size() == 0)
+        throw py::index_error("place tuple is empty");
+    py::object cap = t[0];
+    if (!PyCapsule_CheckExact(cap.ptr()))
+        throw py::type_error("the first element of place must be a PyCapsule");
+    const char *name = PyCapsule_GetName(cap.ptr());
+    if (!name)
+    {
+        if (PyErr_Occurred())
+            throw py::error_already_set();
+        throw py::value_error("Signature missing from capsule");
+    }
+    void *ptr = PyCapsule_GetPointer(cap.ptr(), name);
+    if (!ptr)
+    {
+        PyErr_Clear();
+        return f;   // a NULL function pointer is treated as None
+    }
+    if (std::strcmp(name, PLACE_SIGNATURE_PLAIN) == 0)
+        f.type = place_function::kind::plain;
+    else if (std::strcmp(name, PLACE_SIGNATURE_CONTEXT) == 0)
+        f.type = place_function::kind::with_context;
+    else
+        throw py::value_error(std::string("Invalid callback signature \"") + name
+                              + "\". Expected one of: \"" + PLACE_SIGNATURE_PLAIN + "\", \""
+                              + PLACE_SIGNATURE_CONTEXT + "\"");
+    f.fn = ptr;
+    f.context = PyCapsule_GetContext(cap.ptr());
+    if (!f.context && PyErr_Occurred())
+        PyErr_Clear();
+    return f;
+}
+
+// -------------------------------------------------------- ChunkRingbuffer
+
+// Run a blocking ring operation without the GIL, waking regularly to let
+// Python raise KeyboardInterrupt.
+template<typename F>
+auto interruptible(F &&attempt)
+{
+    for (;;)
+    {
+        decltype(attempt()) result;
+        {
+            py::gil_scoped_release nogil;
+            result = attempt();
+        }
+        if (result)
+            return result;
+        if (PyErr_CheckSignals() != 0)
+            throw py::error_already_set();
+    }
+}
+
+py::object ring_get(chunk_ringbuffer &ring)
+{
+    auto item = interruptible([&] { return ring.pop_for(SIGNAL_POLL_INTERVAL); });
+    return chunk_to_python(std::move(*item));
+}
+
+void ring_put(chunk_ringbuffer &ring, py::handle obj)
+{
+    auto c = chunk_to_cpp(obj);
+    try
+    {
+        interruptible([&] { return ring.push_for(c, SIGNAL_POLL_INTERVAL); });
+    }
+    catch (...)
+    {
+        if (c)
+            chunk_to_python(std::move(c));   // give the buffers back
+        throw;
+    }
+}
+
+void ring_put_nowait(chunk_ringbuffer &ring, py::handle obj)
+{
+    auto c = chunk_to_cpp(obj);
+    try
+    {
+        ring.try_push(c);
+    }
+    catch (...)
+    {
+        if (c)
+            chunk_to_python(std::move(c));
+        throw;
+    }
+}
+
+// ------------------------------------------------------------ ChunkRingPair
+
+struct py_ring_pair
+{
+    py::object data_ringbuffer;
+    py::object free_ringbuffer;
+    std::shared_ptr<chunk_ringbuffer> free_ring;
+
+    void add_free_chunk(py::handle obj)
+    {
+        // The present flags are zeroed through the C++ view of the buffers.
+        auto c = chunk_to_cpp(obj);
+        if (c->present_size)
+            std::memset(c->present, 0, c->present_size);
+        try
+        {
+            free_ring->try_push(c);
+        }
+        catch (ringbuffer_stopped &)
+        {
+            // Ignored, as in the reference; the chunk's buffers are released.
+            c.reset();
+        }
+        catch (...)
+        {
+            chunk_to_python(std::move(c));
+            throw;
+        }
+    }
+};
+
+// ----------------------------------------------------------- ChunkRingStream
+
+struct py_chunk_ring_stream : public py_ring_pair
+{
+    std::unique_ptr<chunk_ring_stream> stream;
+    py::object place;          // keeps the place callback's owner alive
+    py::object thread_pool;
+    std::vector<std::unique_ptr<py::buffer_info>> buffers;   // keeps buffer-reader memory alive
+
+    py_chunk_ring_stream() = default;
+    py_chunk_ring_stream(const py_chunk_ring_stream &) = delete;
+    ~py_chunk_ring_stream()
+    {
+        if (stream)
+        {
+            unregister_stoppable(stream.get());
+            stream.reset();   // stops readers before the buffers they read are released
+        }
+    }
+
+    chunk_ring_stream &get()
+    {
+        if (!stream)
+            throw std::runtime_error("stream has been destroyed");
+        return *stream;
+    }
+
+    void stop()
+    {
+        if (stream)
+            stream->stop();
+    }
+};
+
+template<typename Factory>
+void add_reader(py_chunk_ring_stream &self, Factory &&factory)
+{
+    chunk_ring_stream &s = self.get();
+    py::gil_scoped_release nogil;
+    s.add_reader(factory);
+}
+
+} // anonymous namespace
+
+void register_recv(py::module_ &m)
+{
+    py::module_ recv = m.def_submodule("recv", "Receiving (compiled part)");
+
+    // ---- stream_stat_indices
+    py::module_ idx = recv.def_submodule("stream_stat_indices", "Indices of the core statistics");
+    idx.attr("HEAPS") = stat_index::heaps;
+    idx.attr("INCOMPLETE_HEAPS_EVICTED") = stat_index::incomplete_heaps_evicted;
+    idx.attr("INCOMPLETE_HEAPS_FLUSHED") = stat_index::incomplete_heaps_flushed;
+    idx.attr("PACKETS") = stat_index::packets;
+    idx.attr("BATCHES") = stat_index::batches;
+    idx.attr("MAX_BATCH") = stat_index::max_batch;
+    idx.attr("SINGLE_PACKET_HEAPS") = stat_index::single_packet_heaps;
+    idx.attr("SEARCH_DIST") = stat_index::search_dist;
+    idx.attr("WORKER_BLOCKED") = stat_index::worker_blocked;
+
+    // ---- StreamStatConfig
+    py::class_<stat_config> ssc(recv, "StreamStatConfig");
+    py::enum_<stat_config::mode>(ssc, "Mode")
+        .value("COUNTER", stat_config::mode::COUNTER)
+        .value("MAXIMUM", stat_config::mode::MAXIMUM);
+    ssc.def(py::init<std::string, stat_config::mode>(), py::arg("name"),
+            py::arg("mode") = stat_config::mode::COUNTER)
+        .def_property_readonly("name", [](const stat_config &s) { return s.name; })
+        .def_property_readonly("mode", [](const stat_config &s) { return s.kind; })
+        .def("combine", &stat_config::combine, py::arg("a"), py::arg("b"))
+        .def("__eq__", [](const stat_config &a, const py::object &b) -> py::object {
+            if (!py::isinstance<stat_config>(b))
+                return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+            return py::bool_(a == b.cast<const stat_config &>());
+        })
+        .def("__ne__", [](const stat_config &a, const py::object &b) -> py::object {
+            if (!py::isinstance<stat_config>(b))
+                return py::reinterpret_borrow<py::object>(Py_NotImplemented);
+            return py::bool_(a != b.cast<const stat_config &>());
+        })
+        .def("__hash__", [](const stat_config &s) { return py::hash(py::make_tuple(s.name, int(s.kind))); })
+        .def("__repr__", [](const stat_config &s) {
+            return "StreamStatConfig(" + py::repr(py::str(s.name)).cast<std::string>()
+                   + (s.kind == stat_config::mode::COUNTER ? ", Mode.COUNTER)" : ", Mode.MAXIMUM)");
+        });
+
+    // ---- StreamConfig
+    py::class_<py_stream_config>(recv, "StreamConfig")
+        .def(py::init([](py::kwargs kwargs) {
+            auto c = std::make_unique<py_stream_config>();
+            py::object self = py::cast(c.get(), py::return_value_policy::reference);
+            for (auto item : kwargs)
+            {
+                std::string key = item.first.cast<std::string>();
+                if (!py::hasattr(self, key.c_str()) || key == "stats")
+                    throw py::type_error("StreamConfig() got an unexpected keyword argument '" + key + "'");
+                py::setattr(self, key.c_str(), item.second);
+            }
+            return c;
+        }))
+        .def_readonly_static("DEFAULT_MAX_HEAPS", &DEFAULT_MAX_HEAPS)
+        .def_property("max_heaps",
+            [](const py_stream_config &c) { return c.cfg.get_max_heaps(); },
+            [](py_stream_config &c, std::size_t v) { c.cfg.set_max_heaps(v); })
+        .def_property("substreams",
+            [](const py_stream_config &c) { return c.cfg.get_substreams(); },
+            [](py_stream_config &c, std::size_t v) { c.cfg.set_substreams(v); })
+        .def_property("bug_compat",
+            [](const py_stream_config &c) { return c.cfg.get_bug_compat(); },
+            [](py_stream_config &c, int v) { c.cfg.set_bug_compat(v); })
+        .def_property("memcpy",
+            [](const py_stream_config &c) { return c.cfg.get_memcpy(); },
+            [](py_stream_config &c, int v) { c.cfg.set_memcpy(v); })
+        .def_property("memory_allocator",
+            [](const py_stream_config &c) { return c.memory_allocator; },
+            [](py_stream_config &c, py::object v) { c.memory_allocator = std::move(v); })
+        .def_property("stop_on_stop_item",
+            [](const py_stream_config &c) { return c.cfg.get_stop_on_stop_item(); },
+            [](py_stream_config &c, bool v) { c.cfg.set_stop_on_stop_item(v); })
+        .def_property("allow_unsized_heaps",
+            [](const py_stream_config &c) { return c.cfg.get_allow_unsized_heaps(); },
+            [](py_stream_config &c, bool v) { c.cfg.set_allow_unsized_heaps(v); })
+        .def_property("allow_out_of_order",
+            [](const py_stream_config &c) { return c.cfg.get_allow_out_of_order(); },
+            [](py_stream_config &c, bool v) { c.cfg.set_allow_out_of_order(v); })
+        .def_property("stream_id",
+            [](const py_stream_config &c) { return c.cfg.get_stream_id(); },
+            [](py_stream_config &c, std::uintptr_t v) { c.cfg.set_stream_id(v); })
+        .def_property("explicit_start",
+            [](const py_stream_config &c) { return c.cfg.get_explicit_start(); },
+            [](py_stream_config &c, bool v) { c.cfg.set_explicit_start(v); })
+        .def_property_readonly("stats", [](const py_stream_config &c) { return c.cfg.get_stats(); })
+        .def("add_stat",
+            [](py_stream_config &c, const std::string &name, stat_config::mode mode) {
+                return c.cfg.add_stat(name, mode);
+            },
+            py::arg("name"), py::arg("mode") = stat_config::mode::COUNTER)
+        .def("get_stat_index",
+            [](const py_stream_config &c, const std::string &name) { return c.cfg.get_stat_index(name); },
+            py::arg("name"))
+        .def("next_stat_index", [](const py_stream_config &c) { return c.cfg.next_stat_index(); })
+        .def("__copy__", [](const py_stream_config &c) { return py_stream_config(c); })
+        .def("__deepcopy__", [](const py_stream_config &c, py::dict) { return py_stream_config(c); });
+
+    // ---- ChunkStreamConfig
+    py::class_<py_chunk_stream_config>(recv, "ChunkStreamConfig")
+        .def(py::init([](py::kwargs kwargs) {
+            auto c = std::make_unique<py_chunk_stream_config>();
+            py::object self = py::cast(c.get(), py::return_value_policy::reference);
+            for (auto item : kwargs)
+            {
+                std::string key = item.first.cast<std::string>();
+                if (key != "items" && key != "max_chunks" && key != "place" && key != "max_heap_extra")
+                    throw py::type_error("ChunkStreamConfig() got an unexpected keyword argument '" + key + "'");
+                py::setattr(self, key.c_str(), item.second);
+            }
+            return c;
+        }))
+        .def_readonly_static("DEFAULT_MAX_CHUNKS", &DEFAULT_MAX_CHUNKS)
+        .def_property("items",
+            [](const py_chunk_stream_config &c) { return c.cfg.get_items(); },
+            [](py_chunk_stream_config &c, std::vector<std::uint64_t> v) { c.cfg.set_items(std::move(v)); })
+        .def_property("max_chunks",
+            [](const py_chunk_stream_config &c) { return c.cfg.get_max_chunks(); },
+            [](py_chunk_stream_config &c, std::size_t v) { c.cfg.set_max_chunks(v); })
+        .def_property("place",
+            [](const py_chunk_stream_config &c) { return c.place; },
+            [](py_chunk_stream_config &c, py::object v) {
+                place_function f = parse_place(v);
+                c.cfg.set_place(f);
+                c.place = f ? v : py::none();
+            })
+        .def_property("max_heap_extra",
+            [](const py_chunk_stream_config &c) { return c.cfg.get_max_heap_extra(); },
+            [](py_chunk_stream_config &c, std::size_t v) { c.cfg.set_max_heap_extra(v); })
+        .def_property_readonly("packet_presence_payload_size",
+            [](const py_chunk_stream_config &c) { return c.cfg.get_packet_presence_payload_size(); })
+        .def("enable_packet_presence",
+            [](py_chunk_stream_config &c, std::size_t payload_size) -> py_chunk_stream_config & {
+                c.cfg.enable_packet_presence(payload_size);
+                return c;
+            },
+            py::arg("payload_size"), py::return_value_policy::reference_internal)
+        .def("disable_packet_presence",
+            [](py_chunk_stream_config &c) -> py_chunk_stream_config & {
+                c.cfg.disable_packet_presence();
+                return c;
+            },
+            py::return_value_policy::reference_internal);
+
+    // ---- Chunk
+    py::class_<chunk_object>(recv, "Chunk")
+        .def(py::init([](py::kwargs kwargs) {
+            auto c = std::make_unique<chunk_object>();
+            for (auto item : kwargs)
+            {
+                std::string key = item.first.cast<std::string>();
+                py::object value = py::reinterpret_borrow<py::object>(item.second);
+                if (key == "chunk_id")
+                    c->chunk_id = value.cast<std::int64_t>();
+                else if (key == "stream_id")
+                    c->stream_id = value.cast<std::uintptr_t>();
+                else if (key == "data" || key == "present" || key == "extra")
+                {
+                    check_chunk_buffer(value);
+                    (key == "data" ? c->data : key == "present" ? c->present : c->extra) = value;
+                }
+                else
+                    throw py::type_error("Chunk() got an unexpected keyword argument '" + key + "'");
+            }
+            return c;
+        }))
+        .def_readwrite("chunk_id", &chunk_object::chunk_id)
+        .def_readwrite("stream_id", &chunk_object::stream_id)
+        .def_property("data", [](const chunk_object &c) { return c.data; },
+                      [](chunk_object &c, py::object v) { check_chunk_buffer(v); c.data = std::move(v); })
+        .def_property("present", [](const chunk_object &c) { return c.present; },
+                      [](chunk_object &c, py::object v) { check_chunk_buffer(v); c.present = std::move(v); })
+        .def_property("extra", [](const chunk_object &c) { return c.extra; },
+                      [](chunk_object &c, py::object v) { check_chunk_buffer(v); c.extra = std::move(v); });
+
+    // ---- ChunkRingbuffer
+    py::class_<chunk_ringbuffer, std::shared_ptr<chunk_ringbuffer>>(recv, "ChunkRingbuffer")
+        .def(py::init<std::size_t>(), py::arg("maxsize"))
+        .def_property_readonly("maxsize", &chunk_ringbuffer::capacity)
+        .def_property_readonly("data_fd", &chunk_ringbuffer::data_fd)
+        .def_property_readonly("space_fd", &chunk_ringbuffer::space_fd)
+        .def("qsize", &chunk_ringbuffer::size)
+        .def("empty", [](const chunk_ringbuffer &r) { return r.size() == 0; })
+        .def("full", [](const chunk_ringbuffer &r) { return r.size() == r.capacity(); })
+        .def("get", &ring_get)
+        .def("get_nowait", [](chunk_ringbuffer &r) { return chunk_to_python(r.try_pop()); })
+        .def("put", &ring_put, py::arg("chunk"))
+        .def("put_nowait", &ring_put_nowait, py::arg("chunk"))
+        .def("stop", &chunk_ringbuffer::stop)
+        .def("add_producer", &chunk_ringbuffer::add_producer)
+        .def("remove_producer", &chunk_ringbuffer::remove_producer)
+        .def("__iter__", [](py::object self) { return self; })
+        .def("__next__", [](chunk_ringbuffer &r) {
+            try
+            {
+                return ring_get(r);
+            }
+            catch (ringbuffer_stopped &)
+            {
+                throw py::stop_iteration();
+            }
+        });
+
+    // ---- ChunkRingPair / ChunkRingStream
+    py::class_<py_ring_pair>(recv, "ChunkRingPair")
+        .def("add_free_chunk", &py_ring_pair::add_free_chunk, py::arg("chunk"))
+        .def_readonly("data_ringbuffer", &py_ring_pair::data_ringbuffer)
+        .def_readonly("free_ringbuffer", &py_ring_pair::free_ringbuffer);
+
+    py::class_<py_chunk_ring_stream, py_ring_pair>(recv, "ChunkRingStream")
+        .def(py::init([](py::object thread_pool, const py_stream_config &config,
+                         const py_chunk_stream_config &chunk_stream_config,
+                         py::object data_ringbuffer, py::object free_ringbuffer) {
+                 if (thread_pool.is_none())
+                     throw py::type_error("thread_pool must not be None");
+                 if (data_ringbuffer.is_none() || free_ringbuffer.is_none())
+                     throw py::type_error("ringbuffers must not be None");
+                 auto pool = thread_pool.cast<std::shared_ptr<spead2::thread_pool>>();
+                 auto data = data_ringbuffer.cast<std::shared_ptr<chunk_ringbuffer>>();
+                 auto free = free_ringbuffer.cast<std::shared_ptr<chunk_ringbuffer>>();
+                 auto self = std::make_unique<py_chunk_ring_stream>();
+                 self->stream = std::make_unique<chunk_ring_stream>(
+                     pool, config.cfg, chunk_stream_config.cfg, data, free);
+                 self->data_ringbuffer = data_ringbuffer;
+                 self->free_ringbuffer = free_ringbuffer;
+                 self->free_ring = free;
+                 self->place = chunk_stream_config.place;
+                 self->thread_pool = thread_pool;
+                 register_stoppable(self->stream.get());
+                 return self;
+             }),
+             py::arg("thread_pool"), py::arg("config") = py_stream_config(),
+             py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"))
+        .def_property_readonly_static("DEFAULT_UDP_MAX_SIZE", [](py::object) { return 9200; })
+        .def_property_readonly_static("DEFAULT_UDP_BUFFER_SIZE", [](py::object) { return 8 * 1024 * 1024; })
+        .def_property_readonly("config", [](py_chunk_ring_stream &self) {
+            py_stream_config c;
+            c.cfg = self.get().get_config();
+            return c;
+        })
+        .def("_stats_values", [](py_chunk_ring_stream &self) { return self.get().get_stats(); })
+        .def("start", [](py_chunk_ring_stream &self) {
+            chunk_ring_stream &s = self.get();
+            py::gil_scoped_release nogil;
+            s.start();
+        })
+        .def("stop", [](py_chunk_ring_stream &self) {
+            if (self.stream)
+                self.stream->stop();
+        })
+        .def("add_buffer_reader", [](py_chunk_ring_stream &self, py::buffer buffer) {
+            auto info = std::make_unique<py::buffer_info>(buffer.request());
+            if (!PyBuffer_IsContiguous(info->view(), 'C'))
+                throw py::value_error("buffer must be C-contiguous");
+            const auto *ptr = static_cast<const std::uint8_t *>(info->ptr);
+            const std::size_t size = std::size_t(info->size * info->itemsize);
+            self.buffers.push_back(std::move(info));
+            add_reader(self, [ptr, size](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::buffer_reader>(sink, w, ptr, size);
+            });
+        }, py::arg("buffer"))
+        .def("add_inproc_reader", [](py_chunk_ring_stream &self, std::shared_ptr<transport::inproc_queue> queue) {
+            add_reader(self, [queue](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::inproc_reader>(sink, w, queue);
+            });
+        }, py::arg("queue"))
+        .def("add_udp_pcap_file_reader", [](py_chunk_ring_stream &self, const std::string &filename,
+                                             const std::string &filter) {
+            add_reader(self, [&](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::pcap_reader>(sink, w, filename, filter);
+            });
+        }, py::arg("filename"), py::arg("filter") = "");
+}
+
+} // namespace spead2::bindings

@@ -1,0 +1,675 @@
+#include "chunk/chunk_stream.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+
+#include "common/logging.h"
+
+namespace spead2::chunk
+{
+
+using protocol::packet_header;
+
+namespace
+{
+
+// Fibonacci hashing multiplier (2^64 / golden ratio).
+constexpr std::uint64_t HASH_MULTIPLIER = 11400714819323198485ULL;
+// Hash buckets per live-heap slot (kept sparse so chains stay short).
+constexpr std::size_t BUCKETS_PER_SLOT = 4;
+constexpr std::size_t MIN_HASH_SLOTS = 4;
+
+std::size_t next_pow2(std::size_t x)
+{
+    std::size_t p = 1;
+    while (p < x)
+        p <<= 1;
+    return p;
+}
+
+int log2_exact(std::size_t x)
+{
+    int s = 0;
+    while ((std::size_t(1) << s) < x)
+        s++;
+    return s;
+}
+
+stream_config effective_config(const stream_config &user)
+{
+    stream_config c = user;
+    c.set_allow_unsized_heaps(false);
+    for (const char *name : CHUNK_STAT_NAMES)
+        c.add_stat(name);
+    return c;
+}
+
+} // anonymous namespace
+
+chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
+                           const stream_config &user_config,
+                           const chunk_stream_config &chunk_config,
+                           allocate_function allocate,
+                           ready_function ready)
+    : pool(std::move(pool)),
+      config(effective_config(user_config)),
+      chunk_config(chunk_config),
+      allocate(std::move(allocate)),
+      ready(std::move(ready)),
+      copy(memcpy_by_id(user_config.get_memcpy())),
+      presence_payload_size(chunk_config.get_packet_presence_payload_size()),
+      max_heaps(user_config.get_max_heaps()),
+      substreams(user_config.get_substreams()),
+      allow_out_of_order(user_config.get_allow_out_of_order()),
+      stop_on_stop_item(user_config.get_stop_on_stop_item()),
+      stream_id(user_config.get_stream_id()),
+      started(!user_config.get_explicit_start())
+{
+    if (!this->pool)
+        throw std::invalid_argument("thread_pool must not be None");
+    if (!chunk_config.get_place())
+        throw std::invalid_argument("chunk_config.place is not set");
+    if (!this->allocate || !this->ready)
+        throw std::invalid_argument("allocate and ready callbacks must be set");
+    first_chunk_stat = config.get_stat_index(CHUNK_STAT_NAMES[0]);
+
+    const std::size_t n_slots = max_heaps * substreams;
+    heaps.resize(n_slots);
+    sub_head.assign(substreams, 0);
+    const std::size_t n_buckets = BUCKETS_PER_SLOT * next_pow2(std::max(MIN_HASH_SLOTS, n_slots));
+    buckets.assign(n_buckets, -1);
+    bucket_shift = 64 - log2_exact(n_buckets);
+
+    window.assign(chunk_config.get_max_chunks(), nullptr);
+    stats.assign(config.get_stats().size(), 0);
+    batch_stats.assign(stats.size(), 0);
+    item_values.assign(chunk_config.get_items().size(), -1);
+    extra_scratch.assign(chunk_config.get_max_heap_extra(), 0);
+}
+
+chunk_stream::~chunk_stream()
+{
+    chunk_stream::stop();
+}
+
+// ------------------------------------------------------------------ readers
+
+bool chunk_stream::add_reader(
+    const std::function<std::shared_ptr<transport::reader>(transport::packet_sink &, worker &)> &factory)
+{
+    std::lock_guard<std::mutex> lock(readers_mutex);
+    if (stopped.load() || readers_closed)
+        return false;   // readers added after a stop are ignored, as in the reference
+    if (config.get_explicit_start() && started)
+        throw std::runtime_error("Cannot add readers after explicit start");
+    auto r = factory(*this, pool->pick_worker());
+    readers.push_back(r);
+    if (started)
+        r->start();
+    return true;
+}
+
+void chunk_stream::start()
+{
+    std::lock_guard<std::mutex> lock(readers_mutex);
+    if (started)
+        return;
+    started = true;
+    if (!stopped.load())
+        for (auto &r : readers)
+            r->start();
+}
+
+void chunk_stream::stop_readers()
+{
+    std::vector<std::shared_ptr<transport::reader>> to_close;
+    {
+        std::lock_guard<std::mutex> lock(readers_mutex);
+        if (readers_closed)
+            return;
+        readers_closed = true;
+        to_close.swap(readers);
+    }
+    for (auto &r : to_close)
+        r->request_stop();
+    // A task already running on a reader's worker finishes before this returns;
+    // tasks queued later see the stop flag and do nothing.
+    for (auto &r : to_close)
+        r->get_worker().run_sync([] {});
+    for (auto &r : to_close)
+        r->close();
+}
+
+void chunk_stream::stop()
+{
+    {
+        std::lock_guard<std::mutex> lock(queue_mutex);
+        if (!stopped.load())
+        {
+            // User stop: chunks leave first, then the live heaps (which then
+            // no longer have a chunk to mark).
+            flush_chunks();
+            stopped.store(true);
+            flush_heaps();
+            head = tail = std::numeric_limits<std::uint64_t>::max();
+            merge_batch();
+        }
+    }
+    stop_readers();
+}
+
+void chunk_stream::stop_received()
+{
+    if (stopped.load())
+        return;
+    stopped.store(true);
+    stopped_in_batch = true;
+    flush_heaps();
+    flush_chunks();
+    head = tail = std::numeric_limits<std::uint64_t>::max();
+    {
+        std::lock_guard<std::mutex> lock(readers_mutex);
+        for (auto &r : readers)
+            r->request_stop();
+    }
+    network_stop_hook();
+}
+
+// -------------------------------------------------------------- statistics
+
+std::vector<std::uint64_t> chunk_stream::get_stats() const
+{
+    std::lock_guard<std::mutex> lock(stats_mutex);
+    return stats;
+}
+
+void chunk_stream::merge_batch()
+{
+    const auto &cfg = config.get_stats();
+    std::lock_guard<std::mutex> lock(stats_mutex);
+    stats[stat_index::heaps] += counters.heaps;
+    stats[stat_index::incomplete_heaps_evicted] += counters.evicted;
+    stats[stat_index::incomplete_heaps_flushed] += counters.flushed;
+    stats[stat_index::packets] += counters.packets;
+    stats[stat_index::single_packet_heaps] += counters.single_packet_heaps;
+    stats[stat_index::search_dist] += counters.search_dist;
+    stats[first_chunk_stat + 0] += counters.too_old;
+    stats[first_chunk_stat + 1] += counters.rejected;
+    stats[first_chunk_stat + 2] += counters.out_of_range;
+    stats[first_chunk_stat + 3] += counters.malformed;
+    for (std::size_t i = stat_index::custom; i < first_chunk_stat; i++)
+        stats[i] = cfg[i].combine(stats[i], batch_stats[i]);
+    counters = batch_counters();
+    std::fill(batch_stats.begin(), batch_stats.end(), 0);
+}
+
+// ------------------------------------------------------------------ batches
+
+bool chunk_stream::batch_begin()
+{
+    queue_mutex.lock();
+    if (stopped.load())
+    {
+        queue_mutex.unlock();
+        return false;
+    }
+    batch_packet_count = 0;
+    stopped_in_batch = false;
+    return true;
+}
+
+bool chunk_stream::batch_packets(const packet_header *packets, std::size_t n)
+{
+    for (std::size_t i = 0; i < n; i++)
+    {
+        if (stopped.load(std::memory_order_relaxed))
+            return false;
+        if (i + 1 < n)
+            __builtin_prefetch(packets[i + 1].packet);
+        batch_packet_count++;
+        process_packet(packets[i]);
+    }
+    return !stopped.load(std::memory_order_relaxed);
+}
+
+void chunk_stream::batch_malformed(std::size_t n)
+{
+    counters.malformed += n;
+}
+
+void chunk_stream::batch_end(bool end_of_stream)
+{
+    if (end_of_stream)
+        stop_received();
+    const bool count_batch = !(stopped_in_batch && batch_packet_count == 0);
+    {
+        std::lock_guard<std::mutex> lock(stats_mutex);
+        if (count_batch)
+        {
+            stats[stat_index::batches]++;
+            stats[stat_index::max_batch] = std::max<std::uint64_t>(stats[stat_index::max_batch], batch_packet_count);
+        }
+    }
+    merge_batch();
+    queue_mutex.unlock();
+}
+
+// ------------------------------------------------------------ heap assembly
+
+std::size_t chunk_stream::hash(std::int64_t cnt) const
+{
+    return std::size_t((std::uint64_t(cnt) * HASH_MULTIPLIER) >> bucket_shift);
+}
+
+std::int32_t chunk_stream::find_heap(std::int64_t cnt)
+{
+    for (std::int32_t i = buckets[hash(cnt)]; i >= 0; i = heaps[i].hash_next)
+    {
+        counters.search_dist++;
+        if (heaps[i].cnt == cnt)
+            return i;
+    }
+    return -1;
+}
+
+void chunk_stream::unlink_heap(std::size_t slot)
+{
+    std::int32_t *link = &buckets[hash(heaps[slot].cnt)];
+    while (*link >= 0)
+    {
+        if (std::size_t(*link) == slot)
+        {
+            *link = heaps[slot].hash_next;
+            break;
+        }
+        link = &heaps[*link].hash_next;
+    }
+    heaps[slot].hash_next = -1;
+    heaps[slot].cnt = -1;
+}
+
+std::size_t chunk_stream::new_heap(const packet_header &ph)
+{
+    const std::size_t sub = std::size_t(std::uint64_t(ph.heap_cnt) % substreams);
+    std::size_t &pos = sub_head[sub];
+    pos = (pos + 1 == max_heaps) ? 0 : pos + 1;
+    const std::size_t slot = sub * max_heaps + pos;
+    live_heap &h = heaps[slot];
+    if (h.cnt >= 0)
+    {
+        // FIFO eviction: the oldest heap of this substream makes room.
+        unlink_heap(slot);
+        counters.evicted++;
+        heap_done(h, false);
+    }
+    h.cnt = ph.heap_cnt;
+    h.heap_length = ph.heap_length;
+    h.received = 0;
+    h.min_length = 0;
+    h.heap_address_bits = ph.heap_address_bits;
+    h.stop_item = false;
+    h.placed = false;
+    h.where = heap_placement();
+    h.ranges.clear();
+    const std::size_t b = hash(ph.heap_cnt);
+    h.hash_next = buckets[b];
+    buckets[b] = std::int32_t(slot);
+    return slot;
+}
+
+bool chunk_stream::scan_pointers(const packet_header &ph, std::uint64_t &max_address, bool &stop_flag) const
+{
+    max_address = 0;
+    stop_flag = false;
+    const int hab = ph.heap_address_bits;
+    for (int i = 0; i < ph.n_items; i++)
+    {
+        const auto ptr = protocol::decode_item_pointer(
+            protocol::load_be64(ph.pointers + i * protocol::ITEM_POINTER_SIZE), hab);
+        if (ptr.immediate)
+        {
+            if (ptr.id == protocol::STREAM_CTRL_ID && ptr.value == protocol::CTRL_STREAM_STOP)
+                stop_flag = true;
+        }
+        else if (ptr.value > max_address)
+            max_address = ptr.value;
+    }
+    return true;
+}
+
+void chunk_stream::process_packet(const packet_header &ph)
+{
+    counters.packets++;
+    if (ph.heap_length < 0)
+    {
+        log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
+                  (long long) ph.heap_cnt);
+        return;
+    }
+    if (ph.payload_length == ph.heap_length)
+    {
+        process_single(ph);
+        return;
+    }
+
+    std::int32_t found = find_heap(ph.heap_cnt);
+    if (found < 0)
+    {
+        if (!allow_out_of_order && ph.payload_offset != 0)
+        {
+            log_debug("dropped packet of heap %lld: first packet has non-zero offset",
+                      (long long) ph.heap_cnt);
+            return;
+        }
+        found = std::int32_t(new_heap(ph));
+    }
+    live_heap &h = heaps[found];
+    if (ph.heap_length != h.heap_length)
+    {
+        log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
+        return;
+    }
+    if (ph.heap_address_bits != h.heap_address_bits)
+    {
+        log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
+        return;
+    }
+    std::uint64_t max_address;
+    bool stop_flag;
+    scan_pointers(ph, max_address, stop_flag);
+    const std::uint64_t start = std::uint64_t(ph.payload_offset);
+    const std::uint64_t end = start + std::uint64_t(ph.payload_length);
+    const std::uint64_t new_min = std::max({h.min_length, max_address, end});
+    if (new_min > std::uint64_t(h.heap_length))
+    {
+        log_info("dropped packet of heap %lld: heap length too small for its items",
+                 (long long) ph.heap_cnt);
+        return;
+    }
+    if (!allow_out_of_order)
+    {
+        if (start != h.received)
+        {
+            if (start < h.received)
+                log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
+                            (long long) ph.heap_cnt, (unsigned long long) start,
+                            (unsigned long long) h.received);
+            else
+                log_debug("dropped packet of heap %lld: gap in heap", (long long) ph.heap_cnt);
+            return;
+        }
+    }
+    else if (ph.payload_length > 0)
+    {
+        // Sorted, disjoint, merged ranges of received payload.
+        auto &r = h.ranges;
+        auto it = std::upper_bound(r.begin(), r.end(), std::make_pair(start, std::uint64_t(-1)));
+        // it: first range with begin > start
+        if (it != r.begin())
+        {
+            auto prev = std::prev(it);
+            if (prev->first == start && prev->second == end)
+            {
+                log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
+                return;
+            }
+            if (prev->second > start)
+            {
+                log_warning("dropped packet of heap %lld: overlaps data already received",
+                            (long long) ph.heap_cnt);
+                return;
+            }
+        }
+        if (it != r.end() && it->first < end)
+        {
+            log_warning("dropped packet of heap %lld: overlaps data already received",
+                        (long long) ph.heap_cnt);
+            return;
+        }
+        bool merge_prev = it != r.begin() && std::prev(it)->second == start;
+        bool merge_next = it != r.end() && it->first == end;
+        if (merge_prev && merge_next)
+        {
+            std::prev(it)->second = it->second;
+            r.erase(it);
+        }
+        else if (merge_prev)
+            std::prev(it)->second = end;
+        else if (merge_next)
+            it->first = start;
+        else
+            r.insert(it, {start, end});
+    }
+
+    // Accepted
+    h.min_length = new_min;
+    h.received += std::uint64_t(ph.payload_length);
+    h.stop_item |= stop_flag;
+    if (!h.placed)
+    {
+        h.placed = true;
+        h.where = place(ph);
+    }
+    copy_payload(h.where, ph);
+    const bool complete = h.received == std::uint64_t(h.heap_length);
+    if (complete)
+    {
+        unlink_heap(found);
+        if (!(h.stop_item && stop_on_stop_item))
+            heap_done(h, true);
+    }
+    if (h.stop_item && stop_on_stop_item)
+        stop_received();
+}
+
+void chunk_stream::process_single(const packet_header &ph)
+{
+    counters.single_packet_heaps++;
+    std::uint64_t max_address;
+    bool stop_flag;
+    scan_pointers(ph, max_address, stop_flag);
+    if (max_address > std::uint64_t(ph.heap_length))
+    {
+        log_info("dropped packet of heap %lld: heap length too small for its items",
+                 (long long) ph.heap_cnt);
+        return;
+    }
+    heap_placement where;
+    if (ph.heap_length > 0)
+    {
+        where = place(ph);
+        copy_payload(where, ph);
+    }
+    if (stop_flag && stop_on_stop_item)
+    {
+        stop_received();   // a complete stop heap is discarded
+        return;
+    }
+    counters.heaps++;
+    mark_complete(where);
+}
+
+void chunk_stream::heap_done(live_heap &h, bool complete)
+{
+    counters.heaps++;
+    if (complete)
+        mark_complete(h.where);
+}
+
+void chunk_stream::flush_heaps()
+{
+    for (std::size_t slot = 0; slot < heaps.size(); slot++)
+    {
+        live_heap &h = heaps[slot];
+        if (h.cnt >= 0)
+        {
+            unlink_heap(slot);
+            counters.flushed++;
+            heap_done(h, false);
+        }
+    }
+}
+
+// ----------------------------------------------------------------- placement
+
+chunk *chunk_stream::chunk_for(std::int64_t chunk_id) const
+{
+    if (chunk_id < 0 || std::uint64_t(chunk_id) < head || std::uint64_t(chunk_id) >= tail)
+        return nullptr;
+    return window[std::uint64_t(chunk_id) % window.size()];
+}
+
+void chunk_stream::flush_head()
+{
+    chunk *&slot = window[head % window.size()];
+    chunk *c = slot;
+    slot = nullptr;
+    head++;
+    if (c)
+        ready(std::unique_ptr<chunk>(c), batch_stats.data());
+}
+
+void chunk_stream::flush_chunks()
+{
+    while (head < tail)
+        flush_head();
+}
+
+void chunk_stream::advance_window(std::uint64_t chunk_id)
+{
+    const std::size_t max_chunks = window.size();
+    if (chunk_id - tail >= max_chunks)
+    {
+        flush_chunks();
+        head = tail = chunk_id - max_chunks + 1;
+    }
+    while (chunk_id >= tail)
+    {
+        if (tail - head == max_chunks)
+            flush_head();
+        std::unique_ptr<chunk> c = allocate(std::int64_t(tail), batch_stats.data());
+        if (c)
+        {
+            c->chunk_id = std::int64_t(tail);
+            c->stream_id = stream_id;
+        }
+        window[tail % max_chunks] = c.release();
+        tail++;
+    }
+}
+
+chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
+{
+    heap_placement result;
+    // Requested immediate items, from every pointer of the packet (specials included).
+    const auto &wanted = chunk_config.get_items();
+    if (!wanted.empty())
+    {
+        std::fill(item_values.begin(), item_values.end(), -1);
+        const std::uint8_t *ptrs = ph.packet + protocol::HEADER_SIZE;
+        for (int i = 0; i < ph.all_items; i++)
+        {
+            const auto ptr = protocol::decode_item_pointer(
+                protocol::load_be64(ptrs + i * protocol::ITEM_POINTER_SIZE), ph.heap_address_bits);
+            if (!ptr.immediate)
+                continue;
+            for (std::size_t j = 0; j < wanted.size(); j++)
+                if (wanted[j] == ptr.id)
+                    item_values[j] = std::int64_t(ptr.value);
+        }
+    }
+    chunk_place_data &d = place_data;
+    d.packet = ph.packet;
+    d.packet_size = ph.size;
+    d.items = wanted.empty() ? nullptr : item_values.data();
+    d.chunk_id = -1;
+    d.heap_index = 0;
+    d.heap_offset = 0;
+    d.batch_stats = batch_stats.data();
+    d.extra = extra_scratch.empty() ? nullptr : extra_scratch.data();
+    d.extra_offset = 0;
+    d.extra_size = 0;
+    chunk_config.get_place()(&d);
+
+    if (d.chunk_id < 0)
+    {
+        counters.rejected++;
+        return result;
+    }
+    const std::uint64_t id = std::uint64_t(d.chunk_id);
+    if (id < head)
+    {
+        counters.too_old++;
+        return result;
+    }
+    if (id >= tail)
+        advance_window(id);
+    chunk *c = chunk_for(d.chunk_id);
+    if (!c)
+        return result;   // no chunk could be allocated (free ring stopped)
+
+    // Bounds checks: nothing may be written outside the chunk's buffers.
+    const std::uint64_t length = std::uint64_t(ph.heap_length);
+    const std::size_t last_index = presence_payload_size
+        ? d.heap_index + (length - 1) / presence_payload_size
+        : d.heap_index;
+    const char *problem = nullptr;
+    if (d.heap_offset > c->data_size || length > c->data_size - d.heap_offset)
+        problem = "heap_offset + heap length exceeds the chunk's data";
+    else if (d.heap_index >= c->present_size || last_index >= c->present_size || last_index < d.heap_index)
+        problem = "heap_index is outside the chunk's present array";
+    else if (d.extra_size > extra_scratch.size())
+        problem = "extra_size exceeds max_heap_extra";
+    else if (d.extra_size > 0
+             && (d.extra_offset > c->extra_size || d.extra_size > c->extra_size - d.extra_offset))
+        problem = "extra_offset + extra_size exceeds the chunk's extra buffer";
+    if (problem)
+    {
+        if (counters.out_of_range == 0)
+            log_warning("dropped heap %lld placed in chunk %lld: %s (heap_index=%zu heap_offset=%zu "
+                        "heap_length=%llu extra_offset=%zu extra_size=%zu)",
+                        (long long) ph.heap_cnt, (long long) d.chunk_id, problem,
+                        d.heap_index, d.heap_offset, (unsigned long long) length,
+                        d.extra_offset, d.extra_size);
+        counters.out_of_range++;
+        return result;
+    }
+    if (d.extra_size > 0)
+        std::memcpy(c->extra + d.extra_offset, extra_scratch.data(), d.extra_size);
+    result.chunk_id = d.chunk_id;
+    result.heap_index = d.heap_index;
+    result.heap_offset = d.heap_offset;
+    return result;
+}
+
+void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
+{
+    if (where.chunk_id < 0 || ph.payload_length <= 0)
+        return;
+    chunk *c = chunk_for(where.chunk_id);
+    if (!c)
+        return;   // the chunk has left the window
+    copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
+    if (presence_payload_size)
+        c->present[where.heap_index + std::size_t(ph.payload_offset) / presence_payload_size] = 1;
+}
+
+void chunk_stream::mark_complete(const heap_placement &where)
+{
+    if (where.chunk_id < 0)
+        return;
+    if (std::uint64_t(where.chunk_id) < head)
+    {
+        counters.too_old++;
+        return;
+    }
+    if (presence_payload_size)
+        return;
+    chunk *c = chunk_for(where.chunk_id);
+    if (c)
+        c->present[where.heap_index] = 1;
+}
+
+} // namespace spead2::chunk
