@@ -19,7 +19,9 @@
 // - problems found while iterating (truncated last record, corrupt pcapng
 //   block length, packets on an unsupported interface, snapped packets) are
 //   logged once as warnings and never thrown: truncation and corruption end
-//   the iteration, the others skip the frame.
+//   the iteration, the others skip the frame.  (So does a BPF filter that
+//   does not compile for the link type of a pcapng interface described only
+//   after the first packet; earlier ones are checked by the constructor.)
 //
 // Timestamps are not interpreted: frames are returned in file order.  The
 // file must not be shrunk by another process while it is open (the mapping
