@@ -294,15 +294,21 @@ def worker_main(args):
                     errors.append(f"chunk {cid}: payload mismatch")
             stream.add_free_chunk(chunk)
         elapsed = time.perf_counter() - start
-        stats = stream.stats
-        stats = {k: int(v) for k, v in stats.items()}
+        # Read the statistics only after stop(): the data ring may be stopped
+        # before the reader's last batch has been added to the statistics
+        # (seen with both packages).
         stream.stop()
+        stats = {k: int(v) for k, v in stream.stats.items()}
         if complete != p["n_heaps"]:
             errors.append(f"{complete} complete heaps, expected {p['n_heaps']}")
-        if verify and n_chunks_seen != expected_chunks:
-            errors.append(f"{n_chunks_seen} chunks, expected {expected_chunks}")
+        # Both implementations may also emit a few empty chunks preceding the
+        # first one (the window is filled up to the first chunk id); those are
+        # checked above to hold no heaps.
+        if n_chunks_seen < expected_chunks:
+            errors.append(f"{n_chunks_seen} chunks, expected at least {expected_chunks}")
         if stats.get("packets") != p["n_packets"]:
             errors.append(f"stats packets={stats.get('packets')}, expected {p['n_packets']}")
+        stats["chunks_received"] = n_chunks_seen
         return elapsed, complete, stats, errors
 
     # Warm-up run with full content verification (not timed in the results).
