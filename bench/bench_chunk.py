@@ -23,6 +23,7 @@ See bench/README.md.
 import argparse
 import json
 import os
+import resource
 import statistics
 import struct
 import subprocess
@@ -48,15 +49,19 @@ SPEAD_OVERHEAD = 8 + 8 * N_ITEMS
 TIMESTAMP_STEP = 2048  # timestamp increment between consecutive spectra
 FIRST_CHUNK = 1000  # chunk id of the first chunk (timestamps do not start at 0)
 
+# Traffic sizes: ~540-550 MB of SPEAD data per scenario, so that a "mem" worker
+# (which holds the whole buffer in memory) stays well below 1 GiB RSS.  At the
+# reference's speed on a small machine that is ~0.1 s per mem run and
+# ~0.3-1 s per pcap run; use --scale to change it.
 SCENARIOS = {
     # name: heap payload size, max packet size (SPEAD bytes incl. header),
     #       number of heaps at --scale 1, channels (heaps per timestamp),
     #       timestamps per chunk
-    "1k": dict(heap_size=1024, max_packet=1472, n_heaps=200_000, n_chan=4, t_per_chunk=256,
+    "1k": dict(heap_size=1024, max_packet=1472, n_heaps=500_000, n_chan=4, t_per_chunk=256,
                desc="1 KiB single-packet heaps"),
-    "64k": dict(heap_size=65536, max_packet=1472, n_heaps=4096, n_chan=4, t_per_chunk=16,
+    "64k": dict(heap_size=65536, max_packet=1472, n_heaps=8192, n_chan=4, t_per_chunk=16,
                 desc="64 KiB heaps in <=1472-byte packets"),
-    "8k": dict(heap_size=8192, max_packet=8192 + SPEAD_OVERHEAD, n_heaps=32_768, n_chan=4,
+    "8k": dict(heap_size=8192, max_packet=8192 + SPEAD_OVERHEAD, n_heaps=65_536, n_chan=4,
                t_per_chunk=32, desc="8 KiB single-packet heaps"),
 }
 
@@ -350,6 +355,7 @@ def worker_main(args):
         "best": rates(min(times)),
         "median": rates(statistics.median(times)),
         "stats": stats,
+        "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(result))
     return 0
@@ -391,6 +397,10 @@ def driver_main(args):
     # that each interpreter imports its own installed spead2.
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
+    # scipy (imported for LowLevelCallable) loads OpenBLAS, whose idle thread
+    # pool otherwise competes for the machine's cores.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     interpreters = [("ours", sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}
@@ -420,7 +430,8 @@ def driver_main(args):
                         per_impl[label].append(r)
                         print(f"#   {scen}/{source} round {rnd} {label}: "
                               f"{r['best']['packets_per_s'] / 1e6:.3f} Mpkt/s best, "
-                              f"{r['median']['packets_per_s'] / 1e6:.3f} median "
+                              f"{r['median']['packets_per_s'] / 1e6:.3f} median, "
+                              f"rss {r['max_rss_mib']:.0f} MiB "
                               f"[{r['spead2_file']}]", file=sys.stderr)
                 summary = {"scenario": scen, "source": source, "desc": p["desc"],
                            "n_packets": p["n_packets"], "n_heaps": p["n_heaps"]}

@@ -13,6 +13,7 @@ The module also contains a tiny decoder (:func:`parse_packet`) so that tests
 can compute expectations independently of the code under test.
 """
 
+import functools
 import struct
 
 HEAP_CNT_ID = 0x01
@@ -331,3 +332,38 @@ def reassemble(datagrams):
             covered += len(piece)
         out[cnt] = (first, bytes(buf) if covered == first.heap_length else None)
     return out
+
+
+# --------------------------------------------------------------------------
+# The chunk layout shared by the chunk-stream tests (the same shape as the
+# reference's own tests): heaps of 1024 bytes sent as two 512-byte packets,
+# ten heaps per chunk, heap position carried by immediate item 0x1000.
+
+HEAP_PAYLOAD_SIZE = 1024
+HEAPS_PER_CHUNK = 10
+CHUNK_PAYLOAD_SIZE = HEAPS_PER_CHUNK * HEAP_PAYLOAD_SIZE
+PACKETS_PER_HEAP = 2
+PACKET_SIZE = HEAP_PAYLOAD_SIZE // PACKETS_PER_HEAP
+POSITION_ID = 0x1000
+DATA_ID = 0x1001
+EXTRA_ID = 0x1002
+
+
+@functools.lru_cache(maxsize=4096)
+def heap_payload(position, size=HEAP_PAYLOAD_SIZE):
+    """Deterministic, position-dependent payload bytes."""
+    return bytes(((i * 31) + position * 1021 + (i >> 8) * 7) & 0xFF for i in range(size))
+
+
+def extra_value(position):
+    return position ^ 0xBEEF
+
+
+def position_heap(position, heap_cnt, *, heap_address_bits=48, packet_size=PACKET_SIZE,
+                  with_extra=True):
+    """Packets of the standard heap for ``position``."""
+    immediates = [(POSITION_ID, position)]
+    if with_extra:
+        immediates.append((EXTRA_ID, extra_value(position)))
+    return heap_packets(heap_cnt, heap_payload(position), packet_size, immediates,
+                        [(DATA_ID, 0)], heap_address_bits=heap_address_bits)

@@ -15,6 +15,7 @@ namespace py = pybind11;
 
 void register_common(py::module_ &m);
 void register_recv(py::module_ &m);
+void register_send(py::module_ &m);
 
 /// Streams alive in this process, stopped at interpreter exit.
 void register_stoppable(chunk::chunk_stream *stream);

@@ -117,7 +117,7 @@ pcap_file::pcap_file(const std::string &filename, const std::string &filter)
 {
 #ifndef SPEAD2_HAVE_PCAP
     if (!filter.empty())
-        throw std::invalid_argument("BPF filters need spead2 built with libpcap (cannot apply filter '"
+        throw std::runtime_error("BPF filters need spead2 built with libpcap (cannot apply filter '"
                                     + filter + "' to " + filename + ")");
 #endif
     int fd = ::open(filename.c_str(), O_RDONLY | O_CLOEXEC);
@@ -138,17 +138,17 @@ pcap_file::pcap_file(const std::string &filename, const std::string &filter)
     if (!S_ISREG(st.st_mode))
     {
         ::close(fd);
-        throw std::invalid_argument("capture file " + filename + " is not a regular file");
+        throw std::runtime_error("capture file " + filename + " is not a regular file");
     }
     if (st.st_size <= 0)
     {
         ::close(fd);
-        throw std::invalid_argument("capture file " + filename + " is empty");
+        throw std::runtime_error("capture file " + filename + " is empty");
     }
     if (std::uintmax_t(st.st_size) > std::numeric_limits<std::size_t>::max())
     {
         ::close(fd);
-        throw std::invalid_argument("capture file " + filename + " is too large to map");
+        throw std::runtime_error("capture file " + filename + " is too large to map");
     }
     const std::size_t file_size = std::size_t(st.st_size);
     void *mapping = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -163,7 +163,7 @@ pcap_file::pcap_file(const std::string &filename, const std::string &filter)
     try
     {
         if (size < MAGIC_SIZE)
-            throw std::invalid_argument("capture file " + name + " is too short (" + std::to_string(size)
+            throw std::runtime_error("capture file " + name + " is too short (" + std::to_string(size)
                                         + " bytes) to be a pcap or pcapng file");
         const std::uint32_t magic = load_native32(data);
         if (magic == PCAP_MAGIC_USEC || magic == PCAP_MAGIC_NSEC)
@@ -176,7 +176,7 @@ pcap_file::pcap_file(const std::string &filename, const std::string &filter)
         {
             char hex[16];
             std::snprintf(hex, sizeof(hex), "%02x%02x%02x%02x", data[0], data[1], data[2], data[3]);
-            throw std::invalid_argument("capture file " + name
+            throw std::runtime_error("capture file " + name
                                         + " is not a pcap or pcapng file (unknown magic number " + hex + ")");
         }
     }
@@ -262,15 +262,15 @@ void pcap_file::open_classic(bool swap)
 {
     swapped = swap;
     if (size < PCAP_FILE_HEADER_SIZE)
-        throw std::invalid_argument("capture file " + name + " is truncated inside the pcap file header ("
+        throw std::runtime_error("capture file " + name + " is truncated inside the pcap file header ("
                                     + std::to_string(size) + " bytes)");
     const std::uint32_t link_number = read32(PCAP_LINKTYPE_OFFSET) & PCAP_LINKTYPE_MASK;
     interfaces.push_back(make_interface(link_number, read32(PCAP_SNAPLEN_OFFSET)));
     const interface_info &iface = interfaces.back();
     if (!iface.supported)
-        throw std::invalid_argument(unsupported_link_message(name, link_number));
+        throw std::runtime_error(unsupported_link_message(name, link_number));
     if (!iface.filter_error.empty())
-        throw std::invalid_argument("invalid BPF filter '" + filter_text + "' for " + name + ": "
+        throw std::runtime_error("invalid BPF filter '" + filter_text + "' for " + name + ": "
                                     + iface.filter_error);
     pos = PCAP_FILE_HEADER_SIZE;
 }
@@ -281,13 +281,13 @@ void pcap_file::open_pcapng()
     std::uint32_t type;
     std::size_t length;
     if (size < PCAPNG_SHB_MIN_SIZE)
-        throw std::invalid_argument("capture file " + name + " is truncated inside the pcapng section header ("
+        throw std::runtime_error("capture file " + name + " is truncated inside the pcapng section header ("
                                     + std::to_string(size) + " bytes)");
     if (const char *reason = check_block(type, length))
-        throw std::invalid_argument("capture file " + name + " has an invalid pcapng section header: " + reason);
+        throw std::runtime_error("capture file " + name + " has an invalid pcapng section header: " + reason);
     const std::uint16_t major = read16(pos + PCAPNG_BLOCK_HEADER_SIZE + PCAPNG_SHB_MAJOR_OFFSET);
     if (major != PCAPNG_MAJOR_VERSION)
-        throw std::invalid_argument("capture file " + name + " has unsupported pcapng version "
+        throw std::runtime_error("capture file " + name + " has unsupported pcapng version "
                                     + std::to_string(major));
 
     // Read the blocks before the first packet, so that the interfaces are
@@ -296,7 +296,7 @@ void pcap_file::open_pcapng()
     next_pcapng(unused, true);
     for (const auto &iface : interfaces)
         if (!iface.filter_error.empty())
-            throw std::invalid_argument("invalid BPF filter '" + filter_text + "' for " + name + ": "
+            throw std::runtime_error("invalid BPF filter '" + filter_text + "' for " + name + ": "
                                         + iface.filter_error);
     if (!interfaces.empty())
     {
@@ -304,7 +304,7 @@ void pcap_file::open_pcapng()
         for (const auto &iface : interfaces)
             any_supported |= iface.supported;
         if (!any_supported)
-            throw std::invalid_argument(unsupported_link_message(name, interfaces.front().link_number));
+            throw std::runtime_error(unsupported_link_message(name, interfaces.front().link_number));
     }
 }
 

@@ -15,7 +15,7 @@
 // - missing / unreadable file: std::system_error (errno; message names the file);
 // - empty file, not a capture file, truncated file header, unsupported link
 //   type (classic pcap, or a pcapng whose leading interfaces are all
-//   unsupported), bad BPF filter: std::invalid_argument;
+//   unsupported), bad BPF filter: std::runtime_error (RuntimeError in Python, as in the reference);
 // - problems found while iterating (truncated last record, corrupt pcapng
 //   block length, packets on an unsupported interface, snapped packets) are
 //   logged once as warnings and never thrown: truncation and corruption end

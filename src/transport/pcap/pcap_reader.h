@@ -33,7 +33,7 @@ public:
     /**
      * Open @a filename (pcap or pcapng).  @a filter is a BPF expression in
      * tcpdump syntax, empty for none (non-empty needs spead2 built with
-     * libpcap).  Throws std::system_error or std::invalid_argument.
+     * libpcap).  Throws std::system_error or std::runtime_error.
      */
     pcap_reader(packet_sink &sink, worker &thread, const std::string &filename, const std::string &filter);
 

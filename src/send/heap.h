@@ -1,0 +1,78 @@
+// A heap to send, and the packet generator that cuts it into SPEAD packets.
+//
+// Every packet starts with the four special immediates (HEAP_CNT,
+// HEAP_LENGTH, PAYLOAD_OFFSET, PAYLOAD_LENGTH).  The heap's own item pointers
+// follow: all of them in the first packet(s), or in every packet when
+// repeat_pointers is set (so a receiver can place a heap from any packet).
+// The payload is the concatenation of the addressed items' data; a heap with
+// no payload gets one padding byte behind a NULL item, so every heap reaches
+// a receiver's place callback.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace spead2::send
+{
+
+/// Sizes, in bytes, of the fixed parts of a packet.
+constexpr std::size_t PACKET_HEADER_SIZE = 8;
+constexpr std::size_t ITEM_POINTER_SIZE = 8;
+constexpr std::size_t SPECIAL_ITEMS = 4;
+/// The smallest max_packet_size that can carry a payload byte after the specials.
+constexpr std::size_t MIN_PACKET_SIZE = PACKET_HEADER_SIZE + SPECIAL_ITEMS * ITEM_POINTER_SIZE + ITEM_POINTER_SIZE + 1;
+
+struct heap_item
+{
+    std::uint64_t id;
+    bool immediate;
+    std::uint64_t value;            ///< immediate value
+    const std::uint8_t *data;       ///< addressed item: its bytes (owned by the caller)
+    std::size_t size;
+};
+
+class heap
+{
+    int heap_address_bits;
+    std::vector<heap_item> items;
+    bool repeat = false;
+public:
+    /// @a heap_address_bits: 8..56, multiple of 8 (SPEAD-64-XX).
+    explicit heap(int heap_address_bits = 40);
+    int get_heap_address_bits() const { return heap_address_bits; }
+    void add_immediate(std::uint64_t id, std::uint64_t value);
+    /// The bytes must stay valid until the heap has been sent.
+    void add_item(std::uint64_t id, const std::uint8_t *data, std::size_t size);
+    void set_repeat_pointers(bool r) { repeat = r; }
+    bool get_repeat_pointers() const { return repeat; }
+    const std::vector<heap_item> &get_items() const { return items; }
+};
+
+/// Writes the packets of one heap, one at a time, into caller buffers.
+class packet_generator
+{
+    const heap &h;
+    std::int64_t cnt;
+    std::size_t max_packet_size;
+    int hab;
+    std::uint64_t id_shift_mask;
+    std::vector<std::uint64_t> pointers;      ///< the heap's item pointers (big-endian ready values)
+    std::vector<std::pair<const std::uint8_t *, std::size_t>> pieces;  ///< payload pieces in order
+    std::uint64_t payload_size = 0;
+    std::uint64_t offset = 0;                 ///< payload bytes already emitted
+    std::size_t next_pointer = 0;             ///< first pointer not yet emitted (non-repeat mode)
+    std::size_t piece = 0, piece_offset = 0;  ///< payload cursor
+    bool pad = false;
+    bool done = false;
+    std::uint64_t make_pointer(bool immediate, std::uint64_t id, std::uint64_t value) const;
+public:
+    /// Throws std::invalid_argument when the heap cannot be sent with this packet size.
+    packet_generator(const heap &h, std::int64_t cnt, std::size_t max_packet_size);
+    bool has_next() const { return !done; }
+    /// Write the next packet into @a out (at least max_packet_size bytes); returns its size.
+    std::size_t next_packet(std::uint8_t *out);
+    std::uint64_t get_payload_size() const { return payload_size; }
+};
+
+} // namespace spead2::send

@@ -1,0 +1,493 @@
+#include "send/stream.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/logging.h"
+#include "transport/mem/mem_reader.h"
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+namespace spead2::send
+{
+
+// ------------------------------------------------------------------- config
+
+stream_config &stream_config::set_max_packet_size(std::size_t v)
+{
+    if (v < MIN_PACKET_SIZE)
+        throw std::invalid_argument("max_packet_size must be at least " + std::to_string(MIN_PACKET_SIZE));
+    if (v > 65507)
+        throw std::invalid_argument("max_packet_size cannot exceed 65507 (the largest UDP payload)");
+    max_packet_size = v;
+    return *this;
+}
+
+stream_config &stream_config::set_rate(double v)
+{
+    if (!(v >= 0.0) || !std::isfinite(v))
+        throw std::invalid_argument("rate must be a finite non-negative number of bytes per second");
+    rate = v;
+    return *this;
+}
+
+stream_config &stream_config::set_max_heaps(std::size_t v)
+{
+    if (v == 0)
+        throw std::invalid_argument("max_heaps must be positive");
+    max_heaps = v;
+    return *this;
+}
+
+stream_config &stream_config::set_burst_rate_ratio(double v)
+{
+    if (!(v >= 1.0))
+        throw std::invalid_argument("burst_rate_ratio must be at least 1");
+    burst_rate_ratio = v;
+    return *this;
+}
+
+// ------------------------------------------------------------------- stream
+
+stream::stream(const stream_config &config)
+    : config(config),
+      buffer(SEND_BATCH_PACKETS * config.get_max_packet_size()),
+      sizes(SEND_BATCH_PACKETS)
+{
+}
+
+void stream::set_cnt_sequence(std::int64_t next, std::int64_t step)
+{
+    if (step == 0)
+        throw std::invalid_argument("cnt step cannot be zero");
+    std::lock_guard<std::mutex> lock(mutex);
+    next_cnt = next;
+    cnt_step = step;
+}
+
+void stream::pace(std::size_t bytes)
+{
+    const double rate = config.get_rate();
+    if (rate <= 0.0)
+        return;
+    const auto now = clock::now();
+    if (!schedule_valid || schedule < now - std::chrono::milliseconds(100))
+    {
+        // Start (or restart after an idle spell): don't let a backlog of
+        // "unused" time turn into a huge burst.
+        schedule = now;
+        schedule_valid = true;
+    }
+    // The batch just sent occupies bytes/rate of the schedule; when behind,
+    // catch up no faster than burst_rate_ratio × rate.
+    schedule += std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(bytes / rate));
+    const auto earliest = now + std::chrono::duration_cast<clock::duration>(
+        std::chrono::duration<double>(bytes / (rate * config.get_burst_rate_ratio())));
+    const auto wake = std::max(schedule, earliest);
+    if (wake > now)
+        std::this_thread::sleep_until(wake);
+}
+
+void stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
+{
+    if (substream >= num_substreams())
+        throw std::out_of_range("substream_index " + std::to_string(substream) + " is out of range (stream has "
+                                + std::to_string(num_substreams()) + ")");
+    std::lock_guard<std::mutex> lock(mutex);
+    if (cnt < 0)
+    {
+        cnt = next_cnt;
+        next_cnt += cnt_step;
+    }
+    packet_generator gen(h, cnt, config.get_max_packet_size());
+    const std::size_t max_batch_bytes = config.get_rate() > 0
+        ? std::max(config.get_burst_size(), config.get_max_packet_size())
+        : buffer.size();
+    while (gen.has_next())
+    {
+        std::size_t n = 0, used = 0;
+        while (n < SEND_BATCH_PACKETS && gen.has_next()
+               && used + config.get_max_packet_size() <= buffer.size()
+               && (n == 0 || used + config.get_max_packet_size() <= max_batch_bytes))
+        {
+            sizes[n] = gen.next_packet(buffer.data() + used);
+            used += sizes[n];
+            n++;
+        }
+        transmit(buffer.data(), sizes.data(), n, substream);
+        pace(used);
+    }
+}
+
+// ------------------------------------------------------------- bytes_stream
+
+void bytes_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t)
+{
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < n; i++)
+        total += sizes[i];
+    data.insert(data.end(), d, d + total);
+}
+
+// ------------------------------------------------------------ inproc_stream
+
+inproc_stream::inproc_stream(const stream_config &config,
+                             std::vector<std::shared_ptr<transport::inproc_queue>> queues)
+    : stream(config), queues(std::move(queues))
+{
+    if (this->queues.empty())
+        throw std::invalid_argument("at least one queue is required");
+    for (const auto &q : this->queues)
+        if (!q)
+            throw std::invalid_argument("queues must not be None");
+}
+
+void inproc_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+{
+    for (std::size_t i = 0; i < n; i++)
+    {
+        queues[sub]->add_packet(d, sizes[i]);
+        d += sizes[i];
+    }
+}
+
+// --------------------------------------------------------------- udp_stream
+
+udp_endpoint resolve_ipv4(const std::string &host, std::uint16_t port)
+{
+    addrinfo hints{};
+    hints.ai_family = AF_INET;
+    hints.ai_socktype = SOCK_DGRAM;
+    addrinfo *res = nullptr;
+    int status = getaddrinfo(host.empty() ? "0.0.0.0" : host.c_str(), nullptr, &hints, &res);
+    if (status != 0 || !res)
+        throw std::invalid_argument("cannot resolve host '" + host + "' to an IPv4 address: "
+                                    + gai_strerror(status));
+    udp_endpoint ep;
+    ep.address = ntohl(reinterpret_cast<sockaddr_in *>(res->ai_addr)->sin_addr.s_addr);
+    ep.port = port;
+    freeaddrinfo(res);
+    return ep;
+}
+
+namespace
+{
+
+sockaddr_in to_sockaddr(const udp_endpoint &ep)
+{
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(ep.port);
+    sa.sin_addr.s_addr = htonl(ep.address);
+    return sa;
+}
+
+bool is_multicast(std::uint32_t address) { return (address >> 28) == 0xe; }
+
+// Largest UDP payload that GSO may produce in one call (IPv4 total length limit).
+constexpr std::size_t GSO_MAX_BYTES = 65507;
+constexpr std::size_t GSO_MAX_SEGMENTS = 64;
+
+} // anonymous namespace
+
+udp_stream::udp_stream(const stream_config &config, std::vector<udp_endpoint> endpoints,
+                       std::size_t buffer_size, const std::string &interface_address, int ttl,
+                       bool allow_gso)
+    : stream(config), endpoints(std::move(endpoints)), gso(allow_gso)
+{
+    if (this->endpoints.empty())
+        throw std::invalid_argument("endpoints is empty");
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        throw std::system_error(errno, std::generic_category(), "socket");
+    try
+    {
+        if (buffer_size > 0)
+        {
+            int size = int(std::min<std::size_t>(buffer_size, 1u << 30));
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+            int actual = 0;
+            socklen_t len = sizeof(actual);
+            getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &actual, &len);
+            if (actual / 2 < size)   // Linux reports double the usable size
+                log_warning("send buffer size clipped to %d bytes (requested %d): raise net.core.wmem_max",
+                            actual / 2, size);
+        }
+        bool any_multicast = false;
+        for (const auto &ep : this->endpoints)
+            any_multicast |= is_multicast(ep.address);
+        if (ttl >= 0)
+        {
+            int v = ttl;
+            if (setsockopt(fd, IPPROTO_IP, IP_TTL, &v, sizeof(v)) < 0
+                || (any_multicast && setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &v, sizeof(v)) < 0))
+                throw std::system_error(errno, std::generic_category(), "setting the TTL");
+        }
+        if (!interface_address.empty())
+        {
+            udp_endpoint iface = resolve_ipv4(interface_address, 0);
+            in_addr a{};
+            a.s_addr = htonl(iface.address);
+            if (any_multicast)
+            {
+                if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof(a)) < 0)
+                    throw std::system_error(errno, std::generic_category(),
+                                            "selecting multicast interface " + interface_address);
+            }
+            else
+            {
+                sockaddr_in sa = to_sockaddr(iface);
+                if (bind(fd, reinterpret_cast<sockaddr *>(&sa), sizeof(sa)) < 0)
+                    throw std::system_error(errno, std::generic_category(), "binding to " + interface_address);
+            }
+        }
+    }
+    catch (...)
+    {
+        close(fd);
+        throw;
+    }
+}
+
+udp_stream::~udp_stream()
+{
+    if (fd >= 0)
+        close(fd);
+}
+
+void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+{
+    sockaddr_in sa = to_sockaddr(endpoints[sub]);
+    mmsghdr msgs[SEND_BATCH_PACKETS];
+    iovec iov[SEND_BATCH_PACKETS];
+    std::memset(msgs, 0, sizeof(msgs[0]) * n);
+    for (std::size_t i = 0; i < n; i++)
+    {
+        iov[i].iov_base = const_cast<std::uint8_t *>(d);
+        iov[i].iov_len = sizes[i];
+        d += sizes[i];
+        msgs[i].msg_hdr.msg_name = &sa;
+        msgs[i].msg_hdr.msg_namelen = sizeof(sa);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    std::size_t sent = 0;
+    while (sent < n)
+    {
+        int r = sendmmsg(fd, msgs + sent, unsigned(n - sent), 0);
+        if (r < 0)
+        {
+            if (errno == EINTR)
+                continue;
+            // Packets that cannot be sent are lost, as on a real network; say so.
+            log_warning("sendmmsg failed: %s (%zu packets dropped)", std::strerror(errno), n - sent);
+            return;
+        }
+        sent += std::size_t(r);
+    }
+}
+
+bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+{
+    // Group runs of equal-sized packets (the last of a run may be shorter)
+    // into GSO super-datagrams, and send all of them with one sendmmsg.
+    sockaddr_in sa = to_sockaddr(endpoints[sub]);
+    mmsghdr msgs[SEND_BATCH_PACKETS];
+    iovec iov[SEND_BATCH_PACKETS];
+    alignas(cmsghdr) char control[SEND_BATCH_PACKETS][CMSG_SPACE(sizeof(std::uint16_t))];
+    std::size_t n_msgs = 0;
+    std::size_t i = 0;
+    while (i < n)
+    {
+        const std::size_t seg = sizes[i];
+        std::size_t j = i, bytes = 0;
+        while (j < n && j - i < GSO_MAX_SEGMENTS && bytes + sizes[j] <= GSO_MAX_BYTES)
+        {
+            if (sizes[j] > seg)
+                break;
+            bytes += sizes[j];
+            j++;
+            if (sizes[j - 1] < seg)
+                break;   // a short segment must be the last one
+        }
+        mmsghdr &m = msgs[n_msgs];
+        std::memset(&m, 0, sizeof(m));
+        iov[n_msgs].iov_base = const_cast<std::uint8_t *>(d);
+        iov[n_msgs].iov_len = bytes;
+        m.msg_hdr.msg_name = &sa;
+        m.msg_hdr.msg_namelen = sizeof(sa);
+        m.msg_hdr.msg_iov = &iov[n_msgs];
+        m.msg_hdr.msg_iovlen = 1;
+        if (j - i > 1)
+        {
+            m.msg_hdr.msg_control = control[n_msgs];
+            m.msg_hdr.msg_controllen = CMSG_SPACE(sizeof(std::uint16_t));
+            cmsghdr *c = CMSG_FIRSTHDR(&m.msg_hdr);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(std::uint16_t));
+            std::uint16_t s = std::uint16_t(seg);
+            std::memcpy(CMSG_DATA(c), &s, sizeof(s));
+        }
+        d += bytes;
+        n_msgs++;
+        i = j;
+    }
+    std::size_t sent = 0;
+    while (sent < n_msgs)
+    {
+        int r = sendmmsg(fd, msgs + sent, unsigned(n_msgs - sent), 0);
+        if (r < 0)
+        {
+            if (errno == EINTR)
+                continue;
+            if (sent == 0 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP))
+                return false;   // GSO not usable here: caller falls back
+            log_warning("sendmmsg failed: %s (some packets dropped)", std::strerror(errno));
+            return true;
+        }
+        sent += std::size_t(r);
+    }
+    return true;
+}
+
+void udp_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+{
+    if (gso)
+    {
+        if (send_gso(d, sizes, n, sub))
+            return;
+        log_info("UDP GSO is not available; sending one datagram per packet");
+        gso = false;
+    }
+    send_plain(d, sizes, n, sub);
+}
+
+// -------------------------------------------------------------- pcap_stream
+
+namespace
+{
+
+constexpr std::uint32_t PCAP_MAGIC_NS = 0xa1b23c4d;
+constexpr std::uint32_t LINKTYPE_ETHERNET = 1;
+constexpr std::uint32_t PCAP_SNAPLEN = 262144;
+constexpr std::size_t FRAME_HEADERS = 14 + 20 + 8;
+
+void put16(std::uint8_t *p, std::uint16_t v) { p[0] = std::uint8_t(v >> 8); p[1] = std::uint8_t(v); }
+void put32(std::uint8_t *p, std::uint32_t v) { put16(p, std::uint16_t(v >> 16)); put16(p + 2, std::uint16_t(v)); }
+
+std::uint16_t ip_checksum(const std::uint8_t *p, std::size_t n)
+{
+    std::uint32_t sum = 0;
+    for (std::size_t i = 0; i + 1 < n; i += 2)
+        sum += std::uint32_t((p[i] << 8) | p[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return std::uint16_t(~sum);
+}
+
+void mac_for(std::uint8_t *mac, std::uint32_t address, bool source)
+{
+    if (!source && is_multicast(address))
+    {
+        // RFC 1112: 01:00:5e + low 23 bits of the group
+        mac[0] = 0x01; mac[1] = 0x00; mac[2] = 0x5e;
+        mac[3] = std::uint8_t((address >> 16) & 0x7f);
+        mac[4] = std::uint8_t(address >> 8);
+        mac[5] = std::uint8_t(address);
+    }
+    else
+    {
+        // Locally administered unicast MAC derived from the IPv4 address
+        mac[0] = 0x02; mac[1] = 0x00;
+        put32(mac + 2, address);
+    }
+}
+
+} // anonymous namespace
+
+pcap_stream::pcap_stream(const stream_config &config, const std::string &filename,
+                         std::vector<udp_endpoint> endpoints, udp_endpoint source)
+    : stream(config), endpoints(std::move(endpoints)), source(source)
+{
+    if (this->endpoints.empty())
+        throw std::invalid_argument("endpoints is empty");
+    file = std::fopen(filename.c_str(), "wb");
+    if (!file)
+        throw std::system_error(errno, std::generic_category(), "cannot open " + filename + " for writing");
+    std::uint32_t header[6] = {PCAP_MAGIC_NS, 0x00040002, 0, 0, PCAP_SNAPLEN, LINKTYPE_ETHERNET};
+    // magic; version 2.4 (two uint16 in host order); thiszone; sigfigs; snaplen; linktype
+    std::uint16_t version[2] = {2, 4};
+    std::memcpy(&header[1], version, sizeof(version));
+    if (std::fwrite(header, sizeof(header), 1, file) != 1)
+    {
+        std::fclose(file);
+        throw std::system_error(errno, std::generic_category(), "writing " + filename);
+    }
+}
+
+pcap_stream::~pcap_stream()
+{
+    if (file)
+        std::fclose(file);
+}
+
+void pcap_stream::flush()
+{
+    if (file)
+        std::fflush(file);
+}
+
+void pcap_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+{
+    const udp_endpoint &dst = endpoints[sub];
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    for (std::size_t i = 0; i < n; i++)
+    {
+        const std::size_t payload = sizes[i];
+        const std::size_t frame = FRAME_HEADERS + payload;
+        std::uint32_t record[4] = {std::uint32_t(ts.tv_sec), std::uint32_t(ts.tv_nsec),
+                                   std::uint32_t(frame), std::uint32_t(frame)};
+        std::uint8_t h[FRAME_HEADERS] = {};
+        mac_for(h, dst.address, false);
+        mac_for(h + 6, source.address, true);
+        put16(h + 12, 0x0800);
+        std::uint8_t *ip = h + 14;
+        ip[0] = 0x45;
+        put16(ip + 2, std::uint16_t(20 + 8 + payload));
+        put16(ip + 4, ip_id++);
+        put16(ip + 6, 0x4000);          // don't fragment
+        ip[8] = 64;                      // TTL
+        ip[9] = 17;                      // UDP
+        put32(ip + 12, source.address);
+        put32(ip + 16, dst.address);
+        put16(ip + 10, ip_checksum(ip, 20));
+        std::uint8_t *udp = ip + 20;
+        put16(udp, source.port);
+        put16(udp + 2, dst.port);
+        put16(udp + 4, std::uint16_t(8 + payload));
+        if (std::fwrite(record, sizeof(record), 1, file) != 1 || std::fwrite(h, sizeof(h), 1, file) != 1
+            || std::fwrite(d, payload, 1, file) != 1)
+            throw std::system_error(errno, std::generic_category(), "writing pcap file");
+        d += payload;
+        ts.tv_nsec += 1;   // keep timestamps strictly increasing within a batch
+        if (ts.tv_nsec >= 1000000000) { ts.tv_nsec = 0; ts.tv_sec++; }
+    }
+}
+
+} // namespace spead2::send

@@ -1,0 +1,240 @@
+"""Shared fixtures: numba place callbacks (wrapped as scipy.LowLevelCallable).
+
+The callbacks are compiled lazily (session-scoped fixtures), so test modules
+that do not need numba neither pay for the compilation nor get skipped when
+numba or scipy are missing; modules that do need them skip cleanly.
+"""
+
+import ctypes
+
+import numpy as np
+import pytest
+
+import spead2
+from spead_builder import HEAP_PAYLOAD_SIZE, HEAPS_PER_CHUNK, PACKET_SIZE
+
+try:
+    import numba
+    import scipy
+    from numba import types
+
+    from spead2.numba import intp_to_voidptr
+    from spead2.recv.numba import chunk_place_data
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - depends on the environment
+    HAVE_NUMBA = False
+
+PLAIN_SIGNATURE = "void (void *, size_t)"
+BIND_SIGNATURE = "void (void *, size_t, void *)"
+
+#: Items read by place_direct (the value of each tells the callback what to return).
+DIRECT_ITEMS = [
+    0x2000,  # chunk_id (absent: reject)
+    0x2001,  # heap_index
+    0x2002,  # heap_offset
+    0x2003,  # extra_offset
+    0x2004,  # extra_size
+    0x2005,  # if present: heap_offset = -value (wraps around in size_t)
+]
+#: At most this many bytes are written to the extra scratch by place_direct.
+DIRECT_EXTRA_WRITE = 8
+DIRECT_EXTRA_BYTE = 0xC0
+
+BIND_DTYPE = np.dtype([("scale", np.int64), ("placed_heaps_index", np.uintp)])
+CAPTURE_DTYPE = np.dtype([
+    ("ts0", np.int64),
+    ("ts_step", np.int64),
+    ("freq_step", np.int64),
+    ("n_freq", np.int64),
+    ("heap_size", np.int64),
+])
+
+
+def _need_numba():
+    if not HAVE_NUMBA:
+        pytest.skip("numba and scipy are needed for place callbacks")
+
+
+def _compile_callbacks():
+    """Compile every cfunc once; returns a dict of name -> cfunc."""
+    place_ptr = types.CPointer(chunk_place_data)
+    bind_record = types.Record.make_c_struct([
+        ("scale", types.int64),
+        ("placed_heaps_index", types.uintp),
+    ])
+    capture_record = types.Record.make_c_struct([
+        ("ts0", types.int64),
+        ("ts_step", types.int64),
+        ("freq_step", types.int64),
+        ("n_freq", types.int64),
+        ("heap_size", types.int64),
+    ])
+
+    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
+    def place_plain(data_ptr, data_size):
+        # items: [position, HEAP_LENGTH]
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
+        position = items[0]
+        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE:
+            data[0].chunk_id = position // HEAPS_PER_CHUNK
+            data[0].heap_index = position % HEAPS_PER_CHUNK
+            data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
+
+    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
+    def place_extra(data_ptr, data_size):
+        # items: [position, HEAP_LENGTH, extra value]; writes the extra value
+        # as an int64 into chunk.extra[heap_index].
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
+        position = items[0]
+        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE:
+            data[0].chunk_id = position // HEAPS_PER_CHUNK
+            data[0].heap_index = position % HEAPS_PER_CHUNK
+            data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
+            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
+            extra[0] = items[2]
+            data[0].extra_offset = data[0].heap_index * 8
+            data[0].extra_size = 8
+
+    @numba.cfunc(types.void(place_ptr, types.size_t, types.CPointer(bind_record)), nopython=True)
+    def place_bind(data_ptr, data_size, user_data_ptr):
+        # items: [position, HEAP_LENGTH, PAYLOAD_LENGTH]; heap_index is scaled
+        # by user_data.scale, and the custom stat at user_data.placed_heaps_index
+        # counts the heaps placed.
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
+        user_data = numba.carray(user_data_ptr, 1)
+        position = items[0]
+        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE and items[2] == PACKET_SIZE:
+            data[0].chunk_id = position // HEAPS_PER_CHUNK
+            index = position % HEAPS_PER_CHUNK
+            data[0].heap_index = index * user_data[0].scale
+            data[0].heap_offset = index * HEAP_PAYLOAD_SIZE
+            stats = numba.carray(intp_to_voidptr(data[0].batch_stats), user_data[0].placed_heaps_index + 1,
+                                 dtype=np.uint64)
+            stats[user_data[0].placed_heaps_index] += 1
+
+    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
+    def place_direct(data_ptr, data_size):
+        # The heap says, through immediates (DIRECT_ITEMS), where it goes.
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 6, dtype=np.int64)
+        if items[0] < 0:
+            return
+        data[0].chunk_id = items[0]
+        if items[1] >= 0:
+            data[0].heap_index = items[1]
+        if items[2] >= 0:
+            data[0].heap_offset = items[2]
+        if items[5] >= 0:
+            data[0].heap_offset = np.uint64(0) - np.uint64(items[5])
+        if items[4] >= 0:
+            data[0].extra_size = items[4]
+            if items[3] >= 0:
+                data[0].extra_offset = items[3]
+            if data[0].extra != 0:
+                n = min(items[4], DIRECT_EXTRA_WRITE)
+                extra = numba.carray(intp_to_voidptr(data[0].extra), DIRECT_EXTRA_WRITE, dtype=np.uint8)
+                for i in range(n):
+                    extra[i] = DIRECT_EXTRA_BYTE + i
+
+    @numba.cfunc(types.void(place_ptr, types.size_t, types.CPointer(capture_record)), nopython=True)
+    def place_capture(data_ptr, data_size, user_data_ptr):
+        # items: [timestamp (0x1600), frequency (0x4103), HEAP_LENGTH]
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
+        p = numba.carray(user_data_ptr, 1)
+        ts = items[0]
+        freq = items[1]
+        if ts < p[0].ts0 or freq < 0 or items[2] != p[0].heap_size:
+            return
+        if (ts - p[0].ts0) % p[0].ts_step != 0 or freq % p[0].freq_step != 0:
+            return
+        index = freq // p[0].freq_step
+        if index >= p[0].n_freq:
+            return
+        data[0].chunk_id = (ts - p[0].ts0) // p[0].ts_step
+        data[0].heap_index = index
+        data[0].heap_offset = index * p[0].heap_size
+
+    return {
+        "place_plain": place_plain,
+        "place_extra": place_extra,
+        "place_bind": place_bind,
+        "place_direct": place_direct,
+        "place_capture": place_capture,
+    }
+
+
+@pytest.fixture(scope="session")
+def callbacks():
+    _need_numba()
+    return _compile_callbacks()
+
+
+def _plain_llc(cfunc):
+    return scipy.LowLevelCallable(cfunc.ctypes, signature=PLAIN_SIGNATURE)
+
+
+def _bind_llc(cfunc, user_data):
+    """LowLevelCallable with a user-data pointer; the caller keeps user_data alive."""
+    return scipy.LowLevelCallable(cfunc.ctypes, ctypes.c_void_p(user_data.ctypes.data), BIND_SIGNATURE)
+
+
+@pytest.fixture(scope="session")
+def place_plain_llc(callbacks):
+    return _plain_llc(callbacks["place_plain"])
+
+
+@pytest.fixture(scope="session")
+def place_extra_llc(callbacks):
+    return _plain_llc(callbacks["place_extra"])
+
+
+@pytest.fixture(scope="session")
+def place_direct_llc(callbacks):
+    return _plain_llc(callbacks["place_direct"])
+
+
+class _Bound:
+    """Holds a LowLevelCallable together with the memory its user data points to."""
+
+    def __init__(self, llc, user_data):
+        self.llc = llc
+        self.user_data = user_data
+
+
+@pytest.fixture
+def make_place_bind(callbacks):
+    """make_place_bind(scale, placed_heaps_index) -> object with .llc (and .user_data)."""
+
+    def make(scale, placed_heaps_index):
+        user_data = np.zeros(1, dtype=BIND_DTYPE)
+        user_data["scale"] = scale
+        user_data["placed_heaps_index"] = placed_heaps_index
+        return _Bound(_bind_llc(callbacks["place_bind"], user_data), user_data)
+
+    return make
+
+
+@pytest.fixture
+def make_place_capture(callbacks):
+    """make_place_capture(ts0, ts_step, freq_step, n_freq, heap_size) -> object with .llc."""
+
+    def make(ts0, ts_step, freq_step, n_freq, heap_size):
+        user_data = np.zeros(1, dtype=CAPTURE_DTYPE)
+        user_data["ts0"] = ts0
+        user_data["ts_step"] = ts_step
+        user_data["freq_step"] = freq_step
+        user_data["n_freq"] = n_freq
+        user_data["heap_size"] = heap_size
+        return _Bound(_bind_llc(callbacks["place_capture"], user_data), user_data)
+
+    return make
+
+
+@pytest.fixture
+def thread_pool():
+    return spead2.ThreadPool()
