@@ -245,7 +245,7 @@ class TestReferenceScenarios:
         assert stats["incomplete_heaps_flushed"] == 0
         assert stats["single_packet_heaps"] == 2
 
-    @pytest.mark.parametrize("heap_address_bits", [40, 48])
+    @pytest.mark.parametrize("heap_address_bits", [16, 24, 32, 40, 48])
     def test_flavours(self, place_plain_llc, heap_address_bits):
         h = Harness(place_plain_llc)
         h.send([descriptor_heap(h.cnt(), heap_address_bits=heap_address_bits)])
@@ -255,6 +255,20 @@ class TestReferenceScenarios:
         assert [c.chunk_id for c in chunks] == [0, 1, 2]
         check_chunk_contents(chunks[0], range(0, 10))
         check_chunk_contents(chunks[2], range(20, 25))
+
+    @pytest.mark.parametrize("memcpy", [spead2.MEMCPY_STD, spead2.MEMCPY_NONTEMPORAL])
+    @pytest.mark.parametrize("packet_size", [100, 333, 512, 1000])
+    def test_copy_unaligned(self, place_plain_llc, memcpy, packet_size):
+        """Odd packet sizes (unaligned source and destination) with each memcpy."""
+        config = spead2.recv.StreamConfig(max_heaps=128, memcpy=memcpy)
+        h = Harness(place_plain_llc, config=config)
+        h.send_descriptor()
+        h.send_positions(range(23), packet_size=packet_size)
+        h.send_stop()
+        chunks = h.collect()
+        assert [c.chunk_id for c in chunks] == [0, 1, 2]
+        for c in chunks:
+            check_chunk_contents(c, [p for p in range(23) if p // HEAPS_PER_CHUNK == c.chunk_id])
 
     def test_out_of_order(self, place_plain_llc):
         positions = [37, 7, 27, 47, 17, 87, 57, 77, 67]
@@ -591,6 +605,21 @@ class TestPlaceInputs:
         assert np.flatnonzero(chunks[1].present).tolist() == [2]
         assert chunks[1].heap(0) == payload
 
+    def test_large_chunk_id(self, place_direct_llc):
+        """A jump to a huge chunk ID fast-forwards the window (no back-fill from 0)."""
+        big = 2**47 + 5
+        h = Harness(place_direct_llc, items=DIRECT_ITEMS)
+        h.send(direct_heap(2, chunk_id=3, heap_index=0, heap_offset=0, seed=1))
+        h.send(direct_heap(3, chunk_id=big, heap_index=1, heap_offset=1024, seed=2))
+        h.send(direct_heap(4, chunk_id=big - 2, heap_index=2, heap_offset=2048, seed=3))
+        h.queue.stop()
+        chunks = h.collect()
+        assert [c.chunk_id for c in chunks] == [0, 1, 2, 3, big - 3, big - 2, big - 1, big]
+        assert np.flatnonzero(chunks[3].present).tolist() == [0]
+        assert np.flatnonzero(chunks[5].present).tolist() == [2]
+        assert np.flatnonzero(chunks[7].present).tolist() == [1]
+        assert chunks[7].heap(1) == heap_payload(2)
+
     def test_zero_length_heap_not_placed(self, place_direct_llc):
         h = Harness(place_direct_llc, items=DIRECT_ITEMS)
         h.send([make_packet(5, 0, 0, b"", [(0x2000, 0), (0x2001, 1)])])
@@ -804,6 +833,45 @@ class TestAssembly:
         chunks = h.collect()
         check_chunk_contents(chunks[0], [2])
         assert h.stats()["incomplete_heaps_evicted"] == 1
+
+    @pytest.mark.parametrize("cnt_step", [1, 2**20, 2**33 + 1])
+    @pytest.mark.parametrize("max_heaps, evicted", [(64, 0), (50, 0), (32, 18)])
+    def test_interleaved_heaps(self, place_plain_llc, cnt_step, max_heaps, evicted):
+        """50 heaps in flight at once: first halves, then second halves."""
+        config = spead2.recv.StreamConfig(max_heaps=max_heaps)
+        # max_chunks large enough that no chunk leaves the window early
+        h = Harness(place_plain_llc, config=config, n_chunks=8, data_ring=8, max_chunks=6)
+        heaps = [split(pos, 7 + pos * cnt_step, 512) for pos in range(50)]
+        h.send([p[0] for p in heaps])
+        h.send([p[1] for p in heaps])
+        h.send_stop()
+        chunks = h.collect()
+        assert [c.chunk_id for c in chunks] == [0, 1, 2, 3, 4]
+        survivors = list(range(evicted, 50))
+        for c in chunks:
+            check_chunk_contents(c, [p for p in survivors if p // HEAPS_PER_CHUNK == c.chunk_id])
+        stats = h.stats()
+        assert stats["incomplete_heaps_evicted"] == evicted
+        assert stats["too_old_heaps"] == 0
+        # evicted heaps count as heaps too; their second halves are then dropped
+        assert stats["heaps"] == 50
+
+    def test_chunk_leaves_window_before_heaps_complete(self, place_plain_llc):
+        """Heaps still being received when their chunk is flushed are too old."""
+        h = Harness(place_plain_llc, n_chunks=8, data_ring=8)  # max_chunks=4
+        heaps = [split(pos, 7 + pos, 512) for pos in range(50)]
+        h.send([p[0] for p in heaps])  # heap 40 pushes chunk 0 out of the window
+        h.send([p[1] for p in heaps])
+        h.send_stop()
+        chunks = h.collect()
+        assert [c.chunk_id for c in chunks] == [0, 1, 2, 3, 4]
+        check_chunk_contents(chunks[0], [])
+        # the first halves of heaps 0-9 were written before chunk 0 left
+        for pos in range(10):
+            assert chunks[0].heap(pos)[:512] == heap_payload(pos)[:512]
+        for c in chunks[1:]:
+            check_chunk_contents(c, range(c.chunk_id * 10, c.chunk_id * 10 + 10))
+        assert h.stats()["too_old_heaps"] == 10
 
     def test_flushed_at_stop(self, place_plain_llc):
         h = Harness(place_plain_llc)

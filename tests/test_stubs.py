@@ -14,6 +14,8 @@ MODULES = {
     "spead2": PKG / "__init__.pyi",
     "spead2.recv": PKG / "recv" / "__init__.pyi",
     "spead2.recv.asyncio": PKG / "recv" / "asyncio.pyi",
+    "spead2.send": PKG / "send" / "__init__.pyi",
+    "spead2.send.asyncio": PKG / "send" / "asyncio.pyi",
 }
 
 
@@ -49,7 +51,7 @@ def test_stub_matches_runtime(module_name):
             assert hasattr(obj, member), f"{module_name}.{name}.{member} is stubbed but missing"
     if module_name != "spead2.recv.asyncio":
         public = {n for n in dir(module) if not n.startswith("_")}
-        submodules = {"recv", "numba", "tools", "asyncio"}
+        submodules = {"recv", "send", "numba", "tools", "asyncio"}
         missing = public - set(names) - submodules
         assert not missing, f"public names of {module_name} missing from its stub: {sorted(missing)}"
 

@@ -38,6 +38,7 @@ from ._spead2 import (  # noqa: F401
     Stopped,
     ThreadPool,
 )
+from ._items import Descriptor, Flavour, Item, ItemGroup  # noqa: F401
 from ._version import __version__  # noqa: F401
 
 _logger = _logging.getLogger(__name__)

@@ -3,6 +3,11 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <cerrno>
+#include <system_error>
+
+#include <fcntl.h>
+#include <unistd.h>
 #include <cstring>
 
 #include "bindings/module.h"
@@ -10,6 +15,7 @@
 #include "chunk/ring_stream.h"
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
+#include "transport/udp/udp_reader.h"
 
 namespace spead2::bindings
 {
@@ -205,11 +211,18 @@ struct py_chunk_ring_stream : public py_ring_pair
 };
 
 template<typename Factory>
-void add_reader(py_chunk_ring_stream &self, Factory &&factory)
+bool add_reader(py_chunk_ring_stream &self, Factory &&factory)
 {
     chunk_ring_stream &s = self.get();
     py::gil_scoped_release nogil;
-    s.add_reader(factory);
+    return s.add_reader(factory);
+}
+
+bool add_udp(py_chunk_ring_stream &self, const transport::udp_socket_spec &spec, std::size_t max_size)
+{
+    return add_reader(self, [&](transport::packet_sink &sink, worker &w) {
+        return std::make_shared<transport::udp_reader>(sink, w, spec, max_size);
+    });
 }
 
 } // anonymous namespace
@@ -449,8 +462,8 @@ void register_recv(py::module_ &m)
              }),
              py::arg("thread_pool"), py::arg("config") = py_stream_config(),
              py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"))
-        .def_property_readonly_static("DEFAULT_UDP_MAX_SIZE", [](py::object) { return 9200; })
-        .def_property_readonly_static("DEFAULT_UDP_BUFFER_SIZE", [](py::object) { return 8 * 1024 * 1024; })
+        .def_readonly_static("DEFAULT_UDP_MAX_SIZE", &transport::DEFAULT_UDP_MAX_SIZE)
+        .def_readonly_static("DEFAULT_UDP_BUFFER_SIZE", &transport::DEFAULT_UDP_BUFFER_SIZE)
         .def_property_readonly("config", [](py_chunk_ring_stream &self) {
             py_stream_config c;
             c.cfg = self.get().get_config();
@@ -487,7 +500,56 @@ void register_recv(py::module_ &m)
             add_reader(self, [&](transport::packet_sink &sink, worker &w) {
                 return std::make_shared<transport::pcap_reader>(sink, w, filename, filter);
             });
-        }, py::arg("filename"), py::arg("filter") = "");
+        }, py::arg("filename"), py::arg("filter") = "")
+        // add_udp_reader: the reference's overloads, tried in this order.
+        .def("add_udp_reader", [](py_chunk_ring_stream &self, std::uint16_t port, std::size_t max_size,
+                                  std::size_t buffer_size, const std::string &bind_hostname) {
+            transport::udp_socket_spec spec;
+            spec.host = bind_hostname;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            add_udp(self, spec, max_size);
+        }, py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("bind_hostname") = "")
+        .def("add_udp_reader", [](py_chunk_ring_stream &self, const std::string &multicast_group,
+                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
+                                  const std::string &interface_address) {
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::multicast_v4;
+            spec.host = multicast_group;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            spec.interface_address = interface_address;
+            add_udp(self, spec, max_size);
+        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_address") = "0.0.0.0")
+        .def("add_udp_reader", [](py_chunk_ring_stream &self, const std::string &multicast_group,
+                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
+                                  unsigned interface_index) {
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::multicast_v6;
+            spec.host = multicast_group;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            spec.interface_index = interface_index;
+            add_udp(self, spec, max_size);
+        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_index"))
+        .def("add_udp_reader", [](py_chunk_ring_stream &self, py::object socket, std::size_t max_size) {
+            if (!py::hasattr(socket, "fileno"))
+                throw py::type_error("socket must be a socket.socket (or have fileno())");
+            int fd = socket.attr("fileno")().cast<int>();
+            int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+            if (dup_fd < 0)
+                throw std::system_error(errno, std::generic_category(), "duplicating the socket");
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::adopt;
+            spec.fd = dup_fd;
+            // The reader owns the duplicate (and closes it if construction fails);
+            // if the stream has already stopped no reader is made.
+            if (!add_udp(self, spec, max_size))
+                ::close(dup_fd);
+        }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE);
 }
 
 } // namespace spead2::bindings

@@ -37,10 +37,10 @@ std::vector<udp_endpoint> resolve_endpoints(const std::vector<std::pair<std::str
 }
 
 template<typename Stream>
-void send_heap(Stream &s, const py_heap &h, std::int64_t cnt, std::size_t substream_index)
+std::size_t send_heap(Stream &s, const py_heap &h, std::int64_t cnt, std::size_t substream_index)
 {
     py::gil_scoped_release nogil;
-    s.send_heap(h.h, cnt, substream_index);
+    return s.send_heap(h.h, cnt, substream_index);
 }
 
 template<typename Stream, typename Class>

@@ -20,6 +20,8 @@ constexpr std::uint64_t HASH_MULTIPLIER = 11400714819323198485ULL;
 // Hash buckets per live-heap slot (kept sparse so chains stay short).
 constexpr std::size_t BUCKETS_PER_SLOT = 4;
 constexpr std::size_t MIN_HASH_SLOTS = 4;
+// How much of the next packet's payload to prefetch while handling a packet.
+constexpr std::size_t PREFETCH_BYTES = 2048;
 
 std::size_t next_pow2(std::size_t x)
 {
@@ -174,7 +176,9 @@ void chunk_stream::stop_received()
         for (auto &r : readers)
             r->request_stop();
     }
-    network_stop_hook();
+    // The hook (e.g. ending the data ring) waits until the statistics of this
+    // batch are merged, so a consumer that sees the end also sees final stats.
+    network_stop_pending = true;
 }
 
 // -------------------------------------------------------------- statistics
@@ -227,7 +231,15 @@ bool chunk_stream::batch_packets(const packet_header *packets, std::size_t n)
         if (stopped.load(std::memory_order_relaxed))
             return false;
         if (i + 1 < n)
-            __builtin_prefetch(packets[i + 1].packet);
+        {
+            // The next packet is usually not in cache yet: fetch its header and
+            // the start of its payload while this one is copied.
+            const packet_header &next = packets[i + 1];
+            __builtin_prefetch(next.packet);
+            const std::size_t ahead = std::min<std::size_t>(std::size_t(next.payload_length), PREFETCH_BYTES);
+            for (std::size_t off = 0; off < ahead; off += 64)
+                __builtin_prefetch(next.payload + off);
+        }
         batch_packet_count++;
         process_packet(packets[i]);
     }
@@ -253,6 +265,11 @@ void chunk_stream::batch_end(bool end_of_stream)
         }
     }
     merge_batch();
+    if (network_stop_pending)
+    {
+        network_stop_pending = false;
+        network_stop_hook();
+    }
     queue_mutex.unlock();
 }
 
@@ -641,16 +658,15 @@ chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
     result.chunk_id = d.chunk_id;
     result.heap_index = d.heap_index;
     result.heap_offset = d.heap_offset;
+    result.target = c;
     return result;
 }
 
 void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
 {
-    if (where.chunk_id < 0 || ph.payload_length <= 0)
-        return;
-    chunk *c = chunk_for(where.chunk_id);
-    if (!c)
-        return;   // the chunk has left the window
+    if (where.chunk_id < 0 || ph.payload_length <= 0 || std::uint64_t(where.chunk_id) < head)
+        return;   // not placed, or the chunk has left the window
+    chunk *c = where.target;
     copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
     if (presence_payload_size)
         c->present[where.heap_index + std::size_t(ph.payload_offset) / presence_payload_size] = 1;
@@ -665,11 +681,8 @@ void chunk_stream::mark_complete(const heap_placement &where)
         counters.too_old++;
         return;
     }
-    if (presence_payload_size)
-        return;
-    chunk *c = chunk_for(where.chunk_id);
-    if (c)
-        c->present[where.heap_index] = 1;
+    if (!presence_payload_size)
+        where.target->present[where.heap_index] = 1;
 }
 
 } // namespace spead2::chunk

@@ -78,6 +78,7 @@ private:
         std::int64_t chunk_id = -1;   ///< -1: not placed (rejected, too old, out of range, no chunk)
         std::size_t heap_index = 0;
         std::size_t heap_offset = 0;
+        chunk *target = nullptr;      ///< valid while chunk_id >= head (the chunk is in the window)
     };
 
     struct live_heap
@@ -135,6 +136,7 @@ private:
     batch_counters counters;
     std::size_t batch_packet_count = 0;
     bool stopped_in_batch = false;
+    bool network_stop_pending = false;   ///< run network_stop_hook once the batch is merged
     std::vector<std::int64_t> item_values;
     std::vector<std::uint8_t> extra_scratch;
     chunk_place_data place_data;

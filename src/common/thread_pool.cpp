@@ -117,6 +117,7 @@ void worker::run_sync(const std::function<void()> &task)
 void worker::run(int cpu)
 {
     thread_id = std::this_thread::get_id();
+    pthread_setname_np(pthread_self(), "spead2-worker");  // visible in top/perf
     if (cpu >= 0)
         thread_pool::set_affinity(cpu);
     epoll_event events[MAX_EVENTS];

@@ -102,7 +102,7 @@ void stream::pace(std::size_t bytes)
         std::this_thread::sleep_until(wake);
 }
 
-void stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
+std::size_t stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
 {
     if (substream >= num_substreams())
         throw std::out_of_range("substream_index " + std::to_string(substream) + " is out of range (stream has "
@@ -117,6 +117,7 @@ void stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
     const std::size_t max_batch_bytes = config.get_rate() > 0
         ? std::max(config.get_burst_size(), config.get_max_packet_size())
         : buffer.size();
+    std::size_t total = 0;
     while (gen.has_next())
     {
         std::size_t n = 0, used = 0;
@@ -130,7 +131,9 @@ void stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
         }
         transmit(buffer.data(), sizes.data(), n, substream);
         pace(used);
+        total += used;
     }
+    return total;
 }
 
 // ------------------------------------------------------------- bytes_stream

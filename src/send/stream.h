@@ -76,8 +76,9 @@ public:
     virtual ~stream() = default;
     const stream_config &get_config() const { return config; }
     virtual std::size_t num_substreams() const = 0;
-    /// Send a heap; cnt < 0 takes the next number of the sequence.
-    void send_heap(const heap &h, std::int64_t cnt = -1, std::size_t substream = 0);
+    /// Send a heap; cnt < 0 takes the next number of the sequence.  Returns
+    /// the number of bytes of SPEAD packets sent.
+    std::size_t send_heap(const heap &h, std::int64_t cnt = -1, std::size_t substream = 0);
     void set_cnt_sequence(std::int64_t next, std::int64_t step);
     virtual void flush() {}
 };

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "protocol/spead.h"
@@ -56,6 +57,31 @@ public:
 
 /// Number of decoded headers a transport gathers before handing them over.
 constexpr std::size_t PACKET_GROUP = 64;
+
+// Readers that walk a large buffer (memory, mmapped capture) prefetch whole
+// packets about PREFETCH_DISTANCE bytes ahead of the one being handled, so
+// the cache misses overlap with this packet's copy: measured to double the
+// throughput when the buffer is not cached (bench/bench_chunk.py).
+constexpr std::size_t PREFETCH_DISTANCE = 2048;
+constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
+constexpr std::size_t PREFETCH_MAX_BYTES = 16384;    ///< per packet
+constexpr std::size_t CACHE_LINE_SIZE = 64;
+
+/// Prefetch the packet that follows @a next (assuming packets of @a packet_size
+/// bytes follow each other), never touching addresses at or past @a end.
+inline void prefetch_ahead(const std::uint8_t *next, std::size_t packet_size, const std::uint8_t *end)
+{
+    if (packet_size == 0)
+        return;
+    std::size_t ahead = PREFETCH_DISTANCE / packet_size;
+    ahead = ahead < 1 ? 1 : (ahead > PREFETCH_MAX_AHEAD ? PREFETCH_MAX_AHEAD : ahead);
+    const std::size_t span = packet_size < PREFETCH_MAX_BYTES ? packet_size : PREFETCH_MAX_BYTES;
+    const std::uint8_t *start = next + (ahead - 1) * packet_size;
+    if (start >= end || std::size_t(end - start) < span)
+        return;
+    for (std::size_t off = 0; off < span; off += CACHE_LINE_SIZE)
+        __builtin_prefetch(start + off);
+}
 
 /// Base class of readers.  A reader is owned (through shared_ptr, so that
 /// tasks it posted can keep it alive) by its stream and bound to one worker.

@@ -26,28 +26,25 @@ void buffer_reader::run()
     batch b(sink);
     if (!b.active())
         return;
-    protocol::packet_header group[PACKET_GROUP];
-    std::size_t n = 0;
+    // One packet at a time, in buffer order: as soon as a header is decoded
+    // the next header's address is known and is prefetched, so its cache miss
+    // overlaps with copying this packet's payload.
+    protocol::packet_header ph;
     std::size_t pos = 0;
     while (pos < size)
     {
-        auto status = protocol::decode_packet(group[n], data + pos, size - pos);
+        auto status = protocol::decode_packet(ph, data + pos, size - pos);
         if (status != protocol::decode_status::ok)
         {
             log_info("buffer reader stopped at byte %zu of %zu: %s", pos, size, protocol::describe(status));
             b.malformed(1);
             break;
         }
-        pos += group[n].size;
-        if (++n == PACKET_GROUP)
-        {
-            if (!b.add(group, n))
-                return;
-            n = 0;
-        }
+        pos += ph.size;
+        prefetch_ahead(data + pos, ph.size, data + size);
+        if (!b.add(&ph, 1))
+            return;
     }
-    if (n && !b.add(group, n))
-        return;
     b.end_of_stream();
 }
 

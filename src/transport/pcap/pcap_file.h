@@ -71,6 +71,9 @@ public:
     /// Unmap the file; next() then returns false.  Idempotent.
     void close();
 
+    /// One past the last byte of the mapping (for prefetching; null once closed).
+    const std::uint8_t *end() const { return data ? data + size : nullptr; }
+
     const std::string &filename() const { return name; }
     bool is_pcapng() const { return pcapng; }
 
