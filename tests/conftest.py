@@ -56,8 +56,8 @@ def _need_numba():
         pytest.skip("numba and scipy are needed for place callbacks")
 
 
-def _compile_callbacks():
-    """Compile every cfunc once; returns a dict of name -> cfunc."""
+def _compile_callbacks(names=None):
+    """Compile the named cfuncs (default: all); returns a dict of name -> cfunc."""
     place_ptr = types.CPointer(chunk_place_data)
     bind_record = types.Record.make_c_struct([
         ("scale", types.int64),
@@ -71,7 +71,8 @@ def _compile_callbacks():
         ("heap_size", types.int64),
     ])
 
-    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
+    plain_sig = types.void(place_ptr, types.size_t)
+
     def place_plain(data_ptr, data_size):
         # items: [position, HEAP_LENGTH]
         data = numba.carray(data_ptr, 1)
@@ -82,7 +83,6 @@ def _compile_callbacks():
             data[0].heap_index = position % HEAPS_PER_CHUNK
             data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
 
-    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
     def place_extra(data_ptr, data_size):
         # items: [position, HEAP_LENGTH, extra value]; writes the extra value
         # as an int64 into chunk.extra[heap_index].
@@ -98,7 +98,6 @@ def _compile_callbacks():
             data[0].extra_offset = data[0].heap_index * 8
             data[0].extra_size = 8
 
-    @numba.cfunc(types.void(place_ptr, types.size_t, types.CPointer(bind_record)), nopython=True)
     def place_bind(data_ptr, data_size, user_data_ptr):
         # items: [position, HEAP_LENGTH, PAYLOAD_LENGTH]; heap_index is scaled
         # by user_data.scale, and the custom stat at user_data.placed_heaps_index
@@ -116,7 +115,6 @@ def _compile_callbacks():
                                  dtype=np.uint64)
             stats[user_data[0].placed_heaps_index] += 1
 
-    @numba.cfunc(types.void(place_ptr, types.size_t), nopython=True)
     def place_direct(data_ptr, data_size):
         # The heap says, through immediates (DIRECT_ITEMS), where it goes.
         data = numba.carray(data_ptr, 1)
@@ -140,7 +138,6 @@ def _compile_callbacks():
                 for i in range(n):
                     extra[i] = DIRECT_EXTRA_BYTE + i
 
-    @numba.cfunc(types.void(place_ptr, types.size_t, types.CPointer(capture_record)), nopython=True)
     def place_capture(data_ptr, data_size, user_data_ptr):
         # items: [timestamp (0x1600), frequency (0x4103), HEAP_LENGTH]
         data = numba.carray(data_ptr, 1)
@@ -159,19 +156,34 @@ def _compile_callbacks():
         data[0].heap_index = index
         data[0].heap_offset = index * p[0].heap_size
 
-    return {
-        "place_plain": place_plain,
-        "place_extra": place_extra,
-        "place_bind": place_bind,
-        "place_direct": place_direct,
-        "place_capture": place_capture,
+    table = {
+        "place_plain": (place_plain, plain_sig),
+        "place_extra": (place_extra, plain_sig),
+        "place_bind": (place_bind, types.void(place_ptr, types.size_t, types.CPointer(bind_record))),
+        "place_direct": (place_direct, plain_sig),
+        "place_capture": (place_capture, types.void(place_ptr, types.size_t, types.CPointer(capture_record))),
     }
+    if names is None:
+        names = list(table)
+    return {name: numba.cfunc(table[name][1], nopython=True)(table[name][0]) for name in names}
+
+
+class _LazyCallbacks:
+    """name -> compiled cfunc, compiling each one on first use."""
+
+    def __init__(self):
+        self._compiled = {}
+
+    def __getitem__(self, name):
+        if name not in self._compiled:
+            self._compiled.update(_compile_callbacks([name]))
+        return self._compiled[name]
 
 
 @pytest.fixture(scope="session")
 def callbacks():
     _need_numba()
-    return _compile_callbacks()
+    return _LazyCallbacks()
 
 
 def _plain_llc(cfunc):

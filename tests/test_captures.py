@@ -202,6 +202,9 @@ def test_pcap_reader(make_place_capture, capture):
     check_against_manifest(chunks, layout, manifest)
     n_payloads = len(list(udp_payloads((DATA_DIR / capture).read_bytes())))
     assert stats["packets"] == n_payloads
+    # replay hands the stream up to 64 packets per batch
+    assert stats["max_batch"] == min(64, n_payloads)
+    assert stats["batches"] == (n_payloads + 63) // 64
     assert stats["malformed_packets"] == 0
     assert stats["rejected_heaps"] == 2  # descriptors + stop
     assert stats["too_old_heaps"] == 0

@@ -7,7 +7,6 @@ rejects) and, unless a test says otherwise, ends with a stop heap.
 """
 
 import gc
-import threading
 import time
 import weakref
 
@@ -1055,6 +1054,34 @@ class TestReaders:
         assert stats["batches"] == 1
         assert stats["max_batch"] == len(packets)
         assert stats["packets"] == len(packets)
+
+    def test_buffer_reader_empty(self, place_plain_llc):
+        h = Harness(place_plain_llc)
+        h.stream.add_buffer_reader(b"")
+        assert h.collect() == []  # the ring stops: the stream ended
+        assert h.stats()["packets"] == 0
+        assert h.stats()["malformed_packets"] == 0
+
+    def test_explicit_start_never_started(self, place_plain_llc):
+        config = spead2.recv.StreamConfig(max_heaps=128, explicit_start=True)
+        h = Harness(place_plain_llc, config=config)
+        h.send_positions([1])
+        h.stream.add_buffer_reader(b"".join(position_heap(2, 50)))
+        time.sleep(0.1)
+        h.stream.stop()
+        assert h.stats()["packets"] == 0
+        assert list(h.data_ring) == []
+
+    def test_start_is_idempotent(self, place_plain_llc):
+        config = spead2.recv.StreamConfig(max_heaps=128, explicit_start=True)
+        h = Harness(place_plain_llc, config=config)
+        h.stream.start()
+        h.stream.start()
+        h.send_positions([1])
+        h.send_stop()
+        chunks = h.collect()
+        check_chunk_contents(chunks[0], [1])
+        assert h.stats()["packets"] == 3
 
     def test_buffer_reader_numpy_buffer(self, place_plain_llc):
         h = Harness(place_plain_llc, n_chunks=8, data_ring=8)

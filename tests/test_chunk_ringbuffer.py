@@ -1,7 +1,6 @@
 """spead2.recv.ChunkRingbuffer on its own (no stream)."""
 
 import gc
-import os
 import select
 import sys
 import threading
@@ -308,3 +307,54 @@ class TestChunkRingbuffer:
         assert ref() is None
         if data_ref is not None:
             assert data_ref() is None
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "setitimer"), reason="needs setitimer")
+@pytest.mark.parametrize("op", ["get", "put"])
+def test_blocking_calls_are_interruptible(op):
+    """A signal handler's exception (e.g. KeyboardInterrupt) ends a blocking get/put."""
+    import signal
+
+    ring = ChunkRingbuffer(1)
+    if op == "put":
+        ring.put(make_chunk("full"))
+    blocked = make_chunk("blocked")
+    data = blocked.data
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            if op == "get":
+                ring.get()
+            else:
+                ring.put(blocked)
+        assert time.monotonic() - start < 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    # an interrupted put leaves the chunk intact
+    assert blocked.data is data
+    assert ring.qsize() == (1 if op == "put" else 0)
+
+
+def test_in_flight_buffer_cannot_be_resized():
+    """While a chunk is in a ring its buffers stay exported, so they cannot be
+    reallocated under the receiver's feet."""
+    ring = ChunkRingbuffer(1)
+    data = bytearray(16)
+    chunk = MyChunk("b", present=bytearray(2), data=data)
+    ring.put(chunk)
+    with pytest.raises(BufferError):
+        data.extend(b"more")
+    out = ring.get()
+    data.extend(b"more")  # released again
+    assert len(out.data) == 20

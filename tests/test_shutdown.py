@@ -306,7 +306,7 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
     import conftest
     from spead_builder import position_heap
 
-    callbacks = conftest._compile_callbacks()
+    callbacks = conftest._compile_callbacks(["place_plain"])
     place = conftest._plain_llc(callbacks["place_plain"])
     streams = []
     for n_chunks in (0, 1, 4):
@@ -336,14 +336,10 @@ SUBPROCESS_SCRIPT = textwrap.dedent(
     "extra",
     [
         "",
-        # a consumer thread blocked in get() when the interpreter exits
-        "import threading\n"
-        "threading.Thread(target=streams[0][0].data_ringbuffer.get, daemon=True).start()\n"
-        "time.sleep(0.1)",
         # the last reference to a stream dropped at exit, the others kept
         "del streams[1:]",
     ],
-    ids=["plain", "blocked_consumer", "partly_dropped"],
+    ids=["plain", "partly_dropped"],
 )
 def test_exit_without_stopping(extra, tmp_path):
     script = SUBPROCESS_SCRIPT.format(tests=str(__import__("pathlib").Path(__file__).parent), extra=extra)
@@ -352,3 +348,52 @@ def test_exit_without_stopping(extra, tmp_path):
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=25)
     assert result.returncode == 0, result.stderr
     assert "exiting" in result.stdout
+
+
+BLOCKED_GET_SCRIPT = textwrap.dedent(
+    """
+    import threading, time
+    import spead2, spead2.recv
+
+    ring = spead2.recv.ChunkRingbuffer(2)
+    for _ in range(4):
+        threading.Thread(target=ring.get, daemon=True).start()
+        time.sleep(0.013)
+    time.sleep(0.1)
+    print("exiting", flush=True)
+    """
+)
+
+
+# BUG: a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
+# exits makes the process abort ("terminate called without an active
+# exception", SIGABRT, exit status -6/134) most of the time.  ring_get
+# (src/bindings/register_recv.cpp, `interruptible`) wakes every 50 ms and
+# re-takes the GIL in the destructor of py::gil_scoped_release; once
+# Py_FinalizeEx has started, take_gil calls PyThread_exit_thread ->
+# pthread_exit, whose forced unwind cannot pass a destructor (implicitly
+# noexcept), so std::terminate is called (confirmed with gdb: __pthread_unwind
+# <- PyThread_exit_thread <- take_gil <- PyEval_RestoreThread <- _spead2.so).
+# Reproduction (aborts nearly every time):
+#     ring = spead2.recv.ChunkRingbuffer(2)
+#     for _ in range(4):
+#         threading.Thread(target=ring.get, daemon=True).start(); time.sleep(0.013)
+#     time.sleep(0.1)   # then let the interpreter exit
+# The test runs the script in a few processes at once so that the outcome
+# does not depend on one race.
+@pytest.mark.xfail(strict=True, reason="BUG: process aborts at exit with a daemon thread blocked in ring.get()")
+def test_exit_with_consumer_blocked_in_get(tmp_path):
+    path = tmp_path / "blocked_get.py"
+    path.write_text(BLOCKED_GET_SCRIPT)
+    procs = [subprocess.Popen([sys.executable, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=25)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results.append((proc.returncode, out, err))
+    assert all("exiting" in out for _, out, _ in results)
+    assert [rc for rc, _, _ in results] == [0, 0, 0], [err for _, _, err in results]

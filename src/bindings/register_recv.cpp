@@ -16,6 +16,9 @@
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
 #include "transport/udp/udp_reader.h"
+#ifdef SPEAD2_HAVE_IBV
+#include "transport/ibv/ibv_reader.h"
+#endif
 
 namespace spead2::bindings
 {
@@ -184,6 +187,7 @@ struct py_chunk_ring_stream : public py_ring_pair
     py::object place;          // keeps the place callback's owner alive
     py::object thread_pool;
     std::vector<std::unique_ptr<py::buffer_info>> buffers;   // keeps buffer-reader memory alive
+    std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
 
     py_chunk_ring_stream() = default;
     py_chunk_ring_stream(const py_chunk_ring_stream &) = delete;
@@ -218,8 +222,35 @@ bool add_reader(py_chunk_ring_stream &self, Factory &&factory)
     return s.add_reader(factory);
 }
 
+#ifdef SPEAD2_HAVE_IBV
+bool add_ibv(py_chunk_ring_stream &self, const transport::ibv_config &config)
+{
+    config.validate();
+    std::string kind;
+    bool added = add_reader(self, [&](transport::packet_sink &sink, worker &w) {
+        auto r = transport::make_ibv_reader(sink, w, config);
+        kind = transport::ibv_reader_kind(*r);
+        return r;
+    });
+    if (added)
+        self.ibv_kinds.push_back(kind);
+    return added;
+}
+#endif
+
 bool add_udp(py_chunk_ring_stream &self, const transport::udp_socket_spec &spec, std::size_t max_size)
 {
+#ifdef SPEAD2_HAVE_IBV
+    // SPEAD2_IBV_INTERFACE turns IPv4 UDP readers into ibverbs readers.
+    if (spec.type == transport::udp_socket_spec::kind::unicast
+        || spec.type == transport::udp_socket_spec::kind::multicast_v4)
+    {
+        auto ibv = transport::ibv_override(spec.host, spec.port, max_size, spec.buffer_size,
+                                           spec.interface_address);
+        if (ibv)
+            return add_ibv(self, *ibv);
+    }
+#endif
     return add_reader(self, [&](transport::packet_sink &sink, worker &w) {
         return std::make_shared<transport::udp_reader>(sink, w, spec, max_size);
     });
@@ -438,7 +469,8 @@ void register_recv(py::module_ &m)
         .def_readonly("data_ringbuffer", &py_ring_pair::data_ringbuffer)
         .def_readonly("free_ringbuffer", &py_ring_pair::free_ringbuffer);
 
-    py::class_<py_chunk_ring_stream, py_ring_pair>(recv, "ChunkRingStream")
+    py::class_<py_chunk_ring_stream, py_ring_pair> stream_cls(recv, "ChunkRingStream");
+    stream_cls
         .def(py::init([](py::object thread_pool, const py_stream_config &config,
                          const py_chunk_stream_config &chunk_stream_config,
                          py::object data_ringbuffer, py::object free_ringbuffer) {
@@ -549,7 +581,57 @@ void register_recv(py::module_ &m)
             // if the stream has already stopped no reader is made.
             if (!add_udp(self, spec, max_size))
                 ::close(dup_fd);
-        }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE);
+        }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
+        .def("_ibv_reader_kinds", [](const py_chunk_ring_stream &self) { return self.ibv_kinds; });
+#ifdef SPEAD2_HAVE_IBV
+    stream_cls.def("add_udp_ibv_reader", [](py_chunk_ring_stream &self, const transport::ibv_config &config) {
+        add_ibv(self, config);
+    }, py::arg("config"));
+
+    py::class_<transport::ibv_config>(recv, "UdpIbvConfig")
+        .def(py::init([](py::kwargs kwargs) {
+            auto c = std::make_unique<transport::ibv_config>();
+            py::object self = py::cast(c.get(), py::return_value_policy::reference);
+            for (auto item : kwargs)
+            {
+                std::string key = item.first.cast<std::string>();
+                if (key != "endpoints" && key != "interface_address" && key != "buffer_size"
+                    && key != "max_size" && key != "comp_vector" && key != "max_poll")
+                    throw py::type_error("UdpIbvConfig() got an unexpected keyword argument '" + key + "'");
+                py::setattr(self, key.c_str(), item.second);
+            }
+            return c;
+        }))
+        .def_readonly_static("DEFAULT_BUFFER_SIZE", &transport::IBV_DEFAULT_BUFFER_SIZE)
+        .def_readonly_static("DEFAULT_MAX_SIZE", &transport::IBV_DEFAULT_MAX_SIZE)
+        .def_readonly_static("DEFAULT_MAX_POLL", &transport::IBV_DEFAULT_MAX_POLL)
+        .def_property("endpoints",
+            [](const transport::ibv_config &c) { return c.endpoints; },
+            [](transport::ibv_config &c, std::vector<std::pair<std::string, std::uint16_t>> v) {
+                c.endpoints = std::move(v);
+            })
+        .def_readwrite("interface_address", &transport::ibv_config::interface_address)
+        .def_property("buffer_size",
+            [](const transport::ibv_config &c) { return c.buffer_size; },
+            [](transport::ibv_config &c, std::size_t v) {
+                c.buffer_size = v ? v : transport::IBV_DEFAULT_BUFFER_SIZE;
+            })
+        .def_property("max_size",
+            [](const transport::ibv_config &c) { return c.max_size; },
+            [](transport::ibv_config &c, std::size_t v) {
+                if (v < 1)
+                    throw py::value_error("max_size must be positive");
+                c.max_size = v;
+            })
+        .def_readwrite("comp_vector", &transport::ibv_config::comp_vector)
+        .def_property("max_poll",
+            [](const transport::ibv_config &c) { return c.max_poll; },
+            [](transport::ibv_config &c, int v) {
+                if (v < 1)
+                    throw py::value_error("max_poll must be at least 1");
+                c.max_poll = v;
+            });
+#endif
 }
 
 } // namespace spead2::bindings

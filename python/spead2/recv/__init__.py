@@ -11,6 +11,8 @@ ChunkStreamConfig = _recv.ChunkStreamConfig
 StreamConfig = _recv.StreamConfig
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
+if hasattr(_recv, "UdpIbvConfig"):  # built with the ibverbs headers
+    UdpIbvConfig = _recv.UdpIbvConfig
 
 _CORE_STATS = (
     "heaps",
@@ -161,3 +163,5 @@ __all__ = [
     "StreamStats",
     "stream_stat_indices",
 ]
+if hasattr(_recv, "UdpIbvConfig"):
+    __all__.append("UdpIbvConfig")

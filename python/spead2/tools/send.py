@@ -1,0 +1,481 @@
+"""Send synthetic SPEAD traffic, for testing receivers.
+
+Usage::
+
+    spead2_send [options] HOST:PORT [HOST:PORT ...]
+    spead2_send [options] --pcap FILE [HOST:PORT ...]
+    python -m spead2.tools.send ...
+
+Every data heap looks like the output of a correlator or an F-engine: two
+immediate items and a payload.
+
+=========  ==========  ===================================================
+item ID    name        value of data heap ``i`` (``i`` = 0, 1, 2, ...)
+=========  ==========  ===================================================
+0x1600     timestamp   ``first + (i // channels) * timestamp_step``
+0x4103     frequency   ``(i % channels) * channel_step``
+0x3300     data        ``heap_size`` bytes; byte ``j`` is ``(i + j) % 256``
+=========  ==========  ===================================================
+
+So the channel item cycles over ``channels`` values and the timestamp
+advances once per full cycle of channels.  A receiver recovers the heap index
+from the two immediates, ``i = (timestamp - first) // timestamp_step *
+channels + frequency // channel_step``, and can then check every payload byte
+(:func:`expected_payload` computes it).  The immediates are
+``heap_address_bits`` wide; the timestamp wraps around at
+``2**heap_address_bits``.
+
+With several destinations, data heap ``i`` goes to destination
+``i % len(destinations)`` (round robin); the descriptor heap
+(``--descriptors``) and the end-of-stream heap go to every destination.
+
+Heaps are sent until ``--heaps`` data heaps have gone, or forever
+(``--heaps -1``, the default) until Ctrl-C, which stops cleanly: the heap
+being sent is finished and the end-of-stream heap is still sent (unless
+``--no-end``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+
+import numpy as np
+
+import spead2
+import spead2.send
+
+TIMESTAMP_ID = 0x1600
+CHANNEL_ID = 0x4103
+PAYLOAD_ID = 0x3300
+
+DEFAULT_HEAP_SIZE = 8192
+DEFAULT_PACKET_SIZE = 1472
+DEFAULT_ADDR_BITS = 48
+DEFAULT_CHANNELS = 4
+DEFAULT_TIMESTAMP_STEP = 1
+#: Destination of the frames written with --pcap when no HOST:PORT is given.
+DEFAULT_PCAP_DESTINATION = ("127.0.0.1", 8888)
+#: The largest UDP payload over IPv4.
+MAX_UDP_PAYLOAD = 65507
+#: SPEAD packet header, then the item pointers of the first packet of a data
+#: heap: HEAP_CNT, HEAP_LENGTH, PAYLOAD_OFFSET, PAYLOAD_LENGTH, timestamp,
+#: frequency and data.  A packet must hold them and at least one payload byte.
+_HEADER_SIZE = 8
+_POINTER_SIZE = 8
+_DATA_HEAP_POINTERS = 4 + 3
+MIN_PACKET_SIZE = _HEADER_SIZE + _POINTER_SIZE * _DATA_HEAP_POINTERS + 1
+
+
+def expected_payload(index: int, heap_size: int) -> np.ndarray:
+    """The payload of data heap `index`: byte ``j`` is ``(index + j) % 256``."""
+    return ((np.arange(heap_size, dtype=np.int64) + index) % 256).astype(np.uint8)
+
+
+class Traffic:
+    """The heaps that ``spead2_send`` sends (see the module documentation).
+
+    Parameters
+    ----------
+    heap_size : int
+        Payload bytes per data heap
+    channels : int
+        Number of values the frequency item cycles over
+    channel_step : int
+        Difference between successive frequency values (default:
+        ``heap_size // 4``, as if a heap held ``heap_size // 4`` channels of
+        4-byte samples, but at least 1)
+    timestamp_step : int
+        Increment of the timestamp after each full cycle of channels
+    first_timestamp : int
+        Timestamp of the first data heap
+    flavour : :class:`spead2.Flavour`
+        Protocol flavour; its ``heap_address_bits`` is also the width of the
+        immediate items
+    """
+
+    def __init__(
+        self,
+        heap_size=DEFAULT_HEAP_SIZE,
+        channels=DEFAULT_CHANNELS,
+        channel_step=None,
+        timestamp_step=DEFAULT_TIMESTAMP_STEP,
+        first_timestamp=0,
+        flavour=None,
+    ):
+        if flavour is None:
+            flavour = spead2.Flavour(4, 64, DEFAULT_ADDR_BITS, 0)
+        if channel_step is None:
+            channel_step = max(1, heap_size // 4)
+        self.heap_size = heap_size
+        self.channels = channels
+        self.channel_step = channel_step
+        self.timestamp_step = timestamp_step
+        self.first_timestamp = first_timestamp
+        self.flavour = flavour
+        bits = flavour.heap_address_bits
+        self._mask = (1 << bits) - 1
+        self.items = spead2.send.ItemGroup(flavour=flavour)
+        self._timestamp = self.items.add_item(
+            TIMESTAMP_ID, "timestamp", "Timestamp of the heap (advances once per cycle of channels)",
+            shape=(), format=[("u", bits)],
+        )
+        self._channel = self.items.add_item(
+            CHANNEL_ID, "frequency", "First channel of the heap",
+            shape=(), format=[("u", bits)],
+        )
+        self._payload = self.items.add_item(
+            PAYLOAD_ID, "data", "Synthetic payload: byte j of data heap i is (i + j) % 256",
+            shape=(heap_size,), dtype=np.uint8,
+        )
+        # Every payload is a window on one ramp, so heaps need no copies.
+        self._ramp = (np.arange(heap_size + 256, dtype=np.int64) % 256).astype(np.uint8)
+
+    def check(self):
+        """Raise ValueError if the traffic cannot be represented in the flavour."""
+        bits = self.flavour.heap_address_bits
+        if self.heap_size < 1:
+            raise ValueError("the heap size must be at least 1 byte")
+        if self.heap_size > self._mask:
+            raise ValueError(f"a {self.heap_size}-byte heap does not fit in {bits} heap address bits")
+        if self.channels < 1:
+            raise ValueError("there must be at least one channel")
+        if self.channel_step < 0 or self.timestamp_step < 0 or self.first_timestamp < 0:
+            raise ValueError("channel step, timestamp step and first timestamp must not be negative")
+        if (self.channels - 1) * self.channel_step > self._mask:
+            raise ValueError(f"channel values up to {(self.channels - 1) * self.channel_step} "
+                             f"do not fit in {bits} bits")
+        if self.first_timestamp > self._mask:
+            raise ValueError(f"the first timestamp does not fit in {bits} bits")
+
+    def timestamp(self, index: int) -> int:
+        """Value of the timestamp item of data heap `index` (wraps at 2**heap_address_bits)."""
+        return (self.first_timestamp + index // self.channels * self.timestamp_step) & self._mask
+
+    def channel(self, index: int) -> int:
+        """Value of the frequency item of data heap `index`."""
+        return index % self.channels * self.channel_step
+
+    def index(self, timestamp: int, channel: int) -> int:
+        """The data heap index with these item values (before the timestamp wraps)."""
+        cycle = (timestamp - self.first_timestamp) // self.timestamp_step if self.timestamp_step else 0
+        return cycle * self.channels + channel // self.channel_step
+
+    def payload(self, index: int) -> np.ndarray:
+        """Payload of data heap `index` (a read-only view; see :func:`expected_payload`)."""
+        start = index % 256
+        view = self._ramp[start:start + self.heap_size]
+        view.flags.writeable = False
+        return view
+
+    def heap(self, index: int) -> spead2.send.Heap:
+        """Data heap `index`."""
+        heap = spead2.send.Heap(self.flavour)
+        self._timestamp.value = self.timestamp(index)
+        heap.add_item(self._timestamp)
+        self._channel.value = self.channel(index)
+        heap.add_item(self._channel)
+        self._payload.value = self.payload(index)
+        heap.add_item(self._payload)
+        return heap
+
+    def descriptor_heap(self) -> spead2.send.Heap:
+        """A heap with the descriptors of the three items (and no values)."""
+        heap = spead2.send.Heap(self.flavour)
+        for item in self.items.values():
+            heap.add_descriptor(item)
+        return heap
+
+    def end_heap(self) -> spead2.send.Heap:
+        """The end-of-stream heap."""
+        heap = spead2.send.Heap(self.flavour)
+        heap.add_end()
+        return heap
+
+
+def count_packets(heap, flavour, max_packet_size) -> int:
+    """Packets that `heap` is cut into (by sending it to a BytesStream)."""
+    stream = spead2.send.BytesStream(spead2.ThreadPool(), spead2.send.StreamConfig(max_packet_size=max_packet_size))
+    stream.send_heap(heap)
+    data = stream.getvalue()
+    bits = flavour.heap_address_bits
+    mask = (1 << bits) - 1
+    pos = packets = 0
+    while pos < len(data):
+        n_items = int.from_bytes(data[pos + 6:pos + 8], "big")
+        length = 0
+        for k in range(n_items):
+            start = pos + _HEADER_SIZE + _POINTER_SIZE * k
+            pointer = int.from_bytes(data[start:start + _POINTER_SIZE], "big")
+            if (pointer >> bits) & ((1 << (63 - bits)) - 1) == spead2.PAYLOAD_LENGTH_ID:
+                length = pointer & mask
+        pos += _HEADER_SIZE + _POINTER_SIZE * n_items + length
+        packets += 1
+    return packets
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+def _endpoint(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port!r} is not a number") from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port must be between 1 and 65535")
+    return host, number
+
+
+def _flavour_bits(text):
+    parts = text.upper().removeprefix("SPEAD-").split("-")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a flavour such as 64-48 or SPEAD-64-40")
+    if parts[0] != "64":
+        raise argparse.ArgumentTypeError("only 64-bit item pointers (SPEAD-64-XX) are supported")
+    return int(parts[1])
+
+
+def _nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not positive")
+    return value
+
+
+def _nonnegative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite non-negative number")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="spead2_send",
+        description="Send synthetic SPEAD heaps (timestamp, frequency and a payload with a known pattern) "
+                    "over UDP or into a pcap file, for testing receivers.",
+        epilog="Payload byte j of data heap i is (i + j) %% 256; the heap index is recovered from the "
+               "immediates as (timestamp - first) // timestamp_step * channels + frequency // channel_step.",
+    )
+    parser.add_argument("destinations", nargs="*", type=_endpoint, metavar="HOST:PORT",
+                        help="UDP destination(s); data heaps go to them in turn (with --pcap: the addresses "
+                             f"written into the frames, default {DEFAULT_PCAP_DESTINATION[0]}:"
+                             f"{DEFAULT_PCAP_DESTINATION[1]})")
+    parser.add_argument("--pcap", metavar="FILE", help="write the packets to a pcap file instead of sending them")
+
+    data = parser.add_argument_group("traffic")
+    data.add_argument("--heap-size", type=_positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
+                      help="payload bytes per data heap [%(default)s]")
+    data.add_argument("--heaps", type=int, default=-1, metavar="N",
+                      help="number of data heaps to send, -1 for no limit (stop with Ctrl-C) [%(default)s]")
+    data.add_argument("--channels", type=_positive_int, default=DEFAULT_CHANNELS, metavar="N",
+                      help="number of values the frequency item (0x4103) cycles over [%(default)s]")
+    data.add_argument("--channel-step", type=_nonnegative_int, default=None, metavar="N",
+                      help="difference between successive frequency values [heap size / 4]")
+    data.add_argument("--timestamp-step", type=_nonnegative_int, default=DEFAULT_TIMESTAMP_STEP, metavar="N",
+                      help="increment of the timestamp item (0x1600) per cycle of channels [%(default)s]")
+    data.add_argument("--first-timestamp", type=_nonnegative_int, default=0, metavar="N",
+                      help="timestamp of the first heap [%(default)s]")
+    data.add_argument("--descriptors", action="store_true", help="send a descriptor heap first")
+    data.add_argument("--no-end", action="store_true", help="do not send the end-of-stream heap")
+    data.add_argument("--manifest", metavar="FILE",
+                      help="write a JSON manifest of the data heaps (timestamp, frequency, SHA-256 of the "
+                           "payload), as read by python -m spead2.tools.demo")
+
+    proto = parser.add_argument_group("protocol and rate")
+    bits = proto.add_mutually_exclusive_group()
+    bits.add_argument("--addr-bits", type=int, default=None, metavar="BITS",
+                      help=f"heap address bits (a multiple of 8 from 8 to 56) [{DEFAULT_ADDR_BITS}]")
+    bits.add_argument("--flavour", type=_flavour_bits, default=None, metavar="64-XX",
+                      help="protocol flavour, another way to give the heap address bits (e.g. 64-40)")
+    proto.add_argument("--packet", type=int, default=DEFAULT_PACKET_SIZE, metavar="BYTES",
+                       help="maximum packet size (SPEAD header included, UDP/IP excluded) [%(default)s]")
+    proto.add_argument("--rate", type=_nonnegative_float, default=0.0, metavar="Gb/s",
+                       help="sending rate in Gb/s of SPEAD packets, 0 for no limit [%(default)s]")
+    proto.add_argument("--burst", type=_positive_int, default=None, metavar="BYTES",
+                       help="bytes sent back to back before the rate limit applies "
+                            f"[{spead2.send.StreamConfig.DEFAULT_BURST_SIZE}]")
+
+    net = parser.add_argument_group("UDP")
+    net.add_argument("--ttl", type=int, default=None, help="time to live of the packets (multicast hops)")
+    net.add_argument("--bind", metavar="ADDRESS", default="",
+                     help="local interface address to send from (for multicast: the outgoing interface)")
+    net.add_argument("--buffer", type=_positive_int, default=None, metavar="BYTES",
+                     help=f"socket send buffer size [{spead2.send.UdpStream.DEFAULT_BUFFER_SIZE}]")
+    net.add_argument("--no-gso", action="store_true", help="do not use UDP generic segmentation offload")
+
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print a summary at the end (heaps, packets, bytes, achieved rate)")
+    return parser
+
+
+def _check_args(parser, args):
+    if args.pcap is None and not args.destinations:
+        parser.error("give at least one HOST:PORT destination, or --pcap FILE")
+    if args.pcap is not None and (args.ttl is not None or args.bind or args.buffer is not None or args.no_gso):
+        parser.error("--ttl, --bind, --buffer and --no-gso apply to UDP only, not to --pcap")
+    addr_bits = args.flavour if args.flavour is not None else args.addr_bits
+    if addr_bits is None:
+        addr_bits = DEFAULT_ADDR_BITS
+    if addr_bits % 8 != 0 or not 8 <= addr_bits <= 56:
+        parser.error(f"heap address bits must be a multiple of 8 from 8 to 56, not {addr_bits}")
+    args.addr_bits = addr_bits
+    if args.heaps < -1:
+        parser.error("--heaps must be -1 (no limit) or a number of heaps")
+    if args.packet < MIN_PACKET_SIZE:
+        parser.error(f"--packet {args.packet} is too small: a packet needs {MIN_PACKET_SIZE - 1} bytes of "
+                     f"header and item pointers and at least one byte of payload (minimum {MIN_PACKET_SIZE})")
+    if args.packet > MAX_UDP_PAYLOAD:
+        parser.error(f"--packet {args.packet} is too large: the largest UDP payload is {MAX_UDP_PAYLOAD}")
+    if args.ttl is not None and not 0 <= args.ttl <= 255:
+        parser.error("--ttl must be between 0 and 255")
+
+
+def _make_stream(parser, args, config):
+    thread_pool = spead2.ThreadPool()
+    try:
+        if args.pcap is not None:
+            endpoints = args.destinations or [DEFAULT_PCAP_DESTINATION]
+            return spead2.send.PcapFileStream(thread_pool, args.pcap, endpoints, config)
+        kwargs = {"interface_address": args.bind, "ttl": args.ttl, "allow_gso": not args.no_gso}
+        if args.buffer is not None:
+            kwargs["buffer_size"] = args.buffer
+        return spead2.send.UdpStream(thread_pool, args.destinations, config, **kwargs)
+    except (ValueError, OSError, RuntimeError) as exc:
+        where = args.pcap if args.pcap is not None else " ".join(f"{h}:{p}" for h, p in args.destinations)
+        parser.error(f"cannot send to {where}: {exc}")
+
+
+class _Counter:
+    def __init__(self):
+        self.data_heaps = 0
+        self.heaps = 0
+        self.packets = 0
+        self.bytes = 0
+
+    def add(self, sent_bytes, packets, data=False):
+        self.heaps += 1
+        self.packets += packets
+        self.bytes += sent_bytes
+        if data:
+            self.data_heaps += 1
+
+
+def _summary(counter, elapsed, interrupted):
+    elapsed = max(elapsed, 1e-9)
+    lines = [
+        f"{'interrupted after' if interrupted else 'sent'} {counter.data_heaps} data heaps "
+        f"({counter.heaps} heaps in all), {counter.packets} packets, {counter.bytes} bytes in {elapsed:.3f} s",
+        f"achieved {counter.bytes * 8 / elapsed / 1e9:.4f} Gb/s, {counter.packets / elapsed:.0f} packets/s, "
+        f"{counter.heaps / elapsed:.0f} heaps/s",
+    ]
+    return "\n".join(lines)
+
+
+def _write_manifest(path, args, traffic, manifest_heaps):
+    manifest = {
+        "capture": args.pcap,
+        "sender": f"spead2_send (spead2 {spead2.__version__ if hasattr(spead2, '__version__') else ''})".strip(),
+        "flavour": f"SPEAD-64-{traffic.flavour.heap_address_bits}",
+        "max_packet_size": args.packet,
+        "heap_payload_bytes": traffic.heap_size,
+        "items": {
+            f"{TIMESTAMP_ID:#x}": "timestamp (immediate)",
+            f"{CHANNEL_ID:#x}": "frequency (immediate)",
+            f"{PAYLOAD_ID:#x}": "data (payload)",
+        },
+        "first_heap": "descriptors only" if args.descriptors else "data",
+        "last_heap": "data" if args.no_end else "stream stop (CTRL_STREAM_STOP)",
+        "heaps": manifest_heaps,
+    }
+    with open(path, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+
+
+def run(args, parser=None, out=sys.stdout):
+    """Send the traffic described by parsed `args`; returns the exit code."""
+    parser = parser or build_parser()
+    _check_args(parser, args)
+    flavour = spead2.Flavour(4, 64, args.addr_bits, 0)
+    traffic = Traffic(args.heap_size, args.channels, args.channel_step, args.timestamp_step,
+                      args.first_timestamp, flavour)
+    try:
+        traffic.check()
+    except ValueError as exc:
+        parser.error(str(exc))
+    config_kwargs = {"max_packet_size": args.packet, "rate": args.rate * 1e9 / 8}
+    if args.burst is not None:
+        config_kwargs["burst_size"] = args.burst
+    config = spead2.send.StreamConfig(**config_kwargs)
+    stream = _make_stream(parser, args, config)
+    n_dest = stream.num_substreams
+
+    data_packets = count_packets(traffic.heap(0), flavour, args.packet)
+    counter = _Counter()
+    manifest_heaps = [] if args.manifest else None
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        try:
+            if args.descriptors:
+                heap = traffic.descriptor_heap()
+                packets = count_packets(heap, flavour, args.packet)
+                for sub in range(n_dest):
+                    counter.add(stream.send_heap(heap, substream_index=sub), packets)
+            index = 0
+            while args.heaps < 0 or index < args.heaps:
+                sent = stream.send_heap(traffic.heap(index), substream_index=index % n_dest)
+                counter.add(sent, data_packets, data=True)
+                if manifest_heaps is not None:
+                    manifest_heaps.append({
+                        "timestamp": traffic.timestamp(index),
+                        "frequency": traffic.channel(index),
+                        "sha256": hashlib.sha256(traffic.payload(index).tobytes()).hexdigest(),
+                    })
+                index += 1
+        except KeyboardInterrupt:
+            interrupted = True
+        if not args.no_end:
+            heap = traffic.end_heap()
+            packets = count_packets(heap, flavour, args.packet)
+            for sub in range(n_dest):
+                counter.add(stream.send_heap(heap, substream_index=sub), packets)
+        stream.flush()
+    except (RuntimeError, OSError, ValueError) as exc:
+        print(f"spead2_send: error: sending failed: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.perf_counter() - start
+    del stream  # closes the socket or file
+    if args.manifest:
+        _write_manifest(args.manifest, args, traffic, manifest_heaps)
+    if interrupted:
+        print("spead2_send: interrupted", file=sys.stderr)
+    if args.verbose:
+        print(_summary(counter, elapsed, interrupted), file=out)
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
