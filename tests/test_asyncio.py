@@ -147,7 +147,7 @@ def test_get_timeout_then_get():
     assert run(main()).label == "x"
 
 
-# BUG: ChunkRingbuffer.get (python/spead2/recv/asyncio.py) takes the chunk
+# Regression (fixed): ChunkRingbuffer.get (python/spead2/recv/asyncio.py) takes the chunk
 # with get_nowait() and only then does `await asyncio.sleep(0)`; a
 # cancellation delivered at that await (e.g. asyncio.wait_for timing out, or
 # task.cancel() right after the task first ran) raises CancelledError after
@@ -155,7 +155,6 @@ def test_get_timeout_then_get():
 #     ring.put_nowait(chunk); task = ensure_future(ring.get())
 #     await asyncio.sleep(0)   # task runs up to the sleep(0)
 #     task.cancel(); await task  -> CancelledError, and ring.qsize() == 0
-@pytest.mark.xfail(strict=True, reason="BUG: cancelling asyncio ChunkRingbuffer.get() can lose a chunk")
 def test_get_cancel_after_item_taken_loses_nothing():
     ring = AsyncRing(2)
     chunk = make_chunk("precious")
@@ -175,11 +174,10 @@ def test_get_cancel_after_item_taken_loses_nothing():
     assert run(main())
 
 
-# BUG (same cause as above): put() does put_nowait() and then
+# Regression (fixed, same cause as above): put() does put_nowait() and then
 # `await asyncio.sleep(0)`; a cancellation there raises CancelledError although
 # the chunk is already in the ring (and its buffers are hidden while in
 # flight), so the caller cannot tell that the put happened.
-@pytest.mark.xfail(strict=True, reason="BUG: a cancelled asyncio ChunkRingbuffer.put() may still have put the chunk")
 def test_put_cancel_is_all_or_nothing():
     ring = AsyncRing(2)
     chunk = make_chunk("p")

@@ -57,13 +57,12 @@ class TestChunkRingbuffer:
         assert ring.get() is chunk
         assert chunk.extra is None
 
-    # BUG: put/put_nowait of an object that is not a Chunk raise pybind11's
+    # Regression (fixed): put/put_nowait of an object that is not a Chunk raise pybind11's
     # internal cast error (RuntimeError "Unable to cast Python instance of type
     # <class 'numpy.ndarray'> to C++ type '?'") instead of a TypeError, because
     # ring_put/ring_put_nowait (src/bindings/register_recv.cpp) take py::handle
     # and cast it to chunk_object& by hand.  Reproduction:
     #     spead2.recv.ChunkRingbuffer(2).put(numpy.zeros(4, numpy.uint8))
-    @pytest.mark.xfail(strict=True, reason="BUG: non-Chunk put raises RuntimeError, not TypeError")
     @pytest.mark.parametrize("method", ["put", "put_nowait"])
     def test_not_a_chunk(self, ring, method):
         with pytest.raises(TypeError):

@@ -365,7 +365,7 @@ BLOCKED_GET_SCRIPT = textwrap.dedent(
 )
 
 
-# BUG: a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
+# Regression (fixed): a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
 # exits makes the process abort ("terminate called without an active
 # exception", SIGABRT, exit status -6/134) most of the time.  ring_get
 # (src/bindings/register_recv.cpp, `interruptible`) wakes every 50 ms and
@@ -381,7 +381,6 @@ BLOCKED_GET_SCRIPT = textwrap.dedent(
 #     time.sleep(0.1)   # then let the interpreter exit
 # The test runs the script in a few processes at once so that the outcome
 # does not depend on one race.
-@pytest.mark.xfail(strict=True, reason="BUG: process aborts at exit with a daemon thread blocked in ring.get()")
 def test_exit_with_consumer_blocked_in_get(tmp_path):
     path = tmp_path / "blocked_get.py"
     path.write_text(BLOCKED_GET_SCRIPT)

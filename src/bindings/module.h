@@ -3,6 +3,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <atomic>
+
 namespace spead2::chunk
 {
 class chunk_stream;
@@ -16,6 +18,13 @@ namespace py = pybind11;
 void register_common(py::module_ &m);
 void register_recv(py::module_ &m);
 void register_send(py::module_ &m);
+
+/// Set at interpreter exit (atexit).  Threads blocked in a ring operation
+/// without the GIL then never take it back: after atexit, CPython kills
+/// threads that try to, which would unwind through C++ frames and abort.
+bool interpreter_exiting();
+/// Number of threads currently blocked in a ring operation without the GIL.
+std::atomic<int> &ring_waiters();
 
 /// Streams alive in this process, stopped at interpreter exit.
 void register_stoppable(chunk::chunk_stream *stream);

@@ -59,6 +59,8 @@ py_chunk::~py_chunk()
 
 std::unique_ptr<chunk::chunk> chunk_to_cpp(py::handle obj)
 {
+    if (!py::isinstance<chunk_object>(obj))
+        throw py::type_error("expected a spead2.recv.Chunk, got " + std::string(py::str(py::type::of(obj))));
     chunk_object &c = obj.cast<chunk_object &>();
     if (c.data.is_none())
         throw py::value_error("data buffer is not set");

@@ -3,7 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <mutex>
+#include <thread>
 #include <set>
 
 #include "bindings/module.h"
@@ -23,9 +25,17 @@ namespace
 
 std::mutex stoppables_mutex;
 std::set<chunk::chunk_stream *> stoppables;
+std::atomic<bool> exiting{false};
 
 void stop_everything()
 {
+    exiting.store(true);
+    if (ring_waiters().load() > 0)
+    {
+        // Give blocked threads time to notice (they wake at least every 50 ms).
+        py::gil_scoped_release nogil;
+        std::this_thread::sleep_for(std::chrono::milliseconds(120));
+    }
     std::vector<chunk::chunk_stream *> streams;
     {
         std::lock_guard<std::mutex> lock(stoppables_mutex);
@@ -38,6 +48,17 @@ void stop_everything()
 }
 
 } // anonymous namespace
+
+bool interpreter_exiting()
+{
+    return exiting.load();
+}
+
+std::atomic<int> &ring_waiters()
+{
+    static std::atomic<int> count{0};
+    return count;
+}
 
 void register_stoppable(chunk::chunk_stream *stream)
 {

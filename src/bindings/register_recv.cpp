@@ -2,7 +2,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
+#include <thread>
 #include <cerrno>
 #include <system_error>
 
@@ -103,7 +105,12 @@ auto interruptible(F &&attempt)
         decltype(attempt()) result;
         {
             py::gil_scoped_release nogil;
+            ring_waiters()++;
             result = attempt();
+            // At interpreter exit this thread must not take the GIL back.
+            while (interpreter_exiting())
+                std::this_thread::sleep_for(std::chrono::seconds(1));
+            ring_waiters()--;
         }
         if (result)
             return result;
@@ -308,7 +315,10 @@ void register_recv(py::module_ &m)
             for (auto item : kwargs)
             {
                 std::string key = item.first.cast<std::string>();
-                if (!py::hasattr(self, key.c_str()) || key == "stats")
+                static const char *const fields[] = {
+                    "max_heaps", "substreams", "bug_compat", "memcpy", "memory_allocator", "stop_on_stop_item",
+                    "allow_unsized_heaps", "allow_out_of_order", "stream_id", "explicit_start"};
+                if (std::find(std::begin(fields), std::end(fields), key) == std::end(fields))
                     throw py::type_error("StreamConfig() got an unexpected keyword argument '" + key + "'");
                 py::setattr(self, key.c_str(), item.second);
             }

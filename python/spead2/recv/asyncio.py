@@ -55,27 +55,27 @@ class ChunkRingbuffer(_ChunkRingbuffer):
         self._data_waiter = _FdWaiter(self.data_fd)
         self._space_waiter = _FdWaiter(self.space_fd)
 
+    # Both coroutines yield to the event loop *before* touching the ring (so a
+    # busy producer cannot starve the loop) and never await after the
+    # operation succeeded, so cancellation is all-or-nothing.
+
     async def get(self):
         """Retrieve a chunk, waiting if necessary; raises :exc:`spead2.Stopped`."""
+        await asyncio.sleep(0)
         while True:
             try:
-                chunk = self.get_nowait()
+                return self.get_nowait()
             except spead2.Empty:
                 await self._data_waiter.wait()
-            else:
-                await asyncio.sleep(0)   # don't starve the event loop
-                return chunk
 
     async def put(self, chunk):
         """Add a chunk, waiting for space if necessary; raises :exc:`spead2.Stopped`."""
+        await asyncio.sleep(0)
         while True:
             try:
-                self.put_nowait(chunk)
+                return self.put_nowait(chunk)
             except spead2.Full:
                 await self._space_waiter.wait()
-            else:
-                await asyncio.sleep(0)
-                return
 
     def __aiter__(self):
         return self
