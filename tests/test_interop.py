@@ -152,6 +152,10 @@ stream.send_heap(ig.get_end())
 if mode == 'bytes':
     with open(target, 'wb') as f:
         f.write(stream.getvalue())
+# Tear down in order: left to the interpreter's exit, the thread pool may go
+# first, and the reference's stream destructor then spins for ever.
+del stream
+del thread_pool
 print('sent', n_heaps)
 '''
 
@@ -354,6 +358,9 @@ result = {
     'items': {name: describe(item) for name, item in ig.items()},
     'stats': {'heaps': stream.stats.heaps, 'incomplete': stream.stats.incomplete_heaps_evicted},
 }
+stream.stop()
+del stream
+del thread_pool
 print('RESULT', json.dumps(result), flush=True)
 '''
 
@@ -375,6 +382,7 @@ class Plan:
 
     def __init__(self, bits, big=4096):
         self.flavour = spead2.Flavour(4, 64, bits, 0)
+        self.big = big
         ig = self.ig = spead2.send.ItemGroup(flavour=self.flavour)
         self.specs = {}  # name -> descriptor fields, as describe() gives them
         self.dtypes = {}  # name -> numpy dtype (None for format items)
@@ -412,7 +420,8 @@ class Plan:
             value = np.asarray(value, dtype=self.dtypes[name])
         return jsonable(value)
 
-    def first_values(self, big=4096):
+    def first_values(self):
+        big = self.big
         self.set(
             timestamp=(1 << self.flavour.heap_address_bits) - 2,
             bytes_payload=(np.arange(big) * 7 % 256).astype(np.uint8),
@@ -439,7 +448,7 @@ class Plan:
         names = list(self.specs)
         self.record_heap(self.ig.get_heap(), names, names)
         self.set(timestamp=12345, string="x", variable_int32=[42],
-                 bytes_payload=np.full(4096, 0xA5, np.uint8))
+                 bytes_payload=np.full(self.big, 0xA5, np.uint8))
         self.record_heap(self.ig.get_heap(), [], ["timestamp", "string", "variable_int32", "bytes_payload"])
         self.record_heap(self.ig.get_heap(descriptors="all", data="all"), names, names)
         return self

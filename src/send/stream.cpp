@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "common/logging.h"
+#include "common/socket_util.h"
 #include "transport/mem/mem_reader.h"
 
 #ifndef UDP_SEGMENT
@@ -172,18 +173,9 @@ void inproc_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, st
 
 udp_endpoint resolve_ipv4(const std::string &host, std::uint16_t port)
 {
-    addrinfo hints{};
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_DGRAM;
-    addrinfo *res = nullptr;
-    int status = getaddrinfo(host.empty() ? "0.0.0.0" : host.c_str(), nullptr, &hints, &res);
-    if (status != 0 || !res)
-        throw std::invalid_argument("cannot resolve host '" + host + "' to an IPv4 address: "
-                                    + gai_strerror(status));
     udp_endpoint ep;
-    ep.address = ntohl(reinterpret_cast<sockaddr_in *>(res->ai_addr)->sin_addr.s_addr);
+    ep.address = ntohl(spead2::resolve_ipv4(host, "host").s_addr);
     ep.port = port;
-    freeaddrinfo(res);
     return ep;
 }
 
@@ -219,17 +211,7 @@ udp_stream::udp_stream(const stream_config &config, std::vector<udp_endpoint> en
         throw std::system_error(errno, std::generic_category(), "socket");
     try
     {
-        if (buffer_size > 0)
-        {
-            int size = int(std::min<std::size_t>(buffer_size, 1u << 30));
-            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
-            int actual = 0;
-            socklen_t len = sizeof(actual);
-            getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &actual, &len);
-            if (actual / 2 < size)   // Linux reports double the usable size
-                log_warning("send buffer size clipped to %d bytes (requested %d): raise net.core.wmem_max",
-                            actual / 2, size);
-        }
+        set_socket_buffer(fd, false, buffer_size);
         bool any_multicast = false;
         for (const auto &ep : this->endpoints)
             any_multicast |= is_multicast(ep.address);

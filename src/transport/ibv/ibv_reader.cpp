@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "common/logging.h"
+#include "common/socket_util.h"
 #include "common/thread_pool.h"
 #include "protocol/frame.h"
 #include "transport/ibv/loader.h"
@@ -52,18 +53,14 @@ struct mprq_unsupported : std::runtime_error
     throw std::system_error(err, std::generic_category(), what);
 }
 
-in_addr resolve_ipv4(const std::string &host, const char *what)
+/// Creating a raw packet QP fails with EPERM/EINVAL without CAP_NET_RAW: say so.
+[[noreturn]] void fail_qp(int err)
 {
-    addrinfo hints{};
-    hints.ai_family = AF_INET;
-    hints.ai_socktype = SOCK_DGRAM;
-    addrinfo *res = nullptr;
-    int status = getaddrinfo(host.c_str(), nullptr, &hints, &res);
-    if (status != 0 || !res)
-        throw std::invalid_argument(std::string(what) + " '" + host + "' is not an IPv4 address or resolvable host");
-    in_addr a = reinterpret_cast<sockaddr_in *>(res->ai_addr)->sin_addr;
-    freeaddrinfo(res);
-    return a;
+    if (err == EPERM || err == EACCES || err == EINVAL)
+        throw std::runtime_error(std::string("could not create a raw packet queue pair (") + std::strerror(err)
+                                 + "): this could be a permission problem - do you have CAP_NET_RAW? "
+                                   "(run as root, or grant it with setcap cap_net_raw+ep)");
+    fail_errno(err, "creating the raw packet queue pair");
 }
 
 bool is_multicast(in_addr a) { return IN_MULTICAST(ntohl(a.s_addr)); }
@@ -544,15 +541,7 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
             throw mprq_unsupported("the verbs provider has no create_qp_ex");
         qp = vctx->create_qp_ex(context, &qp_attr);
         if (!qp)
-        {
-            int err = errno;
-            if (err == EPERM || err == EACCES || err == EINVAL)
-                throw std::runtime_error(std::string("could not create a raw packet queue pair (")
-                                         + std::strerror(err)
-                                         + "): this could be a permission problem - do you have CAP_NET_RAW? "
-                                           "(run as root, or grant it with setcap cap_net_raw+ep)");
-            fail_errno(err, "creating the raw packet queue pair");
-        }
+            fail_qp(errno);
         memory = std::make_unique<buffer_memory>(buffer_size);
         mr = ibv::verbs().reg_mr(pd, memory->data(), buffer_size, IBV_ACCESS_LOCAL_WRITE);
         if (!mr)
@@ -724,15 +713,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         qp_attr.cap.max_recv_sge = 1;
         qp = v.create_qp(pd, &qp_attr);
         if (!qp)
-        {
-            int err = errno;
-            if (err == EPERM || err == EACCES || err == EINVAL)
-                throw std::runtime_error(std::string("could not create a raw packet queue pair (")
-                                         + std::strerror(err)
-                                         + "): this could be a permission problem - do you have CAP_NET_RAW? "
-                                           "(run as root, or grant it with setcap cap_net_raw+ep)");
-            fail_errno(err, "ibv_create_qp");
-        }
+            fail_qp(errno);
         ibv_qp_attr attr{};
         attr.qp_state = IBV_QPS_INIT;
         attr.port_num = cm_id->port_num;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/logging.h"
+#include "common/socket_util.h"
 #include "common/thread_pool.h"
 
 #ifndef UDP_GRO
@@ -29,39 +30,6 @@ namespace
 [[noreturn]] void fail(const std::string &what)
 {
     throw std::system_error(errno, std::generic_category(), what);
-}
-
-sockaddr_storage resolve(const std::string &host, std::uint16_t port, int family, socklen_t &len)
-{
-    addrinfo hints{};
-    hints.ai_family = family;
-    hints.ai_socktype = SOCK_DGRAM;
-    hints.ai_flags = AI_PASSIVE;
-    addrinfo *res = nullptr;
-    const std::string service = std::to_string(port);
-    int status = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
-    if (status != 0 || !res)
-        throw std::invalid_argument("Host not found: '" + host + "' (" + gai_strerror(status) + ")");
-    sockaddr_storage out{};
-    std::memcpy(&out, res->ai_addr, res->ai_addrlen);
-    len = res->ai_addrlen;
-    freeaddrinfo(res);
-    return out;
-}
-
-void set_buffer(int fd, std::size_t size)
-{
-    if (size == 0)
-        return;
-    int want = int(std::min<std::size_t>(size, 1u << 30));
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof(want));
-    int got = 0;
-    socklen_t len = sizeof(got);
-    getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &got, &len);
-    if (got / 2 < want)   // Linux reports twice the usable size
-        log_warning("Socket receive buffer size was clipped to %d bytes (requested %d): raise "
-                    "net.core.rmem_max (e.g. sysctl net.core.rmem_max=%d) to avoid packet loss",
-                    got / 2, want, want);
 }
 
 } // anonymous namespace
@@ -101,7 +69,7 @@ int open_udp_socket(const udp_socket_spec &spec)
         family = AF_INET;
     else if (spec.type == udp_socket_spec::kind::multicast_v6)
         family = AF_INET6;
-    addr = resolve(spec.host, spec.port, family, addr_len);
+    addr = resolve_address(spec.host, spec.port, family, addr_len);
     const std::string where = (spec.host.empty() ? std::string("*") : spec.host) + ":" + std::to_string(spec.port);
 
     int fd = socket(addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -109,7 +77,7 @@ int open_udp_socket(const udp_socket_spec &spec)
         fail("socket");
     try
     {
-        set_buffer(fd, spec.buffer_size);
+        set_socket_buffer(fd, true, spec.buffer_size);
         int one = 1;
         if (spec.type == udp_socket_spec::kind::multicast_v4)
         {
@@ -122,7 +90,7 @@ int open_udp_socket(const udp_socket_spec &spec)
             if (!spec.interface_address.empty())
             {
                 socklen_t il;
-                auto iface = resolve(spec.interface_address, 0, AF_INET, il);
+                auto iface = resolve_address(spec.interface_address, 0, AF_INET, il);
                 mreq.imr_interface = reinterpret_cast<sockaddr_in *>(&iface)->sin_addr;
             }
             if (setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mreq, sizeof(mreq)) < 0)

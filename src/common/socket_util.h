@@ -1,0 +1,27 @@
+// Small socket helpers shared by the UDP, ibverbs and send transports.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+namespace spead2
+{
+
+/// Resolve @a host (empty = wildcard) and @a port for a datagram socket;
+/// @a family AF_INET, AF_INET6 or AF_UNSPEC.  Throws std::invalid_argument
+/// ("Host not found: ...") naming the host.
+sockaddr_storage resolve_address(const std::string &host, std::uint16_t port, int family, socklen_t &length);
+
+/// Resolve to one IPv4 address; @a what names the argument in the error.
+in_addr resolve_ipv4(const std::string &host, const char *what);
+
+/// Set SO_RCVBUF (@a receive) or SO_SNDBUF to @a size bytes (0: leave the
+/// default).  Logs a warning naming net.core.rmem_max / wmem_max when the
+/// kernel clips it.
+void set_socket_buffer(int fd, bool receive, std::size_t size);
+
+} // namespace spead2

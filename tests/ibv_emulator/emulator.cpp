@@ -1,0 +1,2777 @@
+/* Emulated RDMA NIC for testing spead2's ibverbs receive path without hardware.
+ *
+ * One shared library that stands in for libibverbs.so.1, librdmacm.so.1 and
+ * libmlx5.so.1 at once.  It exports the entry points the production code
+ * resolves with dlsym (same names, same prototypes as the system headers) and
+ * fills in the function tables (struct ibv_context_ops, struct verbs_context,
+ * struct ibv_cq_ex) that the static inline helpers of <infiniband/verbs.h>
+ * call through.
+ *
+ * Frames come from a "wire" (a UDP socket carrying one Ethernet frame per
+ * datagram, or a pcap file), are steered by the flow rules created with
+ * ibv_create_flow, and are written into the receive buffers the application
+ * posted: receive WRs of a plain RAW_PACKET QP, or multi-packet (striding)
+ * WQEs of an mlx5dv striding WQ behind an RSS QP.  See README.md.
+ *
+ * Locking: one device mutex (Global::mu) protects the topology (flows, MRs,
+ * object links and states) and every per-queue consumer state of the NIC; it
+ * is held while a frame is processed.  The data structures shared with the
+ * application's data path are lock-free where the application side is hot:
+ * completion rings (single producer = whoever holds mu; consumer side under a
+ * per-CQ mutex) and the striding WQ doorbell record (acquire load).
+ */
+
+#include "spead2_emu.h"
+
+#include <infiniband/verbs.h>
+#include <infiniband/mlx5dv.h>
+#include <rdma/rdma_cma.h>
+
+#include <arpa/inet.h>
+#include <endian.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cinttypes>
+#include <climits>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#define EMU_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace
+{
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+
+bool g_log_enabled = false;
+
+__attribute__((format(printf, 1, 2)))
+void emu_warn(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "spead2-ibv-emu: %s\n", buf);
+}
+
+#define EMU_LOG(...) do { if (g_log_enabled) emu_warn(__VA_ARGS__); } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Configuration                                                            */
+
+enum class wire_kind { none, udp, pcap };
+
+struct config
+{
+    in_addr_t iface = htonl(INADDR_LOOPBACK);   // network byte order
+    uint8_t mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    bool no_mprq = false;
+    bool no_flow = false;
+    bool no_raw = false;
+    int max_qp_wr = 8192;
+    int max_cqe = 1 << 20;
+    uint64_t max_mr_size = UINT64_C(1) << 32;
+    wire_kind wire = wire_kind::none;
+    sockaddr_in udp_addr{};
+    std::string pcap_path;
+    double pcap_rate = 0.0;          // frames per second, 0 = full speed
+    bool pcap_lossless = false;
+    std::string stats_path;
+};
+
+constexpr int num_comp_vectors = 4;
+constexpr int max_sge = 16;
+constexpr int max_objects = 1 << 16;
+constexpr uint32_t min_stride_log = 6, max_stride_log = 13;
+constexpr uint32_t min_strides_log = 3, max_strides_log = 16;
+constexpr uint32_t filler_flag = 0x80000000u;
+
+const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return (v && *v) ? v : nullptr;
+}
+
+bool env_flag(const char *name)
+{
+    const char *v = env(name);
+    return v && strcmp(v, "0") != 0;
+}
+
+uint64_t env_u64(const char *name, uint64_t def, uint64_t lo, uint64_t hi)
+{
+    const char *v = env(name);
+    if (!v)
+        return def;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 0);
+    if (errno || *end || x < lo || x > hi)
+    {
+        emu_warn("ignoring invalid %s=%s (want %" PRIu64 "..%" PRIu64 ")", name, v, lo, hi);
+        return def;
+    }
+    return x;
+}
+
+bool parse_mac(const char *s, uint8_t out[6])
+{
+    unsigned int b[6];
+    char tail;
+    if (sscanf(s, "%x:%x:%x:%x:%x:%x%c", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &tail) != 6)
+        return false;
+    for (int i = 0; i < 6; i++)
+    {
+        if (b[i] > 0xff)
+            return false;
+        out[i] = uint8_t(b[i]);
+    }
+    return true;
+}
+
+void load_config(config &c)
+{
+    g_log_enabled = env_flag("SPEAD2_EMU_LOG");
+    if (const char *v = env("SPEAD2_EMU_INTERFACE"))
+    {
+        in_addr a;
+        if (inet_pton(AF_INET, v, &a) == 1)
+            c.iface = a.s_addr;
+        else
+            emu_warn("ignoring invalid SPEAD2_EMU_INTERFACE=%s", v);
+    }
+    if (const char *v = env("SPEAD2_EMU_MAC"))
+    {
+        if (!parse_mac(v, c.mac))
+            emu_warn("ignoring invalid SPEAD2_EMU_MAC=%s", v);
+    }
+    c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
+    c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
+    c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
+    c.max_qp_wr = int(env_u64("SPEAD2_EMU_MAX_QP_WR", 8192, 1, 1 << 20));
+    c.max_cqe = int(env_u64("SPEAD2_EMU_MAX_CQE", 1 << 20, 1, 1 << 26));
+    c.max_mr_size = env_u64("SPEAD2_EMU_MAX_MR_SIZE", UINT64_C(1) << 32, 1, UINT64_MAX);
+    if (const char *v = env("SPEAD2_EMU_STATS"))
+        c.stats_path = v;
+    if (const char *v = env("SPEAD2_EMU_PCAP_RATE"))
+    {
+        char *end;
+        double r = strtod(v, &end);
+        if (*end || !(r >= 0.0))
+            emu_warn("ignoring invalid SPEAD2_EMU_PCAP_RATE=%s", v);
+        else
+            c.pcap_rate = r;
+    }
+    c.pcap_lossless = env_flag("SPEAD2_EMU_PCAP_LOSSLESS");
+    if (const char *v = env("SPEAD2_EMU_WIRE"))
+    {
+        std::string w = v;
+        if (w.compare(0, 4, "udp:") == 0)
+        {
+            std::string rest = w.substr(4);
+            auto colon = rest.rfind(':');
+            in_addr a;
+            char *end = nullptr;
+            unsigned long port = 0;
+            if (colon != std::string::npos)
+                port = strtoul(rest.c_str() + colon + 1, &end, 10);
+            if (colon == std::string::npos || !end || *end || port > 65535
+                || inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a) != 1)
+                emu_warn("ignoring invalid SPEAD2_EMU_WIRE=%s (want udp:ADDR:PORT)", v);
+            else
+            {
+                c.wire = wire_kind::udp;
+                c.udp_addr.sin_family = AF_INET;
+                c.udp_addr.sin_addr = a;
+                c.udp_addr.sin_port = htons(uint16_t(port));
+            }
+        }
+        else if (w.compare(0, 5, "pcap:") == 0 && w.size() > 5)
+        {
+            c.wire = wire_kind::pcap;
+            c.pcap_path = w.substr(5);
+        }
+        else
+            emu_warn("ignoring invalid SPEAD2_EMU_WIRE=%s", v);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Counters                                                                 */
+
+struct counters
+{
+    std::atomic<uint64_t> delivered{0};
+    std::atomic<uint64_t> no_flow{0};
+    std::atomic<uint64_t> no_buffer{0};
+    std::atomic<uint64_t> too_big{0};
+    std::atomic<uint64_t> not_ready{0};
+    std::atomic<uint64_t> cq_overflow{0};
+    std::atomic<uint64_t> fillers{0};
+    std::atomic<uint64_t> wqes_completed{0};
+    std::atomic<uint64_t> errors{0};
+    std::atomic<uint64_t> received{0};
+
+    uint64_t signature() const
+    {
+        return delivered + no_flow + no_buffer + too_big + not_ready + cq_overflow
+            + fillers + wqes_completed + errors + received;
+    }
+
+    int format(char *buf, size_t len) const
+    {
+        return snprintf(buf, len,
+                        "{\"delivered\": %" PRIu64 ", \"no_flow\": %" PRIu64
+                        ", \"no_buffer\": %" PRIu64 ", \"too_big\": %" PRIu64
+                        ", \"not_ready\": %" PRIu64 ", \"cq_overflow\": %" PRIu64
+                        ", \"fillers\": %" PRIu64 ", \"wqes_completed\": %" PRIu64
+                        ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64 "}",
+                        delivered.load(), no_flow.load(), no_buffer.load(), too_big.load(),
+                        not_ready.load(), cq_overflow.load(), fillers.load(),
+                        wqes_completed.load(), errors.load(), received.load());
+    }
+};
+
+inline void bump(std::atomic<uint64_t> &c)
+{
+    c.fetch_add(1, std::memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------ */
+/* pcap reader (classic format only)                                        */
+
+struct pcap_reader
+{
+    FILE *f = nullptr;
+    bool swap = false;
+    bool eof = true;
+
+    uint32_t fix(uint32_t v) const { return swap ? __builtin_bswap32(v) : v; }
+
+    bool open(const std::string &path)
+    {
+        f = fopen(path.c_str(), "rb");
+        if (!f)
+        {
+            emu_warn("cannot open pcap %s: %s", path.c_str(), strerror(errno));
+            return false;
+        }
+        uint32_t hdr[6];
+        if (fread(hdr, sizeof(hdr), 1, f) != 1)
+        {
+            emu_warn("pcap %s: short file header", path.c_str());
+            return false;
+        }
+        switch (hdr[0])
+        {
+        case 0xa1b2c3d4: case 0xa1b23c4d: swap = false; break;
+        case 0xd4c3b2a1: case 0x4d3cb2a1: swap = true; break;
+        default:
+            emu_warn("pcap %s: not a classic pcap file (magic 0x%08x)", path.c_str(), hdr[0]);
+            return false;
+        }
+        uint32_t linktype = fix(hdr[5]) & 0xffff;
+        if (linktype != 1)
+        {
+            emu_warn("pcap %s: link type %u is not Ethernet (1)", path.c_str(), linktype);
+            return false;
+        }
+        eof = false;
+        return true;
+    }
+
+    bool next(std::vector<uint8_t> &out)
+    {
+        if (eof)
+            return false;
+        uint32_t rec[4];
+        if (fread(rec, sizeof(rec), 1, f) != 1)
+        {
+            eof = true;
+            return false;
+        }
+        uint32_t incl = fix(rec[2]);
+        if (incl > (1u << 18))
+        {
+            emu_warn("pcap: implausible record length %u, stopping replay", incl);
+            eof = true;
+            return false;
+        }
+        out.resize(incl);
+        if (incl && fread(out.data(), incl, 1, f) != 1)
+        {
+            emu_warn("pcap: truncated record, stopping replay");
+            eof = true;
+            return false;
+        }
+        return true;
+    }
+};
+
+/* ------------------------------------------------------------------------ */
+/* Objects                                                                  */
+
+struct cq_t;
+
+struct context_t
+{
+    verbs_context vctx;              // must be first: ibv_context is its last member
+    std::atomic<int> refs{1};        // 1 for the open + 1 per live object
+};
+
+struct pd_t
+{
+    ibv_pd pd;
+    context_t *ctx;
+    int users = 0;                   // MRs, QPs, WQs (under mu)
+};
+
+struct mr_t
+{
+    ibv_mr mr;
+    pd_t *pd;
+    uint64_t iova;
+    int access;
+};
+
+struct channel_t
+{
+    ibv_comp_channel ch;
+    context_t *ctx;
+    std::mutex mu;
+    std::deque<cq_t *> events;
+    int users = 0;                   // CQs (under mu of the global)
+};
+
+struct completion
+{
+    uint64_t wr_id;
+    uint64_t ts;
+    uint32_t byte_len;
+    uint32_t qp_num;
+    ibv_wc_status status;
+};
+
+struct cq_t
+{
+    ibv_cq_ex cq;                    // must be first; ibv_cq is a prefix of it
+    context_t *ctx;
+    channel_t *channel;
+    uint32_t cap;
+    std::unique_ptr<completion[]> ring;
+    std::atomic<uint64_t> prod{0};   // written by the producer (holder of mu)
+    std::atomic<uint64_t> cons{0};   // written by the consumer
+    std::mutex poll_mu;              // consumer side; held from start_poll to end_poll
+    uint64_t cursor = 0;
+    bool cur_valid = false;
+    completion cur{};
+    std::atomic<bool> armed{false};
+    int users = 0;                   // QPs and WQs (under mu)
+};
+
+struct rx_queue
+{
+    bool striding = false;
+    cq_t *cq = nullptr;
+    pd_t *pd = nullptr;
+    uint32_t qp_num = 0;             // reported in completions
+
+    // Plain receive queue (QP or non-striding WQ), filled by post_recv.
+    std::mutex rmu;
+    uint32_t rcap = 0;
+    uint32_t rmax_sge = 0;
+    std::vector<uint64_t> r_wr_id;
+    std::vector<uint32_t> r_nsge;
+    std::vector<ibv_sge> r_sge;
+    uint64_t rhead = 0, rtail = 0;
+
+    // Striding WQ (all consumer state under mu).
+    uint32_t stride_log = 0, stride_size = 0, strides_per_wqe = 0;
+    uint32_t wqe_cnt = 0;
+    mlx5_mprq_wqe *buf = nullptr;
+    uint32_t *dbrec = nullptr;
+    uint64_t consumed = 0;           // WQEs fully consumed (sequence number of the current one)
+    bool have_cur = false;
+    uint32_t cur_pos = 0;            // strides used in the current WQE
+    uint64_t cur_addr = 0;
+    uint32_t cur_lkey = 0, cur_bytes = 0;
+    bool warned_overpost = false;
+};
+
+struct qp_t;
+
+struct wq_t
+{
+    ibv_wq wq;
+    context_t *ctx;
+    rx_queue rx;
+    int users = 0;                   // indirection tables
+};
+
+struct ind_table_t
+{
+    ibv_rwq_ind_table t;
+    context_t *ctx;
+    std::vector<wq_t *> wqs;
+    int users = 0;                   // QPs
+};
+
+struct qp_t
+{
+    ibv_qp qp;
+    context_t *ctx;
+    pd_t *pd;
+    bool rss = false;
+    rx_queue rx;                     // plain QPs only
+    cq_t *send_cq = nullptr;
+    ind_table_t *ind = nullptr;
+    uint64_t hash_fields = 0;
+    int users = 0;                   // flows
+};
+
+struct flow_t
+{
+    ibv_flow flow;
+    qp_t *qp;
+    uint16_t priority;
+    uint64_t seq;
+    bool has_eth = false, has_ip = false, has_l4 = false;
+    uint8_t l4_proto = 0;
+    ibv_flow_eth_filter eth_val{}, eth_mask{};
+    ibv_flow_ipv4_ext_filter ip_val{}, ip_mask{};
+    ibv_flow_tcp_udp_filter l4_val{}, l4_mask{};
+};
+
+struct cm_id_t
+{
+    rdma_cm_id id;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Global state                                                             */
+
+struct global
+{
+    config cfg;
+    ibv_device device;
+    counters stats;
+
+    std::mutex mu;                   // device mutex, see top of file
+    std::vector<flow_t *> flows;     // sorted by (priority, seq)
+    std::unordered_map<uint32_t, mr_t *> mrs;
+    int rx_queues = 0;               // plain QPs + WQs alive
+    int objects = 0;
+    uint32_t next_key = 1;
+    uint32_t next_num = 0x120;
+    uint64_t next_flow_seq = 0;
+    context_t *cm_ctx = nullptr;
+
+    // The wire
+    int udp_fd = -1;
+    std::vector<uint8_t> udp_bufs;
+    pcap_reader pcap;
+    std::vector<uint8_t> pcap_frame;
+    bool pcap_pending = false;
+    uint64_t pcap_sent = 0;
+    uint64_t pcap_base_n = 0;
+    uint64_t pcap_base_ns = 0;
+
+    // The NIC thread
+    std::mutex thread_mu;
+    std::thread nic;
+    std::atomic<bool> nic_running{false};
+    std::atomic<bool> stop{false};
+    int stop_fd = -1;
+
+    std::mutex stats_file_mu;
+    std::atomic<uint64_t> written_sig{~UINT64_C(0)};
+};
+
+global *g = nullptr;
+std::once_flag g_once;
+
+void write_stats_file();
+
+void init_global()
+{
+    global *gl = new global();
+    load_config(gl->cfg);
+    memset(&gl->device, 0, sizeof(gl->device));
+    gl->device.node_type = IBV_NODE_CA;
+    gl->device.transport_type = IBV_TRANSPORT_IB;
+    snprintf(gl->device.name, sizeof(gl->device.name), "emu0");
+    snprintf(gl->device.dev_name, sizeof(gl->device.dev_name), "uverbs0");
+    snprintf(gl->device.dev_path, sizeof(gl->device.dev_path), "/sys/class/infiniband_verbs/uverbs0");
+    snprintf(gl->device.ibdev_path, sizeof(gl->device.ibdev_path), "/sys/class/infiniband/emu0");
+    gl->stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+    if (gl->cfg.wire == wire_kind::udp)
+    {
+        int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd >= 0)
+        {
+            int size = 16 << 20;
+            if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) != 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+            if (bind(fd, reinterpret_cast<const sockaddr *>(&gl->cfg.udp_addr),
+                     sizeof(gl->cfg.udp_addr)) != 0)
+            {
+                char a[INET_ADDRSTRLEN];
+                inet_ntop(AF_INET, &gl->cfg.udp_addr.sin_addr, a, sizeof(a));
+                emu_warn("cannot bind wire socket %s:%u: %s (no frames will arrive)",
+                         a, ntohs(gl->cfg.udp_addr.sin_port), strerror(errno));
+                close(fd);
+                fd = -1;
+            }
+        }
+        gl->udp_fd = fd;
+    }
+    else if (gl->cfg.wire == wire_kind::pcap)
+    {
+        if (!gl->pcap.open(gl->cfg.pcap_path))
+            emu_warn("pcap wire disabled");
+    }
+    g = gl;
+}
+
+global &G()
+{
+    std::call_once(g_once, init_global);
+    return *g;
+}
+
+uint64_t now_ns()
+{
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+uint64_t wall_ns()
+{
+    timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000u + uint64_t(ts.tv_nsec);
+}
+
+/* Waits until the stop eventfd fires or the timeout passes.  Returns true if
+ * stop was requested. */
+bool wait_stop(uint64_t timeout_ns)
+{
+    global &gl = *g;
+    if (gl.stop.load())
+        return true;
+    pollfd pfd{gl.stop_fd, POLLIN, 0};
+    timespec ts{time_t(timeout_ns / 1000000000u), long(timeout_ns % 1000000000u)};
+    ppoll(&pfd, 1, &ts, nullptr);
+    return gl.stop.load();
+}
+
+inline context_t *to_ctx(ibv_context *c)
+{
+    return reinterpret_cast<context_t *>(
+        reinterpret_cast<char *>(c) - offsetof(verbs_context, context));
+}
+inline pd_t *to_pd(ibv_pd *p) { return reinterpret_cast<pd_t *>(p); }
+inline mr_t *to_mr(ibv_mr *p) { return reinterpret_cast<mr_t *>(p); }
+inline channel_t *to_channel(ibv_comp_channel *p) { return reinterpret_cast<channel_t *>(p); }
+inline cq_t *to_cq(ibv_cq *p) { return reinterpret_cast<cq_t *>(p); }
+inline cq_t *to_cq(ibv_cq_ex *p) { return reinterpret_cast<cq_t *>(p); }
+inline qp_t *to_qp(ibv_qp *p) { return reinterpret_cast<qp_t *>(p); }
+inline wq_t *to_wq(ibv_wq *p) { return reinterpret_cast<wq_t *>(p); }
+inline ind_table_t *to_ind(ibv_rwq_ind_table *p) { return reinterpret_cast<ind_table_t *>(p); }
+inline flow_t *to_flow(ibv_flow *p) { return reinterpret_cast<flow_t *>(p); }
+
+bool is_our_context(ibv_context *c)
+{
+    return c && c->device == &g->device
+        && c->abi_compat == __VERBS_ABI_IS_EXTENDED;
+}
+
+void ctx_ref(context_t *c)
+{
+    c->refs.fetch_add(1);
+}
+
+void ctx_unref(context_t *c)
+{
+    if (c->refs.fetch_sub(1) == 1)
+    {
+        if (c->vctx.context.async_fd >= 0)
+            close(c->vctx.context.async_fd);
+        pthread_mutex_destroy(&c->vctx.context.mutex);
+        delete c;
+    }
+}
+
+/* Generic failure helper for functions returning a pointer and errno. */
+template<typename T>
+T *fail(int err)
+{
+    errno = err;
+    return nullptr;
+}
+
+/* ------------------------------------------------------------------------ */
+/* NIC thread start / stop                                                  */
+
+void nic_main();
+
+void ensure_nic_running()
+{
+    global &gl = *g;
+    std::lock_guard<std::mutex> tl(gl.thread_mu);
+    if (gl.nic_running.load())
+        return;
+    uint64_t junk;
+    while (read(gl.stop_fd, &junk, sizeof(junk)) == sizeof(junk)) {}
+    gl.stop = false;
+    gl.nic = std::thread(nic_main);
+    gl.nic_running = true;
+    EMU_LOG("NIC thread started");
+}
+
+void stop_nic_locked()
+{
+    global &gl = *g;
+    if (!gl.nic_running.load())
+        return;
+    gl.stop = true;
+    uint64_t one = 1;
+    if (write(gl.stop_fd, &one, sizeof(one)) != sizeof(one)) {}
+    gl.nic.join();
+    gl.nic_running = false;
+    EMU_LOG("NIC thread stopped");
+}
+
+void maybe_stop_nic()
+{
+    global &gl = *g;
+    std::lock_guard<std::mutex> tl(gl.thread_mu);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.rx_queues > 0)
+            return;
+    }
+    stop_nic_locked();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Stats file                                                               */
+
+void write_stats_file()
+{
+    global &gl = *g;
+    if (gl.cfg.stats_path.empty())
+        return;
+    std::lock_guard<std::mutex> lock(gl.stats_file_mu);
+    uint64_t sig = gl.stats.signature();
+    char buf[1024];
+    int n = gl.stats.format(buf, sizeof(buf));
+    std::string tmp = gl.cfg.stats_path + ".tmp." + std::to_string(getpid());
+    FILE *f = fopen(tmp.c_str(), "w");
+    if (!f)
+    {
+        EMU_LOG("cannot write %s: %s", tmp.c_str(), strerror(errno));
+        return;
+    }
+    bool ok = fwrite(buf, 1, size_t(n), f) == size_t(n) && fputc('\n', f) != EOF;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok || rename(tmp.c_str(), gl.cfg.stats_path.c_str()) != 0)
+    {
+        EMU_LOG("cannot write %s: %s", gl.cfg.stats_path.c_str(), strerror(errno));
+        unlink(tmp.c_str());
+        return;
+    }
+    gl.written_sig = sig;
+}
+
+/* Called by application threads after they changed counters: the NIC thread
+ * (if any) flushes periodically, otherwise write now. */
+void stats_changed_offthread()
+{
+    global &gl = *g;
+    if (!gl.nic_running.load() && gl.stats.signature() != gl.written_sig.load())
+        write_stats_file();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Completion queues                                                        */
+
+void channel_post(channel_t *ch, cq_t *cq)
+{
+    {
+        std::lock_guard<std::mutex> lock(ch->mu);
+        ch->events.push_back(cq);
+    }
+    uint64_t one = 1;
+    if (write(ch->ch.fd, &one, sizeof(one)) != sizeof(one))
+        emu_warn("cannot signal completion channel: %s", strerror(errno));
+}
+
+bool cq_has_space(cq_t *cq, uint32_t n)
+{
+    uint64_t used = cq->prod.load(std::memory_order_relaxed)
+        - cq->cons.load(std::memory_order_acquire);
+    return used + n <= cq->cap;
+}
+
+/* Producer side: only called with the device mutex held, after
+ * cq_has_space(). */
+void cq_push(cq_t *cq, const completion &c)
+{
+    uint64_t p = cq->prod.load(std::memory_order_relaxed);
+    cq->ring[p % cq->cap] = c;
+    cq->prod.store(p + 1, std::memory_order_release);
+    if (cq->armed.load(std::memory_order_acquire)
+        && cq->armed.exchange(false, std::memory_order_acq_rel) && cq->channel)
+        channel_post(cq->channel, cq);
+}
+
+int cq_poll(ibv_cq *ibcq, int num_entries, ibv_wc *wc)
+{
+    cq_t *cq = to_cq(ibcq);
+    if (num_entries < 0)
+        return -EINVAL;
+    std::lock_guard<std::mutex> lock(cq->poll_mu);
+    uint64_t c = cq->cons.load(std::memory_order_relaxed);
+    uint64_t p = cq->prod.load(std::memory_order_acquire);
+    uint64_t n = std::min<uint64_t>(uint64_t(num_entries), p - c);
+    for (uint64_t i = 0; i < n; i++)
+    {
+        const completion &e = cq->ring[(c + i) % cq->cap];
+        ibv_wc &w = wc[i];
+        memset(&w, 0, sizeof(w));
+        w.wr_id = e.wr_id;
+        w.status = e.status;
+        w.opcode = IBV_WC_RECV;
+        w.byte_len = e.byte_len;
+        w.qp_num = e.qp_num;
+    }
+    cq->cons.store(c + n, std::memory_order_release);
+    return int(n);
+}
+
+int cq_req_notify(ibv_cq *ibcq, int solicited_only)
+{
+    cq_t *cq = to_cq(ibcq);
+    (void) solicited_only;   // every receive completion counts as solicited here
+    cq->armed.store(true, std::memory_order_release);
+    return 0;
+}
+
+void cq_load_current(cq_t *cq)
+{
+    cq->cur = cq->ring[cq->cursor % cq->cap];
+    cq->cur_valid = true;
+    cq->cq.status = cq->cur.status;
+    cq->cq.wr_id = cq->cur.wr_id;
+}
+
+int cq_start_poll(ibv_cq_ex *x, ibv_poll_cq_attr *attr)
+{
+    cq_t *cq = to_cq(x);
+    if (attr && attr->comp_mask)
+        return EINVAL;
+    cq->poll_mu.lock();
+    uint64_t c = cq->cons.load(std::memory_order_relaxed);
+    if (c == cq->prod.load(std::memory_order_acquire))
+    {
+        cq->cur_valid = false;
+        cq->poll_mu.unlock();
+        return ENOENT;
+    }
+    cq->cursor = c;
+    cq_load_current(cq);
+    return 0;
+}
+
+int cq_next_poll(ibv_cq_ex *x)
+{
+    cq_t *cq = to_cq(x);
+    if (!cq->cur_valid)
+        return ENOENT;
+    cq->cursor++;
+    if (cq->cursor == cq->prod.load(std::memory_order_acquire))
+    {
+        cq->cur_valid = false;
+        return ENOENT;
+    }
+    cq_load_current(cq);
+    return 0;
+}
+
+void cq_end_poll(ibv_cq_ex *x)
+{
+    cq_t *cq = to_cq(x);
+    uint64_t done = cq->cursor + (cq->cur_valid ? 1 : 0);
+    cq->cur_valid = false;
+    cq->cons.store(done, std::memory_order_release);
+    cq->poll_mu.unlock();
+}
+
+ibv_wc_opcode cq_read_opcode(ibv_cq_ex *) { return IBV_WC_RECV; }
+uint32_t cq_read_vendor_err(ibv_cq_ex *) { return 0; }
+uint32_t cq_read_byte_len(ibv_cq_ex *x) { return to_cq(x)->cur.byte_len; }
+__be32 cq_read_imm_data(ibv_cq_ex *) { return 0; }
+uint32_t cq_read_qp_num(ibv_cq_ex *x) { return to_cq(x)->cur.qp_num; }
+uint32_t cq_read_src_qp(ibv_cq_ex *) { return 0; }
+unsigned int cq_read_wc_flags(ibv_cq_ex *) { return 0; }
+uint32_t cq_read_slid(ibv_cq_ex *) { return 0; }
+uint8_t cq_read_sl(ibv_cq_ex *) { return 0; }
+uint8_t cq_read_dlid_path_bits(ibv_cq_ex *) { return 0; }
+uint64_t cq_read_completion_ts(ibv_cq_ex *x) { return to_cq(x)->cur.ts; }
+uint16_t cq_read_cvlan(ibv_cq_ex *) { return 0; }
+uint32_t cq_read_flow_tag(ibv_cq_ex *) { return 0; }
+void cq_read_tm_info(ibv_cq_ex *, ibv_wc_tm_info *tm) { memset(tm, 0, sizeof(*tm)); }
+uint64_t cq_read_wallclock_ns(ibv_cq_ex *x) { return to_cq(x)->cur.ts; }
+
+cq_t *create_cq_impl(ibv_context *context, int cqe, void *cq_context,
+                     ibv_comp_channel *channel, int comp_vector, bool extended)
+{
+    global &gl = G();
+    if (!is_our_context(context))
+        return fail<cq_t>(EINVAL);
+    if (cqe < 1 || cqe > gl.cfg.max_cqe)
+        return fail<cq_t>(EINVAL);
+    if (comp_vector < 0 || comp_vector >= num_comp_vectors)
+        return fail<cq_t>(EINVAL);
+    channel_t *ch = channel ? to_channel(channel) : nullptr;
+    if (ch && ch->ch.context != context)
+        return fail<cq_t>(EINVAL);
+    std::unique_ptr<cq_t> cq(new cq_t());
+    try
+    {
+        cq->ring.reset(new completion[size_t(cqe)]);
+    }
+    catch (std::bad_alloc &)
+    {
+        return fail<cq_t>(ENOMEM);
+    }
+    memset(&cq->cq, 0, sizeof(cq->cq));
+    context_t *ctx = to_ctx(context);
+    cq->ctx = ctx;
+    cq->channel = ch;
+    cq->cap = uint32_t(cqe);
+    ibv_cq_ex &x = cq->cq;
+    x.context = context;
+    x.channel = channel;
+    x.cq_context = cq_context;
+    x.cqe = cqe;
+    pthread_mutex_init(&x.mutex, nullptr);
+    pthread_cond_init(&x.cond, nullptr);
+    x.start_poll = cq_start_poll;
+    x.next_poll = cq_next_poll;
+    x.end_poll = cq_end_poll;
+    x.read_opcode = cq_read_opcode;
+    x.read_vendor_err = cq_read_vendor_err;
+    x.read_byte_len = cq_read_byte_len;
+    x.read_imm_data = cq_read_imm_data;
+    x.read_qp_num = cq_read_qp_num;
+    x.read_src_qp = cq_read_src_qp;
+    x.read_wc_flags = cq_read_wc_flags;
+    x.read_slid = cq_read_slid;
+    x.read_sl = cq_read_sl;
+    x.read_dlid_path_bits = cq_read_dlid_path_bits;
+    x.read_completion_ts = cq_read_completion_ts;
+    x.read_cvlan = cq_read_cvlan;
+    x.read_flow_tag = cq_read_flow_tag;
+    x.read_tm_info = cq_read_tm_info;
+    x.read_completion_wallclock_ns = cq_read_wallclock_ns;
+    (void) extended;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+            return fail<cq_t>(ENOMEM);
+        x.handle = gl.next_num++;
+        gl.objects++;
+        if (ch)
+        {
+            ch->users++;
+            ch->ch.refcnt++;
+        }
+    }
+    ctx_ref(ctx);
+    return cq.release();
+}
+
+int destroy_cq_impl(ibv_cq *ibcq)
+{
+    global &gl = G();
+    cq_t *cq = to_cq(ibcq);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (cq->users > 0)
+        {
+            emu_warn("ibv_destroy_cq: CQ still used by %d QP/WQ(s): EBUSY", cq->users);
+            return EBUSY;
+        }
+        if (cq->channel)
+        {
+            channel_t *ch = cq->channel;
+            std::lock_guard<std::mutex> clock(ch->mu);
+            size_t before = ch->events.size();
+            ch->events.erase(std::remove(ch->events.begin(), ch->events.end(), cq),
+                             ch->events.end());
+            // Keep the semaphore eventfd in step with the queue.
+            for (size_t i = ch->events.size(); i < before; i++)
+            {
+                uint64_t v;
+                if (read(ch->ch.fd, &v, sizeof(v)) != sizeof(v))
+                    break;
+            }
+            ch->users--;
+            ch->ch.refcnt--;
+        }
+        gl.objects--;
+    }
+    pthread_mutex_destroy(&cq->cq.mutex);
+    pthread_cond_destroy(&cq->cq.cond);
+    context_t *ctx = cq->ctx;
+    delete cq;
+    ctx_unref(ctx);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Frame processing (device mutex held)                                     */
+
+struct headers
+{
+    const uint8_t *dst_mac = nullptr;
+    const uint8_t *src_mac = nullptr;
+    uint16_t ethertype = 0;      // network order, after an optional 802.1Q tag
+    uint16_t vlan = 0;           // network order TCI, 0 if untagged
+    bool ipv4 = false;
+    uint32_t src_ip = 0, dst_ip = 0;   // network order
+    uint8_t proto = 0, tos = 0, ttl = 0;
+    bool l4 = false;
+    uint16_t src_port = 0, dst_port = 0;   // network order
+};
+
+bool parse_frame(const uint8_t *p, size_t len, headers &h)
+{
+    if (len < 14)
+        return false;
+    h.dst_mac = p;
+    h.src_mac = p + 6;
+    size_t off = 12;
+    uint16_t et;
+    memcpy(&et, p + off, 2);
+    off += 2;
+    if (et == htons(0x8100) && len >= off + 4)
+    {
+        memcpy(&h.vlan, p + off, 2);
+        memcpy(&et, p + off + 2, 2);
+        off += 4;
+    }
+    h.ethertype = et;
+    if (et == htons(0x0800) && len >= off + 20)
+    {
+        const uint8_t *ip = p + off;
+        size_t ihl = size_t(ip[0] & 0xf) * 4;
+        if ((ip[0] >> 4) == 4 && ihl >= 20 && len >= off + ihl)
+        {
+            h.ipv4 = true;
+            h.tos = ip[1];
+            h.ttl = ip[8];
+            h.proto = ip[9];
+            memcpy(&h.src_ip, ip + 12, 4);
+            memcpy(&h.dst_ip, ip + 16, 4);
+            uint16_t frag;
+            memcpy(&frag, ip + 6, 2);
+            bool first_fragment = (ntohs(frag) & 0x1fff) == 0;
+            if (first_fragment && (h.proto == IPPROTO_UDP || h.proto == IPPROTO_TCP)
+                && len >= off + ihl + 4)
+            {
+                h.l4 = true;
+                memcpy(&h.src_port, ip + ihl, 2);
+                memcpy(&h.dst_port, ip + ihl + 2, 2);
+            }
+        }
+    }
+    return true;
+}
+
+template<typename T>
+bool masked_eq(T frame, T val, T mask)
+{
+    return (frame & mask) == (val & mask);
+}
+
+bool flow_matches(const flow_t &f, const headers &h)
+{
+    if (f.has_eth)
+    {
+        for (int i = 0; i < 6; i++)
+        {
+            if (!masked_eq(h.dst_mac[i], f.eth_val.dst_mac[i], f.eth_mask.dst_mac[i])
+                || !masked_eq(h.src_mac[i], f.eth_val.src_mac[i], f.eth_mask.src_mac[i]))
+                return false;
+        }
+        if (!masked_eq(h.ethertype, f.eth_val.ether_type, f.eth_mask.ether_type)
+            || !masked_eq(h.vlan, f.eth_val.vlan_tag, f.eth_mask.vlan_tag))
+            return false;
+    }
+    if (f.has_ip)
+    {
+        if (!h.ipv4
+            || !masked_eq(h.src_ip, f.ip_val.src_ip, f.ip_mask.src_ip)
+            || !masked_eq(h.dst_ip, f.ip_val.dst_ip, f.ip_mask.dst_ip)
+            || !masked_eq(h.proto, f.ip_val.proto, f.ip_mask.proto)
+            || !masked_eq(h.tos, f.ip_val.tos, f.ip_mask.tos)
+            || !masked_eq(h.ttl, f.ip_val.ttl, f.ip_mask.ttl))
+            return false;
+    }
+    if (f.has_l4)
+    {
+        if (!h.l4 || h.proto != f.l4_proto
+            || !masked_eq(h.dst_port, f.l4_val.dst_port, f.l4_mask.dst_port)
+            || !masked_eq(h.src_port, f.l4_val.src_port, f.l4_mask.src_port))
+            return false;
+    }
+    return true;
+}
+
+/* Translates (lkey, addr, len) to host memory, or nullptr on a protection
+ * error. */
+uint8_t *translate(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
+{
+    global &gl = *g;
+    auto it = gl.mrs.find(lkey);
+    if (it == gl.mrs.end())
+        return nullptr;
+    mr_t *mr = it->second;
+    if (mr->pd != pd || !(mr->access & IBV_ACCESS_LOCAL_WRITE))
+        return nullptr;
+    if (addr < mr->iova)
+        return nullptr;
+    uint64_t off = addr - mr->iova;
+    if (off > mr->mr.length || len > mr->mr.length - off)
+        return nullptr;
+    return static_cast<uint8_t *>(mr->mr.addr) + off;
+}
+
+enum class result { delivered, dropped, retry };
+
+result drop(std::atomic<uint64_t> &counter)
+{
+    bump(counter);
+    return result::dropped;
+}
+
+result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossless)
+{
+    global &gl = *g;
+    uint64_t wr_id;
+    uint32_t nsge;
+    ibv_sge sge[max_sge];
+    {
+        std::lock_guard<std::mutex> lock(rx.rmu);
+        if (rx.rhead == rx.rtail)
+            return lossless ? result::retry : drop(gl.stats.no_buffer);
+        if (!cq_has_space(rx.cq, 1))
+            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        uint32_t slot = uint32_t(rx.rtail % rx.rcap);
+        wr_id = rx.r_wr_id[slot];
+        nsge = rx.r_nsge[slot];
+        memcpy(sge, &rx.r_sge[size_t(slot) * rx.rmax_sge], nsge * sizeof(ibv_sge));
+        rx.rtail++;
+    }
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < nsge; i++)
+        total += sge[i].length;
+    ibv_wc_status status = IBV_WC_SUCCESS;
+    uint8_t *dst[max_sge];
+    if (len > total)
+        status = IBV_WC_LOC_LEN_ERR;
+    else
+    {
+        size_t remain = len;
+        for (uint32_t i = 0; i < nsge && remain > 0; i++)
+        {
+            size_t chunk = std::min<size_t>(remain, sge[i].length);
+            dst[i] = translate(rx.pd, sge[i].lkey, sge[i].addr, chunk);
+            if (!dst[i])
+            {
+                status = IBV_WC_LOC_PROT_ERR;
+                break;
+            }
+            remain -= chunk;
+        }
+    }
+    if (status == IBV_WC_SUCCESS)
+    {
+        size_t off = 0;
+        for (uint32_t i = 0; i < nsge && off < len; i++)
+        {
+            size_t chunk = std::min<size_t>(len - off, sge[i].length);
+            memcpy(dst[i], data + off, chunk);
+            off += chunk;
+        }
+        bump(gl.stats.delivered);
+    }
+    else
+        bump(gl.stats.errors);
+    cq_push(rx.cq, completion{wr_id, wall_ns(), uint32_t(len), rx.qp_num, status});
+    return result::delivered;
+}
+
+void complete_wqe(rx_queue &rx)
+{
+    rx.consumed++;
+    rx.have_cur = false;
+    rx.cur_pos = 0;
+    bump(g->stats.wqes_completed);
+}
+
+result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool lossless)
+{
+    global &gl = *g;
+    if (len > size_t(rx.strides_per_wqe) * rx.stride_size || len > 0xffff)
+        return drop(gl.stats.too_big);
+    uint32_t need = uint32_t((len + rx.stride_size - 1) >> rx.stride_log);
+    while (true)
+    {
+        if (!rx.have_cur)
+        {
+            uint32_t db = be32toh(__atomic_load_n(&rx.dbrec[MLX5_RCV_DBR], __ATOMIC_ACQUIRE)) & 0xffff;
+            uint32_t posted = (db - uint32_t(rx.consumed)) & 0xffff;
+            if (posted > rx.wqe_cnt && !rx.warned_overpost)
+            {
+                emu_warn("striding WQ %u: doorbell says %u WQEs posted but the ring has only %u",
+                         rx.qp_num, posted, rx.wqe_cnt);
+                rx.warned_overpost = true;
+            }
+            if (posted == 0)
+                return lossless ? result::retry : drop(gl.stats.no_buffer);
+            const mlx5_mprq_wqe &wqe = rx.buf[rx.consumed & (rx.wqe_cnt - 1)];
+            mlx5_wqe_data_seg dseg;
+            memcpy(&dseg, &wqe.dseg, sizeof(dseg));
+            rx.cur_bytes = be32toh(dseg.byte_count);
+            rx.cur_lkey = be32toh(dseg.lkey);
+            rx.cur_addr = be64toh(dseg.addr);
+            rx.cur_pos = 0;
+            rx.have_cur = true;
+        }
+        if (!cq_has_space(rx.cq, 1))
+            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        if (rx.cur_pos + need > rx.strides_per_wqe)
+        {
+            // Doesn't fit in what is left of this WQE: filler for the rest.
+            uint32_t remaining = rx.strides_per_wqe - rx.cur_pos;
+            cq_push(rx.cq, completion{rx.consumed, wall_ns(), (remaining << 16) | filler_flag,
+                                      rx.qp_num, IBV_WC_SUCCESS});
+            bump(gl.stats.fillers);
+            complete_wqe(rx);
+            continue;
+        }
+        uint64_t offset = uint64_t(rx.cur_pos) * rx.stride_size;
+        ibv_wc_status status = IBV_WC_SUCCESS;
+        uint8_t *dst = nullptr;
+        if (offset + len > rx.cur_bytes)
+            status = IBV_WC_LOC_LEN_ERR;
+        else if (!(dst = translate(rx.pd, rx.cur_lkey, rx.cur_addr + offset, len)))
+            status = IBV_WC_LOC_PROT_ERR;
+        if (status == IBV_WC_SUCCESS)
+        {
+            memcpy(dst, data, len);
+            bump(gl.stats.delivered);
+        }
+        else
+            bump(gl.stats.errors);
+        cq_push(rx.cq, completion{rx.consumed, wall_ns(), uint32_t(len) | (need << 16),
+                                  rx.qp_num, status});
+        rx.cur_pos += need;
+        if (rx.cur_pos == rx.strides_per_wqe)
+            complete_wqe(rx);
+        return result::delivered;
+    }
+}
+
+uint32_t flow_hash(const headers &h)
+{
+    uint32_t x = 2166136261u;
+    auto mix = [&x](uint32_t v) { x = (x ^ v) * 16777619u; };
+    mix(h.src_ip);
+    mix(h.dst_ip);
+    mix(h.src_port);
+    mix(h.dst_port);
+    return x;
+}
+
+result process_frame(const uint8_t *data, size_t len, bool lossless)
+{
+    global &gl = *g;
+    headers h;
+    if (!parse_frame(data, len, h))
+        return drop(gl.stats.no_flow);
+    flow_t *match = nullptr;
+    for (flow_t *f : gl.flows)
+        if (flow_matches(*f, h))
+        {
+            match = f;
+            break;
+        }
+    if (!match)
+        return drop(gl.stats.no_flow);
+    qp_t *qp = match->qp;
+    if (qp->rss)
+    {
+        const auto &wqs = qp->ind->wqs;
+        wq_t *wq = wqs.size() == 1 ? wqs[0] : wqs[flow_hash(h) % wqs.size()];
+        if (wq->wq.state != IBV_WQS_RDY)
+            return drop(gl.stats.not_ready);
+        return wq->rx.striding ? deliver_striding(wq->rx, data, len, lossless)
+                               : deliver_plain(wq->rx, data, len, lossless);
+    }
+    else
+    {
+        if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS)
+            return drop(gl.stats.not_ready);
+        return deliver_plain(qp->rx, data, len, lossless);
+    }
+}
+
+/* Takes the frames waiting on the UDP wire and processes them (device mutex
+ * held).  Returns the number processed. */
+size_t drain_udp_locked(size_t max_frames)
+{
+    global &gl = *g;
+    if (gl.udp_fd < 0)
+        return 0;
+    constexpr int batch = 32;
+    constexpr size_t frame_max = 65536;
+    if (gl.udp_bufs.empty())
+        gl.udp_bufs.resize(batch * frame_max);
+    mmsghdr msgs[batch];
+    iovec iov[batch];
+    size_t total = 0;
+    while (total < max_frames)
+    {
+        memset(msgs, 0, sizeof(msgs));
+        for (int i = 0; i < batch; i++)
+        {
+            iov[i].iov_base = gl.udp_bufs.data() + i * frame_max;
+            iov[i].iov_len = frame_max;
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(gl.udp_fd, msgs, batch, MSG_DONTWAIT, nullptr);
+        if (n <= 0)
+            break;
+        for (int i = 0; i < n; i++)
+        {
+            bump(gl.stats.received);
+            process_frame(static_cast<const uint8_t *>(iov[i].iov_base), msgs[i].msg_len, false);
+        }
+        total += size_t(n);
+        if (n < batch)
+            break;
+    }
+    return total;
+}
+
+/* Before any change of the receive topology (queue state, flows, queue
+ * destruction), process what is already on the wire with the old topology,
+ * so that a frame sent before the call sees the state before the call. */
+void sync_wire_locked()
+{
+    global &gl = *g;
+    if (gl.cfg.wire == wire_kind::udp)
+        drain_udp_locked(1u << 20);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The NIC thread                                                           */
+
+void pcap_step(uint64_t idle_ns)
+{
+    global &gl = *g;
+    if (!gl.pcap_pending)
+    {
+        if (!gl.pcap.next(gl.pcap_frame))
+        {
+            wait_stop(idle_ns);
+            return;
+        }
+        gl.pcap_pending = true;
+    }
+    if (gl.cfg.pcap_rate > 0)
+    {
+        uint64_t due = gl.pcap_base_ns
+            + uint64_t(double(gl.pcap_sent - gl.pcap_base_n) * 1e9 / gl.cfg.pcap_rate);
+        uint64_t now = now_ns();
+        if (now < due)
+        {
+            wait_stop(std::min(due - now, idle_ns));
+            return;
+        }
+    }
+    result r;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        r = process_frame(gl.pcap_frame.data(), gl.pcap_frame.size(), gl.cfg.pcap_lossless);
+        if (r != result::retry)
+            bump(gl.stats.received);
+    }
+    if (r == result::retry)
+    {
+        wait_stop(20000);
+        return;
+    }
+    gl.pcap_pending = false;
+    gl.pcap_sent++;
+}
+
+void nic_main()
+{
+    global &gl = *g;
+    pthread_setname_np(pthread_self(), "emu-nic");
+    if (gl.cfg.wire == wire_kind::pcap)
+    {
+        gl.pcap_base_n = gl.pcap_sent;
+        gl.pcap_base_ns = now_ns();
+    }
+    uint64_t last_write = 0;
+    while (!gl.stop.load())
+    {
+        bool dirty = gl.stats.signature() != gl.written_sig.load();
+        uint64_t idle_ns = dirty ? 10000000u : 100000000u;
+        switch (gl.cfg.wire)
+        {
+        case wire_kind::udp:
+            if (gl.udp_fd >= 0)
+            {
+                pollfd fds[2] = {{gl.udp_fd, POLLIN, 0}, {gl.stop_fd, POLLIN, 0}};
+                poll(fds, 2, int(idle_ns / 1000000u));
+                if (fds[0].revents & POLLIN)
+                {
+                    std::lock_guard<std::mutex> lock(gl.mu);
+                    drain_udp_locked(1024);
+                }
+            }
+            else
+                wait_stop(idle_ns);
+            break;
+        case wire_kind::pcap:
+            if (!gl.pcap.eof || gl.pcap_pending)
+                pcap_step(idle_ns);
+            else
+                wait_stop(idle_ns);
+            break;
+        case wire_kind::none:
+            wait_stop(idle_ns);
+            break;
+        }
+        uint64_t now = now_ns();
+        if (gl.stats.signature() != gl.written_sig.load() && now - last_write >= 10000000u)
+        {
+            write_stats_file();
+            last_write = now;
+        }
+    }
+    write_stats_file();
+}
+
+/* ------------------------------------------------------------------------ */
+/* Device, context, queries                                                 */
+
+int ctx_query_port(ibv_context *, uint8_t port_num, ibv_port_attr *attr, size_t attr_len);
+ibv_cq_ex *ctx_create_cq_ex(ibv_context *context, ibv_cq_init_attr_ex *attr);
+ibv_qp *ctx_create_qp_ex(ibv_context *context, ibv_qp_init_attr_ex *attr);
+ibv_flow *ctx_create_flow(ibv_qp *qp, ibv_flow_attr *attr);
+int ctx_destroy_flow(ibv_flow *flow);
+ibv_wq *ctx_create_wq(ibv_context *context, ibv_wq_init_attr *attr);
+int ctx_modify_wq(ibv_wq *wq, ibv_wq_attr *attr);
+int ctx_destroy_wq(ibv_wq *wq);
+ibv_rwq_ind_table *ctx_create_ind_table(ibv_context *context, ibv_rwq_ind_table_init_attr *attr);
+int ctx_destroy_ind_table(ibv_rwq_ind_table *t);
+int ctx_query_device_ex(ibv_context *, const ibv_query_device_ex_input *, ibv_device_attr_ex *, size_t);
+int op_post_recv(ibv_qp *qp, ibv_recv_wr *wr, ibv_recv_wr **bad_wr);
+
+int op_post_send(ibv_qp *, ibv_send_wr *wr, ibv_send_wr **bad_wr)
+{
+    if (bad_wr)
+        *bad_wr = wr;
+    return ENOSYS;
+}
+
+int op_post_srq_recv(ibv_srq *, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
+{
+    if (bad_wr)
+        *bad_wr = wr;
+    return ENOSYS;
+}
+
+context_t *open_context()
+{
+    global &gl = *g;
+    context_t *c = new context_t();
+    memset(&c->vctx, 0, sizeof(c->vctx));
+    verbs_context &v = c->vctx;
+    ibv_context &ctx = v.context;
+    ctx.device = &gl.device;
+    ctx.cmd_fd = -1;
+    ctx.async_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ctx.num_comp_vectors = num_comp_vectors;
+    pthread_mutex_init(&ctx.mutex, nullptr);
+    ctx.abi_compat = __VERBS_ABI_IS_EXTENDED;
+    ctx.ops.poll_cq = cq_poll;
+    ctx.ops.req_notify_cq = cq_req_notify;
+    ctx.ops.post_recv = op_post_recv;
+    ctx.ops.post_send = op_post_send;
+    ctx.ops.post_srq_recv = op_post_srq_recv;
+    v.sz = sizeof(verbs_context);
+    v.query_port = ctx_query_port;
+    v.create_cq_ex = ctx_create_cq_ex;
+    v.create_qp_ex = ctx_create_qp_ex;
+    v.ibv_create_flow = ctx_create_flow;
+    v.ibv_destroy_flow = ctx_destroy_flow;
+    v.create_wq = ctx_create_wq;
+    v.modify_wq = ctx_modify_wq;
+    v.destroy_wq = ctx_destroy_wq;
+    v.create_rwq_ind_table = ctx_create_ind_table;
+    v.destroy_rwq_ind_table = ctx_destroy_ind_table;
+    v.query_device_ex = ctx_query_device_ex;
+    return c;
+}
+
+void fill_device_attr(ibv_device_attr &a)
+{
+    const config &cfg = g->cfg;
+    memset(&a, 0, sizeof(a));
+    snprintf(a.fw_ver, sizeof(a.fw_ver), "0.0.0 (spead2 emulator)");
+    uint64_t guid = 0;
+    for (int i = 0; i < 3; i++)
+        guid = (guid << 8) | cfg.mac[i];
+    guid = (guid << 16) | 0xfffe;
+    for (int i = 3; i < 6; i++)
+        guid = (guid << 8) | cfg.mac[i];
+    guid ^= UINT64_C(0x0200000000000000);
+    a.node_guid = htobe64(guid);
+    a.sys_image_guid = htobe64(guid);
+    a.max_mr_size = cfg.max_mr_size;
+    a.page_size_cap = 0xfffff000u;
+    a.vendor_id = 0x02c9;
+    a.vendor_part_id = 4119;
+    a.hw_ver = 0;
+    a.max_qp = max_objects;
+    a.max_qp_wr = cfg.max_qp_wr;
+    a.device_cap_flags = IBV_DEVICE_RAW_IP_CSUM | IBV_DEVICE_PORT_ACTIVE_EVENT;
+    if (!cfg.no_flow)
+        a.device_cap_flags |= IBV_DEVICE_MANAGED_FLOW_STEERING;
+    a.max_sge = max_sge;
+    a.max_sge_rd = 0;
+    a.max_cq = max_objects;
+    a.max_cqe = cfg.max_cqe;
+    a.max_mr = max_objects;
+    a.max_pd = max_objects;
+    a.max_raw_ethy_qp = max_objects;
+    a.max_mcast_grp = 0;
+    a.max_pkeys = 1;
+    a.phys_port_cnt = 1;
+}
+
+void fill_port_attr(ibv_port_attr &p)
+{
+    p.state = IBV_PORT_ACTIVE;
+    p.max_mtu = IBV_MTU_4096;
+    p.active_mtu = IBV_MTU_4096;
+    p.gid_tbl_len = 1;
+    p.port_cap_flags = 0;
+    p.max_msg_sz = 0x40000000;
+    p.pkey_tbl_len = 1;
+    p.active_width = 2;     // 4x
+    p.active_speed = 32;    // EDR-class
+    p.phys_state = 5;       // LinkUp
+    p.link_layer = IBV_LINK_LAYER_ETHERNET;
+}
+
+int ctx_query_port(ibv_context *, uint8_t port_num, ibv_port_attr *attr, size_t attr_len)
+{
+    if (port_num != 1)
+        return EINVAL;
+    ibv_port_attr p;
+    memset(&p, 0, sizeof(p));
+    fill_port_attr(p);
+    memset(attr, 0, attr_len);
+    memcpy(attr, &p, std::min(attr_len, sizeof(p)));
+    return 0;
+}
+
+int ctx_query_device_ex(ibv_context *context, const ibv_query_device_ex_input *input,
+                        ibv_device_attr_ex *attr, size_t attr_size)
+{
+    if (input && input->comp_mask)
+        return EINVAL;
+    if (!is_our_context(context))
+        return EINVAL;
+    ibv_device_attr_ex a;
+    memset(&a, 0, sizeof(a));
+    fill_device_attr(a.orig_attr);
+    a.completion_timestamp_mask = ~UINT64_C(0);
+    a.hca_core_clock = 1000000;     // kHz: completion timestamps are in ns
+    a.rss_caps.supported_qpts = 1u << IBV_QPT_RAW_PACKET;
+    a.rss_caps.max_rwq_indirection_tables = max_objects;
+    a.rss_caps.max_rwq_indirection_table_size = 256;
+    a.rss_caps.rx_hash_fields_mask = IBV_RX_HASH_SRC_IPV4 | IBV_RX_HASH_DST_IPV4
+        | IBV_RX_HASH_SRC_PORT_UDP | IBV_RX_HASH_DST_PORT_UDP
+        | IBV_RX_HASH_SRC_PORT_TCP | IBV_RX_HASH_DST_PORT_TCP;
+    a.rss_caps.rx_hash_function = IBV_RX_HASH_FUNC_TOEPLITZ;
+    a.max_wq_type_rq = max_objects;
+    a.raw_packet_caps = IBV_RAW_PACKET_CAP_IP_CSUM;
+    a.phys_port_cnt_ex = 1;
+    size_t n = std::min(attr_size, sizeof(a));
+    memcpy(attr, &a, n);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Receive queues                                                           */
+
+bool rx_init_plain(rx_queue &rx, uint32_t max_wr, uint32_t max_sge_req)
+{
+    rx.rcap = max_wr;
+    rx.rmax_sge = max_sge_req ? max_sge_req : 1;
+    try
+    {
+        rx.r_wr_id.assign(rx.rcap, 0);
+        rx.r_nsge.assign(rx.rcap, 0);
+        rx.r_sge.assign(size_t(rx.rcap) * rx.rmax_sge, ibv_sge{});
+    }
+    catch (std::bad_alloc &)
+    {
+        return false;
+    }
+    return true;
+}
+
+int rx_post(rx_queue &rx, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
+{
+    std::lock_guard<std::mutex> lock(rx.rmu);
+    for (; wr; wr = wr->next)
+    {
+        int err = 0;
+        if (wr->num_sge < 0 || uint32_t(wr->num_sge) > rx.rmax_sge)
+            err = EINVAL;
+        else if (rx.rhead - rx.rtail >= rx.rcap)
+            err = ENOMEM;
+        if (err)
+        {
+            if (bad_wr)
+                *bad_wr = wr;
+            return err;
+        }
+        uint32_t slot = uint32_t(rx.rhead % rx.rcap);
+        rx.r_wr_id[slot] = wr->wr_id;
+        rx.r_nsge[slot] = uint32_t(wr->num_sge);
+        if (wr->num_sge)
+            memcpy(&rx.r_sge[size_t(slot) * rx.rmax_sge], wr->sg_list,
+                   size_t(wr->num_sge) * sizeof(ibv_sge));
+        rx.rhead++;
+    }
+    return 0;
+}
+
+/* Flushes outstanding receive WRs (device mutex held).  With flush_cqes,
+ * each produces an IBV_WC_WR_FLUSH_ERR completion (QP/WQ to ERR);
+ * otherwise they are discarded (to RESET). */
+void rx_flush(rx_queue &rx, bool flush_cqes)
+{
+    std::lock_guard<std::mutex> lock(rx.rmu);
+    while (rx.rtail != rx.rhead)
+    {
+        uint32_t slot = uint32_t(rx.rtail % rx.rcap);
+        if (flush_cqes)
+        {
+            if (!cq_has_space(rx.cq, 1))
+                break;
+            cq_push(rx.cq, completion{rx.r_wr_id[slot], wall_ns(), 0, rx.qp_num,
+                                      IBV_WC_WR_FLUSH_ERR});
+        }
+        rx.rtail++;
+    }
+    if (!flush_cqes)
+        rx.rtail = rx.rhead;
+}
+
+int op_post_recv(ibv_qp *ibqp, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
+{
+    qp_t *qp = to_qp(ibqp);
+    if (qp->rss || qp->qp.state == IBV_QPS_ERR)
+    {
+        if (bad_wr)
+            *bad_wr = wr;
+        return EINVAL;
+    }
+    return rx_post(qp->rx, wr, bad_wr);
+}
+
+int wq_post_recv(ibv_wq *ibwq, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
+{
+    wq_t *wq = to_wq(ibwq);
+    if (wq->rx.striding || wq->wq.state == IBV_WQS_ERR)
+    {
+        if (bad_wr)
+            *bad_wr = wr;
+        return wq->rx.striding ? EOPNOTSUPP : EINVAL;
+    }
+    return rx_post(wq->rx, wr, bad_wr);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Queue pairs                                                              */
+
+qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_attr_ex &a,
+                       bool rss, ibv_qp_cap *cap_out)
+{
+    global &gl = G();
+    if (!is_our_context(context) || !ibpd || ibpd->context != context)
+        return fail<qp_t>(EINVAL);
+    if (a.qp_type != IBV_QPT_RAW_PACKET)
+    {
+        EMU_LOG("create_qp: only IBV_QPT_RAW_PACKET is emulated (got %d)", int(a.qp_type));
+        return fail<qp_t>(EOPNOTSUPP);
+    }
+    if (gl.cfg.no_raw)
+        return fail<qp_t>(EPERM);
+    if (a.srq)
+        return fail<qp_t>(EOPNOTSUPP);
+    std::unique_ptr<qp_t> qp(new qp_t());
+    memset(&qp->qp, 0, sizeof(qp->qp));
+    qp->ctx = to_ctx(context);
+    qp->pd = to_pd(ibpd);
+    qp->rss = rss;
+    ind_table_t *ind = nullptr;
+    cq_t *rcq = nullptr, *scq = nullptr;
+    if (rss)
+    {
+        if (!a.rwq_ind_tbl || a.rwq_ind_tbl->context != context)
+            return fail<qp_t>(EINVAL);
+        if (a.rx_hash_conf.rx_hash_function != IBV_RX_HASH_FUNC_TOEPLITZ
+            || (a.rx_hash_conf.rx_hash_key_len && !a.rx_hash_conf.rx_hash_key))
+            return fail<qp_t>(EINVAL);
+        if (a.send_cq || a.recv_cq || a.cap.max_recv_wr || a.cap.max_send_wr)
+            EMU_LOG("create_qp_ex (RSS): send/recv CQs and caps are ignored");
+        ind = to_ind(a.rwq_ind_tbl);
+        qp->ind = ind;
+        qp->hash_fields = a.rx_hash_conf.rx_hash_fields_mask;
+    }
+    else
+    {
+        if (!a.recv_cq || a.recv_cq->context != context
+            || (a.send_cq && a.send_cq->context != context))
+            return fail<qp_t>(EINVAL);
+        if (a.cap.max_recv_wr < 1 || a.cap.max_recv_wr > uint32_t(gl.cfg.max_qp_wr)
+            || a.cap.max_send_wr > uint32_t(gl.cfg.max_qp_wr)
+            || a.cap.max_recv_sge > uint32_t(max_sge) || a.cap.max_send_sge > uint32_t(max_sge))
+            return fail<qp_t>(EINVAL);
+        rcq = to_cq(a.recv_cq);
+        scq = a.send_cq ? to_cq(a.send_cq) : nullptr;
+        if (!rx_init_plain(qp->rx, a.cap.max_recv_wr, a.cap.max_recv_sge))
+            return fail<qp_t>(ENOMEM);
+        qp->rx.cq = rcq;
+        qp->rx.pd = qp->pd;
+        qp->send_cq = scq;
+    }
+    ibv_qp &q = qp->qp;
+    q.context = context;
+    q.qp_context = a.qp_context;
+    q.pd = ibpd;
+    q.send_cq = a.send_cq;
+    q.recv_cq = a.recv_cq;
+    q.state = IBV_QPS_RESET;
+    q.qp_type = IBV_QPT_RAW_PACKET;
+    pthread_mutex_init(&q.mutex, nullptr);
+    pthread_cond_init(&q.cond, nullptr);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+            return fail<qp_t>(ENOMEM);
+        gl.objects++;
+        q.qp_num = q.handle = gl.next_num++;
+        qp->rx.qp_num = q.qp_num;
+        qp->pd->users++;
+        if (rss)
+            ind->users++;
+        else
+        {
+            rcq->users++;
+            if (scq)
+                scq->users++;
+            gl.rx_queues++;
+        }
+    }
+    if (cap_out && !rss)
+    {
+        cap_out->max_recv_sge = qp->rx.rmax_sge;
+        cap_out->max_inline_data = 0;
+    }
+    ctx_ref(qp->ctx);
+    return qp.release();
+}
+
+int destroy_qp_impl(ibv_qp *ibqp)
+{
+    global &gl = G();
+    qp_t *qp = to_qp(ibqp);
+    bool was_rx;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (qp->users > 0)
+        {
+            emu_warn("ibv_destroy_qp: QP %u still has %d flow(s): EBUSY", qp->qp.qp_num, qp->users);
+            return EBUSY;
+        }
+        sync_wire_locked();
+        qp->pd->users--;
+        was_rx = !qp->rss;
+        if (qp->rss)
+            qp->ind->users--;
+        else
+        {
+            qp->rx.cq->users--;
+            if (qp->send_cq)
+                qp->send_cq->users--;
+            gl.rx_queues--;
+        }
+        gl.objects--;
+    }
+    pthread_mutex_destroy(&qp->qp.mutex);
+    pthread_cond_destroy(&qp->qp.cond);
+    context_t *ctx = qp->ctx;
+    delete qp;
+    ctx_unref(ctx);
+    if (was_rx)
+        maybe_stop_nic();
+    stats_changed_offthread();
+    return 0;
+}
+
+bool qp_transition_ok(ibv_qp_state from, ibv_qp_state to)
+{
+    if (to == IBV_QPS_RESET || to == IBV_QPS_ERR)
+        return true;
+    switch (from)
+    {
+    case IBV_QPS_RESET: return to == IBV_QPS_INIT;
+    case IBV_QPS_INIT: return to == IBV_QPS_INIT || to == IBV_QPS_RTR;
+    case IBV_QPS_RTR: return to == IBV_QPS_RTS;
+    case IBV_QPS_RTS: return to == IBV_QPS_RTS;
+    default: return false;
+    }
+}
+
+int modify_qp_impl(ibv_qp *ibqp, ibv_qp_attr *attr, int mask)
+{
+    global &gl = G();
+    qp_t *qp = to_qp(ibqp);
+    if (!(mask & IBV_QP_STATE))
+        return 0;      // nothing else is meaningful for a raw packet QP
+    bool now_ready;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        ibv_qp_state from = qp->qp.state;
+        ibv_qp_state to = attr->qp_state;
+        if ((mask & IBV_QP_CUR_STATE) && attr->cur_qp_state != from)
+            return EINVAL;
+        if (!qp_transition_ok(from, to))
+        {
+            EMU_LOG("modify_qp: illegal transition %d -> %d", int(from), int(to));
+            return EINVAL;
+        }
+        if (from == IBV_QPS_RESET && to == IBV_QPS_INIT)
+        {
+            if (!(mask & IBV_QP_PORT))
+            {
+                EMU_LOG("modify_qp: RESET->INIT of a raw packet QP needs IBV_QP_PORT");
+                return EINVAL;
+            }
+        }
+        if ((mask & IBV_QP_PORT) && attr->port_num != 1)
+            return EINVAL;
+        sync_wire_locked();
+        if (!qp->rss)
+        {
+            if (to == IBV_QPS_RESET)
+                rx_flush(qp->rx, false);
+            else if (to == IBV_QPS_ERR)
+                rx_flush(qp->rx, true);
+        }
+        qp->qp.state = to;
+        now_ready = !qp->rss && (to == IBV_QPS_RTR || to == IBV_QPS_RTS);
+    }
+    if (now_ready)
+        ensure_nic_running();
+    stats_changed_offthread();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Work queues and indirection tables                                       */
+
+wq_t *create_wq_impl(ibv_context *context, ibv_wq_init_attr *attr,
+                     const mlx5dv_wq_init_attr *dv)
+{
+    global &gl = G();
+    if (!is_our_context(context) || !attr)
+        return fail<wq_t>(EINVAL);
+    if (attr->wq_type != IBV_WQT_RQ || !attr->pd || !attr->cq
+        || attr->pd->context != context || attr->cq->context != context)
+        return fail<wq_t>(EINVAL);
+    if (attr->comp_mask & ~uint32_t(IBV_WQ_INIT_ATTR_FLAGS))
+        return fail<wq_t>(EINVAL);
+    if (attr->max_wr < 1 || attr->max_wr > uint32_t(gl.cfg.max_qp_wr)
+        || attr->max_sge > uint32_t(max_sge))
+        return fail<wq_t>(EINVAL);
+    bool striding = dv && (dv->comp_mask & MLX5DV_WQ_INIT_ATTR_MASK_STRIDING_RQ);
+    if (dv && (dv->comp_mask & ~uint64_t(MLX5DV_WQ_INIT_ATTR_MASK_STRIDING_RQ)))
+        return fail<wq_t>(EINVAL);
+    std::unique_ptr<wq_t> wq(new wq_t());
+    memset(&wq->wq, 0, sizeof(wq->wq));
+    wq->ctx = to_ctx(context);
+    rx_queue &rx = wq->rx;
+    rx.cq = to_cq(attr->cq);
+    rx.pd = to_pd(attr->pd);
+    if (striding)
+    {
+        const mlx5dv_striding_rq_init_attr &s = dv->striding_rq_attrs;
+        if (s.single_stride_log_num_of_bytes < min_stride_log
+            || s.single_stride_log_num_of_bytes > max_stride_log
+            || s.single_wqe_log_num_of_strides < min_strides_log
+            || s.single_wqe_log_num_of_strides > max_strides_log)
+            return fail<wq_t>(EINVAL);
+        if (s.two_byte_shift_en)
+            return fail<wq_t>(EOPNOTSUPP);
+        rx.striding = true;
+        rx.stride_log = s.single_stride_log_num_of_bytes;
+        rx.stride_size = 1u << rx.stride_log;
+        rx.strides_per_wqe = 1u << s.single_wqe_log_num_of_strides;
+        uint32_t cnt = 1;
+        while (cnt < attr->max_wr)
+            cnt <<= 1;
+        rx.wqe_cnt = cnt;
+        rx.buf = static_cast<mlx5_mprq_wqe *>(aligned_alloc(64, size_t(cnt) * sizeof(mlx5_mprq_wqe)));
+        rx.dbrec = static_cast<uint32_t *>(aligned_alloc(64, 64));
+        if (!rx.buf || !rx.dbrec)
+        {
+            free(rx.buf);
+            free(rx.dbrec);
+            return fail<wq_t>(ENOMEM);
+        }
+        memset(rx.buf, 0, size_t(cnt) * sizeof(mlx5_mprq_wqe));
+        memset(rx.dbrec, 0, 64);
+        attr->max_wr = cnt;
+        attr->max_sge = 1;
+    }
+    else
+    {
+        if (!rx_init_plain(rx, attr->max_wr, attr->max_sge))
+            return fail<wq_t>(ENOMEM);
+        attr->max_sge = rx.rmax_sge;
+    }
+    ibv_wq &w = wq->wq;
+    w.context = context;
+    w.wq_context = attr->wq_context;
+    w.pd = attr->pd;
+    w.cq = attr->cq;
+    w.state = IBV_WQS_RESET;
+    w.wq_type = IBV_WQT_RQ;
+    w.post_recv = wq_post_recv;
+    pthread_mutex_init(&w.mutex, nullptr);
+    pthread_cond_init(&w.cond, nullptr);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+        {
+            free(rx.buf);
+            free(rx.dbrec);
+            return fail<wq_t>(ENOMEM);
+        }
+        gl.objects++;
+        w.wq_num = w.handle = gl.next_num++;
+        rx.qp_num = w.wq_num;
+        rx.cq->users++;
+        rx.pd->users++;
+        gl.rx_queues++;
+    }
+    ctx_ref(wq->ctx);
+    return wq.release();
+}
+
+ibv_wq *ctx_create_wq(ibv_context *context, ibv_wq_init_attr *attr)
+{
+    wq_t *wq = create_wq_impl(context, attr, nullptr);
+    return wq ? &wq->wq : nullptr;
+}
+
+int ctx_modify_wq(ibv_wq *ibwq, ibv_wq_attr *attr)
+{
+    global &gl = G();
+    wq_t *wq = to_wq(ibwq);
+    if (attr->attr_mask & ~uint32_t(IBV_WQ_ATTR_STATE | IBV_WQ_ATTR_CURR_STATE | IBV_WQ_ATTR_FLAGS))
+        return EINVAL;
+    if (!(attr->attr_mask & IBV_WQ_ATTR_STATE))
+        return 0;
+    bool now_ready;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        ibv_wq_state from = wq->wq.state;
+        ibv_wq_state to = attr->wq_state;
+        if ((attr->attr_mask & IBV_WQ_ATTR_CURR_STATE) && attr->curr_wq_state != from)
+            return EINVAL;
+        bool ok = to == IBV_WQS_ERR || to == IBV_WQS_RESET
+            || (to == IBV_WQS_RDY && (from == IBV_WQS_RESET || from == IBV_WQS_RDY));
+        if (!ok)
+            return EINVAL;
+        sync_wire_locked();
+        rx_queue &rx = wq->rx;
+        if (to == IBV_WQS_RESET)
+        {
+            if (rx.striding)
+            {
+                rx.consumed = 0;
+                rx.have_cur = false;
+                rx.cur_pos = 0;
+            }
+            else
+                rx_flush(rx, false);
+        }
+        else if (to == IBV_WQS_ERR && !rx.striding)
+            rx_flush(rx, true);
+        wq->wq.state = to;
+        now_ready = to == IBV_WQS_RDY;
+    }
+    if (now_ready)
+        ensure_nic_running();
+    stats_changed_offthread();
+    return 0;
+}
+
+int ctx_destroy_wq(ibv_wq *ibwq)
+{
+    global &gl = G();
+    wq_t *wq = to_wq(ibwq);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (wq->users > 0)
+        {
+            emu_warn("ibv_destroy_wq: WQ %u still in %d indirection table(s): EBUSY",
+                     wq->wq.wq_num, wq->users);
+            return EBUSY;
+        }
+        sync_wire_locked();
+        wq->rx.cq->users--;
+        wq->rx.pd->users--;
+        gl.rx_queues--;
+        gl.objects--;
+    }
+    free(wq->rx.buf);
+    free(wq->rx.dbrec);
+    pthread_mutex_destroy(&wq->wq.mutex);
+    pthread_cond_destroy(&wq->wq.cond);
+    context_t *ctx = wq->ctx;
+    delete wq;
+    ctx_unref(ctx);
+    maybe_stop_nic();
+    stats_changed_offthread();
+    return 0;
+}
+
+ibv_rwq_ind_table *ctx_create_ind_table(ibv_context *context, ibv_rwq_ind_table_init_attr *attr)
+{
+    global &gl = G();
+    if (!is_our_context(context) || !attr || !attr->ind_tbl || attr->comp_mask)
+        return fail<ibv_rwq_ind_table>(EINVAL);
+    if (attr->log_ind_tbl_size > 8)
+        return fail<ibv_rwq_ind_table>(EINVAL);
+    size_t n = size_t(1) << attr->log_ind_tbl_size;
+    std::unique_ptr<ind_table_t> t(new ind_table_t());
+    memset(&t->t, 0, sizeof(t->t));
+    for (size_t i = 0; i < n; i++)
+    {
+        if (!attr->ind_tbl[i] || attr->ind_tbl[i]->context != context)
+            return fail<ibv_rwq_ind_table>(EINVAL);
+        t->wqs.push_back(to_wq(attr->ind_tbl[i]));
+    }
+    t->ctx = to_ctx(context);
+    t->t.context = context;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+            return fail<ibv_rwq_ind_table>(ENOMEM);
+        gl.objects++;
+        t->t.ind_tbl_handle = t->t.ind_tbl_num = int(gl.next_num++);
+        for (wq_t *wq : t->wqs)
+            wq->users++;
+    }
+    ctx_ref(t->ctx);
+    return &t.release()->t;
+}
+
+int ctx_destroy_ind_table(ibv_rwq_ind_table *ibt)
+{
+    global &gl = G();
+    ind_table_t *t = to_ind(ibt);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (t->users > 0)
+        {
+            emu_warn("ibv_destroy_rwq_ind_table: still used by %d QP(s): EBUSY", t->users);
+            return EBUSY;
+        }
+        for (wq_t *wq : t->wqs)
+            wq->users--;
+        gl.objects--;
+    }
+    context_t *ctx = t->ctx;
+    delete t;
+    ctx_unref(ctx);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Flow steering                                                            */
+
+ibv_flow *ctx_create_flow(ibv_qp *ibqp, ibv_flow_attr *attr)
+{
+    global &gl = G();
+    if (gl.cfg.no_flow)
+        return fail<ibv_flow>(EOPNOTSUPP);
+    if (!ibqp || !attr || ibqp->qp_type != IBV_QPT_RAW_PACKET)
+        return fail<ibv_flow>(EINVAL);
+    if (attr->comp_mask || attr->type != IBV_FLOW_ATTR_NORMAL || attr->port != 1)
+    {
+        EMU_LOG("create_flow: unsupported attr (comp_mask %u, type %d, port %u)",
+                attr->comp_mask, int(attr->type), unsigned(attr->port));
+        return fail<ibv_flow>(attr->type != IBV_FLOW_ATTR_NORMAL ? EOPNOTSUPP : EINVAL);
+    }
+    if (attr->flags & ~uint32_t(IBV_FLOW_ATTR_FLAGS_DONT_TRAP))
+        return fail<ibv_flow>(EOPNOTSUPP);
+    std::unique_ptr<flow_t> f(new flow_t());
+    memset(&f->flow, 0, sizeof(f->flow));
+    const uint8_t *base = reinterpret_cast<const uint8_t *>(attr);
+    size_t total = attr->size;
+    size_t off = sizeof(ibv_flow_attr);
+    if (total < off)
+        return fail<ibv_flow>(EINVAL);
+    for (unsigned i = 0; i < attr->num_of_specs; i++)
+    {
+        ibv_flow_spec spec_hdr;
+        if (off + sizeof(spec_hdr.hdr) > total)
+            return fail<ibv_flow>(EINVAL);
+        memcpy(&spec_hdr.hdr, base + off, sizeof(spec_hdr.hdr));
+        size_t sz = spec_hdr.hdr.size;
+        if (sz < sizeof(spec_hdr.hdr) || off + sz > total)
+            return fail<ibv_flow>(EINVAL);
+        const uint8_t *p = base + off;
+        switch (spec_hdr.hdr.type)
+        {
+        case IBV_FLOW_SPEC_ETH:
+        {
+            ibv_flow_spec_eth s;
+            if (sz != sizeof(s) || f->has_eth)
+                return fail<ibv_flow>(EINVAL);
+            memcpy(&s, p, sizeof(s));
+            f->has_eth = true;
+            f->eth_val = s.val;
+            f->eth_mask = s.mask;
+            break;
+        }
+        case IBV_FLOW_SPEC_IPV4:
+        {
+            ibv_flow_spec_ipv4 s;
+            if (sz != sizeof(s) || f->has_ip)
+                return fail<ibv_flow>(EINVAL);
+            memcpy(&s, p, sizeof(s));
+            f->has_ip = true;
+            f->ip_val.src_ip = s.val.src_ip;
+            f->ip_val.dst_ip = s.val.dst_ip;
+            f->ip_mask.src_ip = s.mask.src_ip;
+            f->ip_mask.dst_ip = s.mask.dst_ip;
+            break;
+        }
+        case IBV_FLOW_SPEC_IPV4_EXT:
+        {
+            ibv_flow_spec_ipv4_ext s;
+            if (sz != sizeof(s) || f->has_ip)
+                return fail<ibv_flow>(EINVAL);
+            memcpy(&s, p, sizeof(s));
+            if (s.mask.flags)
+                return fail<ibv_flow>(EOPNOTSUPP);
+            f->has_ip = true;
+            f->ip_val = s.val;
+            f->ip_mask = s.mask;
+            break;
+        }
+        case IBV_FLOW_SPEC_UDP:
+        case IBV_FLOW_SPEC_TCP:
+        {
+            ibv_flow_spec_tcp_udp s;
+            if (sz != sizeof(s) || f->has_l4)
+                return fail<ibv_flow>(EINVAL);
+            memcpy(&s, p, sizeof(s));
+            f->has_l4 = true;
+            f->l4_proto = spec_hdr.hdr.type == IBV_FLOW_SPEC_UDP ? IPPROTO_UDP : IPPROTO_TCP;
+            f->l4_val = s.val;
+            f->l4_mask = s.mask;
+            break;
+        }
+        default:
+            EMU_LOG("create_flow: unsupported spec type 0x%x", unsigned(spec_hdr.hdr.type));
+            return fail<ibv_flow>(EOPNOTSUPP);
+        }
+        off += sz;
+    }
+    qp_t *qp = to_qp(ibqp);
+    f->qp = qp;
+    f->priority = attr->priority;
+    f->flow.context = ibqp->context;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+            return fail<ibv_flow>(ENOMEM);
+        sync_wire_locked();
+        gl.objects++;
+        f->flow.handle = gl.next_num++;
+        f->seq = gl.next_flow_seq++;
+        qp->users++;
+        flow_t *raw = f.get();
+        auto pos = std::upper_bound(gl.flows.begin(), gl.flows.end(), raw,
+                                    [](const flow_t *a, const flow_t *b)
+                                    { return a->priority < b->priority; });
+        gl.flows.insert(pos, raw);
+    }
+    ctx_ref(qp->ctx);
+    stats_changed_offthread();
+    return &f.release()->flow;
+}
+
+int ctx_destroy_flow(ibv_flow *ibf)
+{
+    global &gl = G();
+    flow_t *f = to_flow(ibf);
+    context_t *ctx;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        sync_wire_locked();
+        gl.flows.erase(std::remove(gl.flows.begin(), gl.flows.end(), f), gl.flows.end());
+        f->qp->users--;
+        ctx = f->qp->ctx;
+        gl.objects--;
+    }
+    delete f;
+    ctx_unref(ctx);
+    stats_changed_offthread();
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Extended verbs reached through verbs_context                             */
+
+ibv_cq_ex *ctx_create_cq_ex(ibv_context *context, ibv_cq_init_attr_ex *attr)
+{
+    if (!attr)
+        return fail<ibv_cq_ex>(EINVAL);
+    if (attr->comp_mask & ~uint32_t(IBV_CQ_INIT_ATTR_MASK_FLAGS | IBV_CQ_INIT_ATTR_MASK_PD))
+        return fail<ibv_cq_ex>(EINVAL);
+    if (attr->wc_flags & ~uint64_t(IBV_CREATE_CQ_SUP_WC_FLAGS))
+        return fail<ibv_cq_ex>(EOPNOTSUPP);
+    if (attr->cqe > uint32_t(INT_MAX))
+        return fail<ibv_cq_ex>(EINVAL);
+    cq_t *cq = create_cq_impl(context, int(attr->cqe), attr->cq_context, attr->channel,
+                              int(attr->comp_vector), true);
+    return cq ? &cq->cq : nullptr;
+}
+
+ibv_qp *ctx_create_qp_ex(ibv_context *context, ibv_qp_init_attr_ex *attr)
+{
+    if (!attr)
+        return fail<ibv_qp>(EINVAL);
+    uint32_t mask = attr->comp_mask;
+    if (!(mask & IBV_QP_INIT_ATTR_PD))
+        return fail<ibv_qp>(EINVAL);
+    if (mask & IBV_QP_INIT_ATTR_XRCD)
+        return fail<ibv_qp>(EOPNOTSUPP);
+    bool has_ind = mask & IBV_QP_INIT_ATTR_IND_TABLE;
+    bool has_hash = mask & IBV_QP_INIT_ATTR_RX_HASH;
+    if (has_ind != has_hash)
+        return fail<ibv_qp>(EINVAL);
+    qp_t *qp = create_qp_common(context, attr->pd, *attr, has_ind, &attr->cap);
+    return qp ? &qp->qp : nullptr;
+}
+
+}  // anonymous namespace
+
+/* ======================================================================== */
+/* Exported libibverbs API                                                  */
+
+EMU_EXPORT ibv_device **ibv_get_device_list(int *num_devices)
+{
+    global &gl = G();
+    ibv_device **list = static_cast<ibv_device **>(calloc(2, sizeof(ibv_device *)));
+    if (!list)
+    {
+        errno = ENOMEM;
+        return nullptr;
+    }
+    list[0] = &gl.device;
+    if (num_devices)
+        *num_devices = 1;
+    return list;
+}
+
+EMU_EXPORT void ibv_free_device_list(ibv_device **list)
+{
+    free(list);
+}
+
+EMU_EXPORT const char *ibv_get_device_name(ibv_device *device)
+{
+    return device ? device->name : nullptr;
+}
+
+EMU_EXPORT __be64 ibv_get_device_guid(ibv_device *device)
+{
+    (void) device;
+    ibv_device_attr a;
+    G();
+    fill_device_attr(a);
+    return a.node_guid;
+}
+
+EMU_EXPORT int ibv_fork_init(void)
+{
+    return 0;
+}
+
+EMU_EXPORT const char *ibv_wc_status_str(enum ibv_wc_status status)
+{
+    switch (status)
+    {
+    case IBV_WC_SUCCESS: return "success";
+    case IBV_WC_LOC_LEN_ERR: return "local length error";
+    case IBV_WC_LOC_PROT_ERR: return "local protection error";
+    case IBV_WC_WR_FLUSH_ERR: return "Work Request Flushed Error";
+    default: return "unknown";
+    }
+}
+
+EMU_EXPORT ibv_context *ibv_open_device(ibv_device *device)
+{
+    global &gl = G();
+    if (device != &gl.device)
+    {
+        errno = ENODEV;
+        return nullptr;
+    }
+    return &open_context()->vctx.context;
+}
+
+EMU_EXPORT int ibv_close_device(ibv_context *context)
+{
+    G();
+    if (!is_our_context(context))
+        return EINVAL;
+    ctx_unref(to_ctx(context));   // freed once the last object is destroyed
+    return 0;
+}
+
+EMU_EXPORT int ibv_query_device(ibv_context *context, ibv_device_attr *device_attr)
+{
+    G();
+    if (!is_our_context(context) || !device_attr)
+        return EINVAL;
+    fill_device_attr(*device_attr);
+    return 0;
+}
+
+/* The compat entry point the inline ___ibv_query_port falls back to when
+ * verbs_context::query_port is absent.  struct _compat_ibv_port_attr is the
+ * old layout: a prefix of struct ibv_port_attr ending with link_layer. */
+EMU_EXPORT int (ibv_query_port)(ibv_context *context, uint8_t port_num,
+                                struct _compat_ibv_port_attr *port_attr)
+{
+    G();
+    if (!is_our_context(context) || !port_attr)
+        return EINVAL;
+    if (port_num != 1)
+        return EINVAL;
+    ibv_port_attr p;
+    memset(&p, 0, sizeof(p));
+    fill_port_attr(p);
+    memcpy(port_attr, &p, offsetof(ibv_port_attr, link_layer) + sizeof(p.link_layer));
+    return 0;
+}
+
+EMU_EXPORT int ibv_query_gid(ibv_context *context, uint8_t port_num, int index, union ibv_gid *gid)
+{
+    global &gl = G();
+    if (!is_our_context(context) || port_num != 1 || index != 0 || !gid)
+        return -1;
+    memset(gid, 0, sizeof(*gid));
+    gid->raw[10] = 0xff;
+    gid->raw[11] = 0xff;
+    memcpy(&gid->raw[12], &gl.cfg.iface, 4);
+    return 0;
+}
+
+EMU_EXPORT ibv_pd *ibv_alloc_pd(ibv_context *context)
+{
+    global &gl = G();
+    if (!is_our_context(context))
+        return fail<ibv_pd>(EINVAL);
+    pd_t *pd = new pd_t();
+    memset(&pd->pd, 0, sizeof(pd->pd));
+    pd->ctx = to_ctx(context);
+    pd->pd.context = context;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+        {
+            delete pd;
+            return fail<ibv_pd>(ENOMEM);
+        }
+        gl.objects++;
+        pd->pd.handle = gl.next_num++;
+    }
+    ctx_ref(pd->ctx);
+    return &pd->pd;
+}
+
+EMU_EXPORT int ibv_dealloc_pd(ibv_pd *ibpd)
+{
+    global &gl = G();
+    pd_t *pd = to_pd(ibpd);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (pd->users > 0)
+        {
+            emu_warn("ibv_dealloc_pd: PD still used by %d object(s): EBUSY", pd->users);
+            return EBUSY;
+        }
+        gl.objects--;
+    }
+    context_t *ctx = pd->ctx;
+    delete pd;
+    ctx_unref(ctx);
+    return 0;
+}
+
+namespace
+{
+
+ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsigned int access)
+{
+    global &gl = G();
+    if (!ibpd || !is_our_context(ibpd->context))
+        return fail<ibv_mr>(EINVAL);
+    if (length == 0 || !addr || length > gl.cfg.max_mr_size)
+        return fail<ibv_mr>(EINVAL);
+    if ((access & IBV_ACCESS_REMOTE_WRITE) && !(access & IBV_ACCESS_LOCAL_WRITE))
+        return fail<ibv_mr>(EINVAL);
+    pd_t *pd = to_pd(ibpd);
+    mr_t *mr = new mr_t();
+    memset(&mr->mr, 0, sizeof(mr->mr));
+    mr->pd = pd;
+    mr->iova = iova;
+    mr->access = int(access);
+    mr->mr.context = ibpd->context;
+    mr->mr.pd = ibpd;
+    mr->mr.addr = addr;
+    mr->mr.length = length;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (gl.objects >= max_objects)
+        {
+            delete mr;
+            return fail<ibv_mr>(ENOMEM);
+        }
+        gl.objects++;
+        uint32_t key;
+        do
+        {
+            key = (gl.next_key++ << 8) | 0x5a;
+        } while (key == 0 || gl.mrs.count(key));
+        mr->mr.lkey = mr->mr.rkey = key;
+        mr->mr.handle = gl.next_num++;
+        gl.mrs[key] = mr;
+        pd->users++;
+    }
+    ctx_ref(pd->ctx);
+    return &mr->mr;
+}
+
+}  // anonymous namespace
+
+EMU_EXPORT ibv_mr *(ibv_reg_mr)(ibv_pd *pd, void *addr, size_t length, int access)
+{
+    return reg_mr_impl(pd, addr, length, reinterpret_cast<uintptr_t>(addr), unsigned(access));
+}
+
+EMU_EXPORT ibv_mr *ibv_reg_mr_iova2(ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+                                    unsigned int access)
+{
+    return reg_mr_impl(pd, addr, length, iova, access);
+}
+
+EMU_EXPORT ibv_mr *(ibv_reg_mr_iova)(ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+                                     int access)
+{
+    return reg_mr_impl(pd, addr, length, iova, unsigned(access));
+}
+
+EMU_EXPORT int ibv_dereg_mr(ibv_mr *ibmr)
+{
+    global &gl = G();
+    mr_t *mr = to_mr(ibmr);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        gl.mrs.erase(mr->mr.lkey);
+        mr->pd->users--;
+        gl.objects--;
+    }
+    context_t *ctx = mr->pd->ctx;
+    delete mr;
+    ctx_unref(ctx);
+    return 0;
+}
+
+EMU_EXPORT ibv_comp_channel *ibv_create_comp_channel(ibv_context *context)
+{
+    global &gl = G();
+    if (!is_our_context(context))
+        return fail<ibv_comp_channel>(EINVAL);
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
+    if (fd < 0)
+        return nullptr;
+    channel_t *ch = new channel_t();
+    memset(&ch->ch, 0, sizeof(ch->ch));
+    ch->ctx = to_ctx(context);
+    ch->ch.context = context;
+    ch->ch.fd = fd;
+    ch->ch.refcnt = 0;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        gl.objects++;
+    }
+    ctx_ref(ch->ctx);
+    return &ch->ch;
+}
+
+EMU_EXPORT int ibv_destroy_comp_channel(ibv_comp_channel *channel)
+{
+    global &gl = G();
+    channel_t *ch = to_channel(channel);
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (ch->users > 0)
+        {
+            emu_warn("ibv_destroy_comp_channel: still used by %d CQ(s): EBUSY", ch->users);
+            return EBUSY;
+        }
+        gl.objects--;
+    }
+    close(ch->ch.fd);
+    context_t *ctx = ch->ctx;
+    delete ch;
+    ctx_unref(ctx);
+    return 0;
+}
+
+EMU_EXPORT ibv_cq *(ibv_create_cq)(ibv_context *context, int cqe, void *cq_context,
+                                   ibv_comp_channel *channel, int comp_vector)
+{
+    cq_t *cq = create_cq_impl(context, cqe, cq_context, channel, comp_vector, false);
+    return cq ? ibv_cq_ex_to_cq(&cq->cq) : nullptr;
+}
+
+EMU_EXPORT int ibv_destroy_cq(ibv_cq *cq)
+{
+    return destroy_cq_impl(cq);
+}
+
+EMU_EXPORT int ibv_get_cq_event(ibv_comp_channel *channel, ibv_cq **cq, void **cq_context)
+{
+    channel_t *ch = to_channel(channel);
+    uint64_t v;
+    ssize_t r = read(ch->ch.fd, &v, sizeof(v));
+    if (r != sizeof(v))
+    {
+        if (r >= 0)
+            errno = EIO;
+        return -1;
+    }
+    std::lock_guard<std::mutex> lock(ch->mu);
+    if (ch->events.empty())
+    {
+        errno = EAGAIN;
+        return -1;
+    }
+    cq_t *c = ch->events.front();
+    ch->events.pop_front();
+    *cq = ibv_cq_ex_to_cq(&c->cq);
+    *cq_context = c->cq.cq_context;
+    return 0;
+}
+
+EMU_EXPORT void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents)
+{
+    pthread_mutex_lock(&cq->mutex);
+    cq->comp_events_completed += nevents;
+    pthread_mutex_unlock(&cq->mutex);
+}
+
+EMU_EXPORT ibv_qp *ibv_create_qp(ibv_pd *pd, ibv_qp_init_attr *qp_init_attr)
+{
+    if (!pd || !qp_init_attr)
+    {
+        errno = EINVAL;
+        return nullptr;
+    }
+    ibv_qp_init_attr_ex a;
+    memset(&a, 0, sizeof(a));
+    a.qp_context = qp_init_attr->qp_context;
+    a.send_cq = qp_init_attr->send_cq;
+    a.recv_cq = qp_init_attr->recv_cq;
+    a.srq = qp_init_attr->srq;
+    a.cap = qp_init_attr->cap;
+    a.qp_type = qp_init_attr->qp_type;
+    a.sq_sig_all = qp_init_attr->sq_sig_all;
+    a.comp_mask = IBV_QP_INIT_ATTR_PD;
+    a.pd = pd;
+    qp_t *qp = create_qp_common(pd->context, pd, a, false, &qp_init_attr->cap);
+    return qp ? &qp->qp : nullptr;
+}
+
+EMU_EXPORT int ibv_destroy_qp(ibv_qp *qp)
+{
+    return destroy_qp_impl(qp);
+}
+
+EMU_EXPORT int ibv_modify_qp(ibv_qp *qp, ibv_qp_attr *attr, int attr_mask)
+{
+    if (!qp || !attr)
+        return EINVAL;
+    return modify_qp_impl(qp, attr, attr_mask);
+}
+
+/* ======================================================================== */
+/* Exported librdmacm API                                                   */
+
+EMU_EXPORT rdma_event_channel *rdma_create_event_channel(void)
+{
+    G();
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return nullptr;
+    rdma_event_channel *ch = static_cast<rdma_event_channel *>(calloc(1, sizeof(*ch)));
+    if (!ch)
+    {
+        close(fd);
+        errno = ENOMEM;
+        return nullptr;
+    }
+    ch->fd = fd;
+    return ch;
+}
+
+EMU_EXPORT void rdma_destroy_event_channel(rdma_event_channel *channel)
+{
+    if (!channel)
+        return;
+    close(channel->fd);
+    free(channel);
+}
+
+EMU_EXPORT int rdma_create_id(rdma_event_channel *channel, rdma_cm_id **id, void *context,
+                              enum rdma_port_space ps)
+{
+    G();
+    if (!id)
+    {
+        errno = EINVAL;
+        return -1;
+    }
+    cm_id_t *c = new cm_id_t();
+    memset(&c->id, 0, sizeof(c->id));
+    c->id.channel = channel;
+    c->id.context = context;
+    c->id.ps = ps;
+    c->id.qp_type = ps == RDMA_PS_TCP ? IBV_QPT_RC : IBV_QPT_UD;
+    *id = &c->id;
+    return 0;
+}
+
+EMU_EXPORT int rdma_bind_addr(rdma_cm_id *id, sockaddr *addr)
+{
+    global &gl = G();
+    if (!id || !addr)
+    {
+        errno = EINVAL;
+        return -1;
+    }
+    if (addr->sa_family != AF_INET
+        || reinterpret_cast<const sockaddr_in *>(addr)->sin_addr.s_addr != gl.cfg.iface)
+    {
+        errno = ENODEV;
+        return -1;
+    }
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        if (!gl.cm_ctx)
+        {
+            gl.cm_ctx = open_context();
+            ctx_ref(gl.cm_ctx);     // permanent reference: shared by all ids
+        }
+        id->verbs = &gl.cm_ctx->vctx.context;
+    }
+    id->port_num = 1;
+    memcpy(&id->route.addr.src_sin, addr, sizeof(sockaddr_in));
+    return 0;
+}
+
+EMU_EXPORT int rdma_destroy_id(rdma_cm_id *id)
+{
+    if (!id)
+    {
+        errno = EINVAL;
+        return -1;
+    }
+    delete reinterpret_cast<cm_id_t *>(id);
+    return 0;
+}
+
+/* ======================================================================== */
+/* Exported libmlx5 API                                                     */
+
+EMU_EXPORT bool mlx5dv_is_supported(ibv_device *device)
+{
+    global &gl = G();
+    return device == &gl.device && !gl.cfg.no_mprq;
+}
+
+EMU_EXPORT int mlx5dv_query_device(ibv_context *ctx_in, mlx5dv_context *attrs_out)
+{
+    global &gl = G();
+    if (!is_our_context(ctx_in) || !attrs_out)
+        return EINVAL;
+    if (gl.cfg.no_mprq)
+        return EOPNOTSUPP;
+    uint64_t requested = attrs_out->comp_mask;
+    attrs_out->version = 0;
+    attrs_out->flags = MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED;
+    attrs_out->comp_mask = 0;
+    if (requested & MLX5DV_CONTEXT_MASK_STRIDING_RQ)
+    {
+        mlx5dv_striding_rq_caps &c = attrs_out->striding_rq_caps;
+        c.min_single_stride_log_num_of_bytes = min_stride_log;
+        c.max_single_stride_log_num_of_bytes = max_stride_log;
+        c.min_single_wqe_log_num_of_strides = min_strides_log;
+        c.max_single_wqe_log_num_of_strides = max_strides_log;
+        c.supported_qpts = 1u << IBV_QPT_RAW_PACKET;
+        attrs_out->comp_mask |= MLX5DV_CONTEXT_MASK_STRIDING_RQ;
+    }
+    return 0;
+}
+
+EMU_EXPORT ibv_wq *mlx5dv_create_wq(ibv_context *context, ibv_wq_init_attr *wq_init_attr,
+                                    mlx5dv_wq_init_attr *mlx5_wq_attr)
+{
+    global &gl = G();
+    if (gl.cfg.no_mprq)
+    {
+        errno = EOPNOTSUPP;
+        return nullptr;
+    }
+    wq_t *wq = create_wq_impl(context, wq_init_attr, mlx5_wq_attr);
+    return wq ? &wq->wq : nullptr;
+}
+
+EMU_EXPORT int mlx5dv_init_obj(mlx5dv_obj *obj, uint64_t obj_type)
+{
+    global &gl = G();
+    if (gl.cfg.no_mprq)
+        return EOPNOTSUPP;
+    if (!obj || (obj_type & ~uint64_t(MLX5DV_OBJ_RWQ)))
+        return EOPNOTSUPP;
+    if (obj_type & MLX5DV_OBJ_RWQ)
+    {
+        if (!obj->rwq.in || !obj->rwq.out)
+            return EINVAL;
+        wq_t *wq = to_wq(obj->rwq.in);
+        if (!wq->rx.striding)
+            return EOPNOTSUPP;
+        mlx5dv_rwq *out = obj->rwq.out;
+        out->buf = wq->rx.buf;
+        out->dbrec = reinterpret_cast<__be32 *>(wq->rx.dbrec);
+        out->wqe_cnt = wq->rx.wqe_cnt;
+        out->stride = sizeof(mlx5_mprq_wqe);
+        out->comp_mask = 0;
+    }
+    return 0;
+}
+
+/* ======================================================================== */
+/* Emulator extras                                                          */
+
+EMU_EXPORT int spead2_emu_stats(char *buf, size_t len)
+{
+    global &gl = G();
+    return gl.stats.format(buf, len);
+}
+
+EMU_EXPORT int spead2_emu_inject(const void *frame, size_t len)
+{
+    global &gl = G();
+    result r;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        sync_wire_locked();
+        bump(gl.stats.received);
+        r = process_frame(static_cast<const uint8_t *>(frame), len, false);
+    }
+    stats_changed_offthread();
+    return r == result::delivered ? 0 : 1;
+}
+
+EMU_EXPORT int spead2_emu_nic_running(void)
+{
+    return g && g->nic_running.load() ? 1 : 0;
+}
+
+__attribute__((destructor)) static void spead2_emu_fini()
+{
+    if (!g)
+        return;
+    {
+        std::lock_guard<std::mutex> tl(g->thread_mu);
+        stop_nic_locked();
+    }
+    write_stats_file();
+}
