@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-want=(build-essential libpcap-dev)
+# libpcap-dev: BPF filters for pcap replay; libibverbs-dev/librdmacm-dev:
+# headers for the ibverbs receiver (the libraries are loaded at run time).
+want=(build-essential libpcap-dev libibverbs-dev librdmacm-dev)
 if [ "${1:-}" = "test" ]; then
   want+=(clang libclang-rt-14-dev)
 fi

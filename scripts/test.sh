@@ -32,6 +32,9 @@ if [ "${SPEAD2_SKIP_ASAN:-0}" != "1" ]; then
      $PY -m pytest -q -p no:cacheprovider "$root/tests")
 fi
 
+echo "== emulated RDMA device self-test (ASAN+UBSAN)"
+EMU_SANITIZE=1 EMU_RUN_SELFTEST=1 bash tests/ibv_emulator/build.sh build/emu-asan
+
 if [ "${SPEAD2_SKIP_FUZZ:-0}" != "1" ]; then
   echo "== 3/3 fuzzing the decoders and the chunk core for ${FUZZ_SECONDS:-60} s"
   pybind_dir=$($PY -m pybind11 --cmakedir)

@@ -235,11 +235,17 @@ struct counters
     std::atomic<uint64_t> wqes_completed{0};
     std::atomic<uint64_t> errors{0};
     std::atomic<uint64_t> received{0};
+    // Gauges (not counters): receive queues currently able to receive (plain
+    // QPs in RTR/RTS, WQs in RDY) and installed flow rules.
+    std::atomic<int64_t> rx_ready{0};
+    std::atomic<int64_t> flows{0};
+    std::atomic<uint64_t> topology_gen{0};
 
     uint64_t signature() const
     {
         return delivered + no_flow + no_buffer + too_big + not_ready + cq_overflow
-            + fillers + wqes_completed + errors + received;
+            + fillers + wqes_completed + errors + received
+            + topology_gen * UINT64_C(0x9e3779b97f4a7c15);
     }
 
     int format(char *buf, size_t len) const
@@ -249,10 +255,12 @@ struct counters
                         ", \"no_buffer\": %" PRIu64 ", \"too_big\": %" PRIu64
                         ", \"not_ready\": %" PRIu64 ", \"cq_overflow\": %" PRIu64
                         ", \"fillers\": %" PRIu64 ", \"wqes_completed\": %" PRIu64
-                        ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64 "}",
+                        ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64
+                        ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64 "}",
                         delivered.load(), no_flow.load(), no_buffer.load(), too_big.load(),
                         not_ready.load(), cq_overflow.load(), fillers.load(),
-                        wqes_completed.load(), errors.load(), received.load());
+                        wqes_completed.load(), errors.load(), received.load(),
+                        rx_ready.load(), flows.load());
     }
 };
 
@@ -556,6 +564,7 @@ void init_global()
             emu_warn("pcap wire disabled");
     }
     g = gl;
+    write_stats_file();    // exists (all zero) from the first call on
 }
 
 global &G()
@@ -717,6 +726,16 @@ void stats_changed_offthread()
     global &gl = *g;
     if (!gl.nic_running.load() && gl.stats.signature() != gl.written_sig.load())
         write_stats_file();
+}
+
+/* After a change of the receive topology (queue state, flows, queue
+ * destruction) the file is rewritten synchronously, so that a test can wait
+ * for "rx_ready"/"flows" before it starts sending. */
+void topology_changed()
+{
+    global &gl = *g;
+    gl.stats.topology_gen.fetch_add(1);
+    write_stats_file();
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1755,6 +1774,8 @@ int destroy_qp_impl(ibv_qp *ibqp)
             qp->ind->users--;
         else
         {
+            if (qp->qp.state == IBV_QPS_RTR || qp->qp.state == IBV_QPS_RTS)
+                gl.stats.rx_ready--;
             qp->rx.cq->users--;
             if (qp->send_cq)
                 qp->send_cq->users--;
@@ -1769,7 +1790,7 @@ int destroy_qp_impl(ibv_qp *ibqp)
     ctx_unref(ctx);
     if (was_rx)
         maybe_stop_nic();
-    stats_changed_offthread();
+    topology_changed();
     return 0;
 }
 
@@ -1823,12 +1844,15 @@ int modify_qp_impl(ibv_qp *ibqp, ibv_qp_attr *attr, int mask)
             else if (to == IBV_QPS_ERR)
                 rx_flush(qp->rx, true);
         }
+        bool was_ready = !qp->rss && (from == IBV_QPS_RTR || from == IBV_QPS_RTS);
         qp->qp.state = to;
         now_ready = !qp->rss && (to == IBV_QPS_RTR || to == IBV_QPS_RTS);
+        if (was_ready != now_ready)
+            gl.stats.rx_ready += now_ready ? 1 : -1;
     }
     if (now_ready)
         ensure_nic_running();
-    stats_changed_offthread();
+    topology_changed();
     return 0;
 }
 
@@ -1964,12 +1988,15 @@ int ctx_modify_wq(ibv_wq *ibwq, ibv_wq_attr *attr)
         }
         else if (to == IBV_WQS_ERR && !rx.striding)
             rx_flush(rx, true);
+        bool was_ready = from == IBV_WQS_RDY;
         wq->wq.state = to;
         now_ready = to == IBV_WQS_RDY;
+        if (was_ready != now_ready)
+            gl.stats.rx_ready += now_ready ? 1 : -1;
     }
     if (now_ready)
         ensure_nic_running();
-    stats_changed_offthread();
+    topology_changed();
     return 0;
 }
 
@@ -1986,6 +2013,8 @@ int ctx_destroy_wq(ibv_wq *ibwq)
             return EBUSY;
         }
         sync_wire_locked();
+        if (wq->wq.state == IBV_WQS_RDY)
+            gl.stats.rx_ready--;
         wq->rx.cq->users--;
         wq->rx.pd->users--;
         gl.rx_queues--;
@@ -1999,7 +2028,7 @@ int ctx_destroy_wq(ibv_wq *ibwq)
     delete wq;
     ctx_unref(ctx);
     maybe_stop_nic();
-    stats_changed_offthread();
+    topology_changed();
     return 0;
 }
 
@@ -2166,9 +2195,10 @@ ibv_flow *ctx_create_flow(ibv_qp *ibqp, ibv_flow_attr *attr)
                                     [](const flow_t *a, const flow_t *b)
                                     { return a->priority < b->priority; });
         gl.flows.insert(pos, raw);
+        gl.stats.flows = int64_t(gl.flows.size());
     }
     ctx_ref(qp->ctx);
-    stats_changed_offthread();
+    topology_changed();
     return &f.release()->flow;
 }
 
@@ -2181,13 +2211,14 @@ int ctx_destroy_flow(ibv_flow *ibf)
         std::lock_guard<std::mutex> lock(gl.mu);
         sync_wire_locked();
         gl.flows.erase(std::remove(gl.flows.begin(), gl.flows.end(), f), gl.flows.end());
+        gl.stats.flows = int64_t(gl.flows.size());
         f->qp->users--;
         ctx = f->qp->ctx;
         gl.objects--;
     }
     delete f;
     ctx_unref(ctx);
-    stats_changed_offthread();
+    topology_changed();
     return 0;
 }
 
@@ -2743,6 +2774,9 @@ EMU_EXPORT int mlx5dv_init_obj(mlx5dv_obj *obj, uint64_t obj_type)
 EMU_EXPORT int spead2_emu_stats(char *buf, size_t len)
 {
     global &gl = G();
+    // Under the device lock: a frame counted in "received" has been fully
+    // processed (its other counter and its completion are visible).
+    std::lock_guard<std::mutex> lock(gl.mu);
     return gl.stats.format(buf, len);
 }
 

@@ -1,0 +1,733 @@
+"""Receive SPEAD traffic into chunks and report what arrived.
+
+Usage::
+
+    spead2_recv [options] SOURCE [SOURCE ...]
+    python -m spead2.tools.recv ...
+
+A SOURCE is one of
+
+* ``HOST:PORT`` (or just ``PORT``, or ``[IPV6]:PORT``): a UDP socket bound
+  to that address (an empty host binds every local address);
+* ``GROUP:PORT`` where GROUP is an IPv4 or IPv6 multicast address: the group
+  is joined, on ``--interface`` (IPv4) or ``--interface-index`` (IPv6);
+* the name of an existing file: a pcap/pcapng capture, replayed.
+
+Network sources all feed one stream.  Capture files cannot be mixed with
+network sources; several files are replayed one after the other, each into a
+stream of its own (a capture ends its stream when it ends).
+
+Heaps go into chunks with a built-in placement:
+
+``--place timestamp`` (the default)
+    A heap carries a timestamp item (``--timestamp-id``, 0x1600) and a
+    channel item (``--channel-id``, 0x4103).  With ``t = (timestamp -
+    first_timestamp) // timestamp_step`` and ``c = channel // channel_step``
+    (``c < channels``), a chunk holds ``heaps_per_chunk / channels``
+    consecutive values of ``t``, each with ``channels`` heaps.  The defaults
+    match what ``spead2_send`` sends.
+``--place cnt``
+    By heap counter: ``p = (heap_cnt - cnt_first) / cnt_step`` gives chunk
+    ``p // heaps_per_chunk``, slot ``p % heaps_per_chunk``.
+
+Heaps whose length is not ``--heap-size`` (descriptors, the end-of-stream
+heap) or whose items do not fit are rejected (counted in ``rejected_heaps``).
+
+One line per chunk is printed (``--json``: one JSON object per line), then a
+summary with every stream statistic.  On a terminal a progress line is kept
+up to date on stderr.  The program stops at the end of the stream (an
+end-of-stream heap, or the end of the captures), after ``--duration``
+seconds, or on Ctrl-C (SIGINT) or SIGTERM, and then prints the summary and
+exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+import spead2
+import spead2.recv
+
+DEFAULT_TIMESTAMP_ID = 0x1600
+DEFAULT_CHANNEL_ID = 0x4103
+DEFAULT_HEAP_SIZE = 8192
+DEFAULT_CHANNELS = 4
+DEFAULT_HEAPS_PER_CHUNK_CNT = 16
+DEFAULT_MAX_CHUNKS = 4
+#: Chunks whose presence is shown as a bitmap in text output (larger: count only).
+BITMAP_LIMIT = 64
+#: How often the progress line is redrawn (seconds).
+PROGRESS_INTERVAL = 0.5
+#: Longest wait in the main loop (seconds): bounds the reaction time to --duration.
+POLL_INTERVAL = 0.5
+
+PROG = "spead2_recv"
+
+
+# ---------------------------------------------------------------------------
+# Sources
+
+
+@dataclass
+class Source:
+    kind: str  # "udp", "multicast4", "multicast6" or "file"
+    text: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+
+def parse_source(text: str) -> Source:
+    """Classify one command-line source (raises ValueError with a message)."""
+    if os.path.isfile(text):
+        return Source("file", text, path=text)
+    if text.isdigit():
+        host, port_text = "", text
+    elif ":" in text:
+        host, port_text = text.rsplit(":", 1)
+    else:
+        raise ValueError(f"{text!r} is neither an existing file nor HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        if os.path.sep in text or "." in port_text:
+            raise ValueError(f"{text!r}: no such file")
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    port = int(port_text)
+    try:
+        address = ipaddress.ip_address(host) if host else None
+    except ValueError:
+        address = None  # a host name: resolved by the reader
+    if address is not None and address.is_multicast:
+        kind = "multicast4" if address.version == 4 else "multicast6"
+        return Source(kind, text, host=host, port=port)
+    return Source("udp", text, host=host, port=port)
+
+
+# ---------------------------------------------------------------------------
+# Placement
+
+
+@dataclass
+class Layout:
+    """Everything the place callback and the reporting need."""
+
+    place: str
+    heap_size: int
+    heaps_per_chunk: int
+    # timestamp placement
+    timestamp_id: int = DEFAULT_TIMESTAMP_ID
+    channel_id: int = DEFAULT_CHANNEL_ID
+    channels: int = 1
+    channel_step: int = 1
+    timestamp_step: int = 1
+    first_timestamp: int = 0
+    # cnt placement
+    cnt_first: int = 1
+    cnt_step: int = 1
+
+    @property
+    def timestamps_per_chunk(self) -> int:
+        return self.heaps_per_chunk // self.channels
+
+    @property
+    def items(self) -> List[int]:
+        if self.place == "cnt":
+            return [spead2.HEAP_CNT_ID, spead2.HEAP_LENGTH_ID]
+        return [self.timestamp_id, self.channel_id, spead2.HEAP_LENGTH_ID]
+
+    @property
+    def key_name(self) -> str:
+        return "cnt" if self.place == "cnt" else "timestamp"
+
+
+def make_place_callback(layout: Layout):
+    """A scipy.LowLevelCallable for `layout`, compiled by numba with every
+    parameter baked in as a constant.  Each placed heap also writes its key
+    (heap counter or timestamp) into its 8-byte slot of ``chunk.extra``."""
+    import numba
+    import scipy
+    from numba import types
+
+    from spead2.numba import intp_to_voidptr
+    from spead2.recv.numba import chunk_place_data
+
+    signature = types.void(types.CPointer(chunk_place_data), types.uintp)
+    heap_size = layout.heap_size
+    hpc = layout.heaps_per_chunk
+
+    if layout.place == "cnt":
+        cnt_first = layout.cnt_first
+        cnt_step = layout.cnt_step
+
+        def place(data_ptr, data_size):
+            data = numba.carray(data_ptr, 1)
+            items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
+            cnt = items[0]
+            if items[1] != heap_size or cnt < cnt_first:
+                return
+            offset = cnt - cnt_first
+            if offset % cnt_step != 0:
+                return
+            position = offset // cnt_step
+            index = position % hpc
+            data[0].chunk_id = position // hpc
+            data[0].heap_index = index
+            data[0].heap_offset = index * heap_size
+            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
+            extra[0] = cnt
+            data[0].extra_offset = index * 8
+            data[0].extra_size = 8
+    else:
+        channels = layout.channels
+        channel_step = layout.channel_step
+        timestamp_step = layout.timestamp_step
+        first_timestamp = layout.first_timestamp
+        tpc = layout.timestamps_per_chunk
+
+        def place(data_ptr, data_size):
+            data = numba.carray(data_ptr, 1)
+            items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
+            timestamp = items[0]
+            channel = items[1]
+            if items[2] != heap_size or timestamp < first_timestamp or channel < 0:
+                return
+            if channel % channel_step != 0:
+                return
+            c = channel // channel_step
+            if c >= channels:
+                return
+            t = (timestamp - first_timestamp) // timestamp_step
+            index = (t % tpc) * channels + c
+            data[0].chunk_id = t // tpc
+            data[0].heap_index = index
+            data[0].heap_offset = index * heap_size
+            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
+            extra[0] = timestamp
+            data[0].extra_offset = index * 8
+            data[0].extra_size = 8
+
+    cfunc = numba.cfunc(signature, nopython=True)(place)
+    return scipy.LowLevelCallable(cfunc.ctypes, signature="void (void *, size_t)")
+
+
+def expected_payload(layout: Layout, key: int, index: int) -> Optional[np.ndarray]:
+    """The payload spead2_send puts in the heap at slot `index` with
+    timestamp `key` (byte j of data heap i is (i + j) % 256)."""
+    if layout.place != "timestamp":
+        return None
+    t = (key - layout.first_timestamp) // layout.timestamp_step
+    i = t * layout.channels + index % layout.channels
+    return ((np.arange(layout.heap_size, dtype=np.int64) + i) % 256).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Reporting
+
+
+class Report:
+    """Per-chunk lines, the progress line and the summary."""
+
+    def __init__(self, layout: Layout, args, out=sys.stdout, err=sys.stderr):
+        self.layout = layout
+        self.json = args.json
+        self.quiet = args.quiet
+        self.verify = args.verify
+        self.out = out
+        self.err = err
+        self.progress = not args.quiet and _isatty(err)
+        self.start = time.monotonic()
+        self.chunks = 0
+        self.complete_chunks = 0
+        self.heaps_placed = 0
+        self.heap_slots = 0
+        self.verified = 0
+        self.corrupt = 0
+        #: Empty chunks before the first heap: the window back-fills chunk IDs
+        #: from 0 (or from where it was) up to the first heap's chunk.
+        self.leading_empty = 0
+        self._progress_shown = False
+        self._last_progress = 0.0
+        self._last_sample = (self.start, 0, 0)  # time, packets, heaps placed
+        self._rate = (0.0, 0.0)
+
+    # -- chunks
+    def chunk(self, chunk, source_name=None):
+        present = np.asarray(chunk.present)
+        n = int(np.count_nonzero(present))
+        hpc = self.layout.heaps_per_chunk
+        if n == 0 and self.heaps_placed == 0:
+            self.leading_empty += 1
+            return
+        self.chunks += 1
+        self.heaps_placed += n
+        self.heap_slots += hpc
+        if n == hpc:
+            self.complete_chunks += 1
+        first_key = None
+        if n:
+            keys = np.asarray(chunk.extra)[present != 0]
+            first_key = int(keys.min())
+        if self.verify and n:
+            self._verify(chunk, present)
+        if self.quiet:
+            return
+        percent = 100.0 * n / hpc
+        if self.json:
+            record = {
+                "type": "chunk",
+                "chunk_id": int(chunk.chunk_id),
+                "heaps": n,
+                "heaps_per_chunk": hpc,
+                "complete": round(percent, 3),
+                "present": "".join("1" if p else "0" for p in present),
+                f"first_{self.layout.key_name}": first_key,
+            }
+            if source_name is not None:
+                record["source"] = source_name
+            line = json.dumps(record)
+        else:
+            line = f"chunk {chunk.chunk_id}: {n}/{hpc} heaps ({percent:.1f}%)"
+            if hpc <= BITMAP_LIMIT:
+                line += " [" + "".join("#" if p else "." for p in present) + "]"
+            if first_key is not None:
+                line += f" first {self.layout.key_name} {first_key}"
+        self._clear_progress()
+        print(line, file=self.out, flush=True)
+
+    def _verify(self, chunk, present):
+        data = np.asarray(chunk.data)
+        extra = np.asarray(chunk.extra)
+        size = self.layout.heap_size
+        for index in np.flatnonzero(present):
+            expected = expected_payload(self.layout, int(extra[index]), int(index))
+            if expected is None:
+                return
+            if np.array_equal(data[index * size:(index + 1) * size], expected):
+                self.verified += 1
+            else:
+                self.corrupt += 1
+
+    # -- progress
+    def tick(self, stream, force=False):
+        if not self.progress:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < PROGRESS_INTERVAL:
+            return
+        self._last_progress = now
+        stream_stats = stream.stats
+        packets = stream_stats["packets"] if stream_stats is not None else 0
+        t0, p0, h0 = self._last_sample
+        if now > t0:
+            self._rate = ((packets - p0) / (now - t0), (self.heaps_placed - h0) * self.layout.heap_size / (now - t0))
+        self._last_sample = (now, packets, self.heaps_placed)
+        missing = self.heap_slots - self.heaps_placed
+        malformed = stream_stats.get("malformed_packets", 0) if stream_stats is not None else 0
+        text = (f"{now - self.start:7.1f} s  {self._rate[1] * 8e-9:7.3f} Gb/s  {self._rate[0]:9.0f} pkt/s  "
+                f"chunks {self.chunks}  heaps {self.heaps_placed}  missing {missing}  malformed {malformed}")
+        self.err.write("\r" + text + "\x1b[K")
+        self.err.flush()
+        self._progress_shown = True
+
+    def _clear_progress(self):
+        if self._progress_shown:
+            self.err.write("\r\x1b[K")
+            self.err.flush()
+            self._progress_shown = False
+
+    # -- summary
+    def summary(self, stats, stopped_by, sources):
+        self._clear_progress()
+        elapsed = time.monotonic() - self.start
+        names = list(stats.keys()) if stats is not None else []
+        values = {name: int(stats[name]) for name in names}
+        if self.json:
+            record = {
+                "type": "summary",
+                "stopped_by": stopped_by,
+                "elapsed": round(elapsed, 6),
+                "chunks": self.chunks,
+                "complete_chunks": self.complete_chunks,
+                "heaps_placed": self.heaps_placed,
+                "heap_slots": self.heap_slots,
+                "bytes_placed": self.heaps_placed * self.layout.heap_size,
+                "leading_empty_chunks": self.leading_empty,
+                "sources": sources,
+                "stats": values,
+            }
+            if self.verify:
+                record["verified_heaps"] = self.verified
+                record["corrupt_heaps"] = self.corrupt
+            print(json.dumps(record), file=self.out, flush=True)
+            return
+        percent = 100.0 * self.heaps_placed / self.heap_slots if self.heap_slots else 0.0
+        lines = [
+            f"Summary ({stopped_by}):",
+            f"  elapsed          {elapsed:.3f} s",
+            f"  chunks           {self.chunks} ({self.complete_chunks} complete)",
+            f"  heaps in chunks  {self.heaps_placed}/{self.heap_slots} ({percent:.1f}%)",
+            f"  bytes placed     {self.heaps_placed * self.layout.heap_size}",
+        ]
+        if self.leading_empty:
+            lines.append(f"  (not shown: {self.leading_empty} empty chunks before the first heap)")
+        if self.verify:
+            lines.append(f"  verified heaps   {self.verified} ({self.corrupt} corrupt)")
+        lines.append("Stream statistics:")
+        width = max((len(n) for n in names), default=0)
+        lines.extend(f"  {name:<{width}}  {values[name]}" for name in names)
+        if values.get("rejected_heaps", 0) and not self.heaps_placed:
+            lines.append(f"note: every heap was rejected by the placement: check --place, --heap-size "
+                         f"({self.layout.heap_size}) and the item IDs / steps")
+        print("\n".join(lines), file=self.out, flush=True)
+
+
+def _isatty(f) -> bool:
+    try:
+        return f.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Receiving
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag and a wake-up of the main loop."""
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._old = {}
+        self._old_wakeup = None
+
+    @property
+    def fd(self):
+        return self._read_fd
+
+    def install(self):
+        self._old_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.reason = "signal " + signal.Signals(signum).name
+        # A second Ctrl-C while stopping interrupts for real.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def drain(self):
+        try:
+            while os.read(self._read_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+
+def build_stream(layout: Layout, args, place):
+    pool = spead2.ThreadPool(args.threads)
+    config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
+    chunk_config = spead2.recv.ChunkStreamConfig(
+        items=layout.items, max_chunks=args.max_chunks, place=place, max_heap_extra=8)
+    ring_depth = args.ring if args.ring else args.max_chunks
+    n_chunks = args.max_chunks + ring_depth + 2
+    stream = spead2.recv.ChunkRingStream(
+        pool, config, chunk_config,
+        spead2.recv.ChunkRingbuffer(ring_depth), spead2.recv.ChunkRingbuffer(n_chunks))
+    hpc = layout.heaps_per_chunk
+    for _ in range(n_chunks):
+        stream.add_free_chunk(spead2.recv.Chunk(
+            present=np.zeros(hpc, np.uint8),
+            data=np.zeros(hpc * layout.heap_size, np.uint8),
+            extra=np.zeros(hpc, np.int64)))
+    return stream
+
+
+def add_network_readers(stream, sources, args):
+    udp = [s for s in sources if s.kind != "file"]
+    if args.ibv:
+        config_cls = getattr(spead2.recv, "UdpIbvConfig", None)
+        if config_cls is None or not hasattr(stream, "add_udp_ibv_reader"):
+            raise RuntimeError("this build of spead2 has no ibverbs support (--ibv)")
+        if not args.interface:
+            raise RuntimeError("--ibv needs --interface (the IPv4 address of the NIC)")
+        if any(s.kind == "multicast6" or ":" in s.host for s in udp):
+            raise RuntimeError("--ibv supports IPv4 only")
+        config = config_cls(
+            endpoints=[(s.host, s.port) for s in udp], interface_address=args.interface,
+            max_size=args.max_size, buffer_size=args.buffer, comp_vector=args.ibv_vector)
+        stream.add_udp_ibv_reader(config)
+        return
+    for s in udp:
+        if s.kind == "multicast4":
+            stream.add_udp_reader(s.host, s.port, args.max_size, args.buffer,
+                                  interface_address=args.interface or "0.0.0.0")
+        elif s.kind == "multicast6":
+            stream.add_udp_reader(s.host, s.port, args.max_size, args.buffer,
+                                  interface_index=args.interface_index)
+        else:
+            stream.add_udp_reader(s.port, args.max_size, args.buffer, bind_hostname=s.host)
+
+
+def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[float], source_name=None) -> str:
+    """Consume chunks until the stream ends, a signal or the deadline; returns why it ended."""
+    ring = stream.data_ringbuffer
+    stopped_by = "end of stream"
+    stopping = False
+    while True:
+        if not stopping:
+            if stop.reason is not None:
+                stopped_by = stop.reason
+            elif deadline is not None and time.monotonic() >= deadline:
+                stopped_by = "duration"
+            if stopped_by != "end of stream":
+                stopping = True
+                stream.stop()  # chunks already in the data ring are still drained below
+        timeout = POLL_INTERVAL
+        if deadline is not None and not stopping:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        if report.progress:
+            timeout = min(timeout, PROGRESS_INTERVAL)
+        try:
+            select.select([ring.data_fd, stop.fd], [], [], 0.05 if stopping else timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
+            pass
+        stop.drain()
+        try:
+            chunk = ring.get_nowait()
+        except spead2.Empty:
+            report.tick(stream)
+            continue
+        except spead2.Stopped:
+            break
+        report.chunk(chunk, source_name)
+        stream.add_free_chunk(chunk)
+        report.tick(stream)
+    return stopped_by
+
+
+def receive(args, layout: Layout, sources: List[Source], out=sys.stdout, err=sys.stderr) -> int:
+    # Signals are caught from here on: a Ctrl-C while numba compiles still
+    # ends with the summary.
+    stop = StopRequest()
+    stop.install()
+    try:
+        place = make_place_callback(layout)
+        report = Report(layout, args, out, err)
+        deadline = time.monotonic() + args.duration if args.duration is not None else None
+        files = [s for s in sources if s.kind == "file"]
+        total = None
+        stopped_by = "end of stream"
+        if files:
+            for s in files:
+                stream = build_stream(layout, args, place)
+                stream.add_udp_pcap_file_reader(s.path, args.filter)
+                stopped_by = run_stream(stream, report, stop, deadline, s.path if len(files) > 1 else None)
+                stream.stop()
+                total = stream.stats if total is None else total + stream.stats
+                if stopped_by != "end of stream":
+                    break
+        else:
+            stream = build_stream(layout, args, place)
+            add_network_readers(stream, sources, args)
+            stopped_by = run_stream(stream, report, stop, deadline)
+            stream.stop()
+            total = stream.stats
+        report.summary(total, stopped_by, [s.text for s in sources])
+    finally:
+        stop.restore()
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def _int(text):
+    return int(text, 0)
+
+
+def _positive_int(text):
+    value = int(text, 0)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _nonnegative_int(text):
+    value = int(text, 0)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def _item_id(text):
+    value = int(text, 0)
+    if not 0 < value < 1 << 23:
+        raise argparse.ArgumentTypeError(f"not a valid item ID: {text}")
+    return value
+
+
+def _duration(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cls = spead2.recv.ChunkRingStream
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Receive SPEAD traffic (UDP unicast or multicast, or a pcap capture) into chunks with a "
+                    "built-in placement, and report each chunk's completeness and the stream statistics.",
+        epilog="SOURCE: HOST:PORT or PORT (bind), GROUP:PORT (multicast; [ADDR]:PORT for IPv6), or a capture "
+               "file.  Ctrl-C stops cleanly and prints the summary.",
+    )
+    parser.add_argument("sources", nargs="+", metavar="SOURCE", help="where to receive from (see below)")
+
+    place = parser.add_argument_group("placement")
+    place.add_argument("--place", choices=["timestamp", "cnt"], default="timestamp",
+                       help="chunk by a timestamp item and a channel item, or by heap counter [%(default)s]")
+    place.add_argument("--heap-size", type=_positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
+                       help="payload bytes of every data heap; other heaps are rejected [%(default)s]")
+    place.add_argument("--heaps-per-chunk", type=_positive_int, default=None, metavar="N",
+                       help=f"heaps in a chunk [timestamp: --channels; cnt: {DEFAULT_HEAPS_PER_CHUNK_CNT}]")
+    place.add_argument("--timestamp-id", type=_item_id, default=DEFAULT_TIMESTAMP_ID, metavar="ID",
+                       help=f"item ID of the timestamp [{DEFAULT_TIMESTAMP_ID:#x}]")
+    place.add_argument("--channel-id", type=_item_id, default=DEFAULT_CHANNEL_ID, metavar="ID",
+                       help=f"item ID of the channel (frequency) [{DEFAULT_CHANNEL_ID:#x}]")
+    place.add_argument("--channels", type=_positive_int, default=DEFAULT_CHANNELS, metavar="N",
+                       help="channels per timestamp [%(default)s]")
+    place.add_argument("--channel-step", type=_positive_int, default=None, metavar="N",
+                       help="difference between successive channel values [heap size / 4, as spead2_send]")
+    place.add_argument("--timestamp-step", type=_positive_int, default=1, metavar="N",
+                       help="difference between successive timestamps [%(default)s]")
+    place.add_argument("--first-timestamp", type=_nonnegative_int, default=0, metavar="N",
+                       help="timestamps below this are rejected; t is counted from here [%(default)s]")
+    place.add_argument("--cnt-first", type=_nonnegative_int, default=1, metavar="N",
+                       help="heap counter of position 0 for --place cnt [%(default)s]")
+    place.add_argument("--cnt-step", type=_positive_int, default=1, metavar="N",
+                       help="heap counter increment per position for --place cnt [%(default)s]")
+    place.add_argument("--verify", action="store_true",
+                       help="check every heap's payload against spead2_send's pattern (--place timestamp)")
+
+    stream = parser.add_argument_group("stream")
+    stream.add_argument("--max-chunks", type=_positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
+                        help="chunks being filled at once (the window) [%(default)s]")
+    stream.add_argument("--max-heaps", type=_positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
+                        metavar="N", help="heaps being assembled at once [%(default)s]")
+    stream.add_argument("--ring", type=_positive_int, default=None, metavar="N",
+                        help="depth of the ring of finished chunks [--max-chunks]")
+    stream.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+                        help="worker threads [%(default)s]")
+
+    net = parser.add_argument_group("network")
+    net.add_argument("--max-size", type=_positive_int, default=cls.DEFAULT_UDP_MAX_SIZE, metavar="BYTES",
+                     help="largest datagram accepted; larger ones are dropped [%(default)s]")
+    net.add_argument("--buffer", type=_nonnegative_int, default=cls.DEFAULT_UDP_BUFFER_SIZE, metavar="BYTES",
+                     help="socket receive buffer, 0 for the OS default (see net.core.rmem_max) [%(default)s]")
+    net.add_argument("--interface", metavar="ADDRESS", default="",
+                     help="IPv4 address of the interface to join multicast groups on (and for --ibv)")
+    net.add_argument("--interface-index", type=_nonnegative_int, default=0, metavar="INDEX",
+                     help="index of the interface to join IPv6 multicast groups on, 0 = any [%(default)s]")
+    net.add_argument("--ibv", action="store_true", help="receive UDP with ibverbs (where this build has it)")
+    net.add_argument("--ibv-vector", type=int, default=0, metavar="N",
+                     help="completion vector for --ibv, -1 to poll [%(default)s]")
+    net.add_argument("--filter", default="", metavar="BPF", help="BPF filter for capture files")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="one JSON object per chunk and one for the summary")
+    out.add_argument("-q", "--quiet", action="store_true", help="print only the summary (no chunks, no progress)")
+    out.add_argument("--duration", type=_duration, default=None, metavar="SECONDS",
+                     help="stop after this long")
+    out.add_argument("-v", "--verbose", action="store_true", help="show spead2's debug log messages")
+    return parser
+
+
+def check_args(parser, args) -> Layout:
+    if args.heaps_per_chunk is None:
+        args.heaps_per_chunk = args.channels if args.place == "timestamp" else DEFAULT_HEAPS_PER_CHUNK_CNT
+    if args.channel_step is None:
+        args.channel_step = max(1, args.heap_size // 4)
+    if args.place == "timestamp" and args.heaps_per_chunk % args.channels:
+        parser.error(f"--heaps-per-chunk ({args.heaps_per_chunk}) must be a multiple of --channels "
+                     f"({args.channels})")
+    if args.verify and args.place != "timestamp":
+        parser.error("--verify needs --place timestamp")
+    if args.interface:
+        try:
+            ipaddress.IPv4Address(args.interface)
+        except ValueError:
+            parser.error(f"--interface must be an IPv4 address, not {args.interface!r}")
+    if args.heap_size * args.heaps_per_chunk > 1 << 34:
+        parser.error("chunks of more than 16 GiB: lower --heap-size or --heaps-per-chunk")
+    return Layout(
+        place=args.place, heap_size=args.heap_size, heaps_per_chunk=args.heaps_per_chunk,
+        timestamp_id=args.timestamp_id, channel_id=args.channel_id, channels=args.channels,
+        channel_step=args.channel_step, timestamp_step=args.timestamp_step,
+        first_timestamp=args.first_timestamp, cnt_first=args.cnt_first, cnt_step=args.cnt_step)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    layout = check_args(parser, args)
+    sources = []
+    for text in args.sources:
+        try:
+            sources.append(parse_source(text))
+        except ValueError as exc:
+            parser.error(str(exc))
+    if any(s.kind == "file" for s in sources) and any(s.kind != "file" for s in sources):
+        parser.error("capture files and network sources cannot be mixed")
+    if args.ibv and any(s.kind == "file" for s in sources):
+        parser.error("--ibv applies to network sources only")
+
+    logging.basicConfig(format=f"{PROG}: %(name)s %(levelname)s: %(message)s",
+                        level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
+    try:
+        import numba  # noqa: F401
+        import scipy  # noqa: F401
+    except ImportError:
+        print(f"{PROG}: error: the place callback needs numba and scipy (pip install numba scipy)",
+              file=sys.stderr)
+        return 1
+    try:
+        return receive(args, layout, sources)
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. | head): not an error of ours.
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:  # pragma: no cover
+            pass
+        return 0
+    except (RuntimeError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,513 @@
+"""ibverbs receive, proven through the emulated RDMA device (tests/ibv_emulator).
+
+The production readers (MPRQ and plain) run unchanged: the loader opens the
+emulator in place of libibverbs/librdmacm/libmlx5 when
+SPEAD2_IBV_LIBRARY_OVERRIDE names it.  Because the libraries are loaded once
+per process and the emulator reads its configuration once, every scenario
+runs its receiver in a subprocess with its own environment.
+
+What this does not prove: real NIC timing, DMA ordering, firmware quirks and
+line-rate behaviour.  hw-tests/ covers those on a real ConnectX NIC.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import spead2
+import spead2.recv
+import spead2.send
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EMU_DIR = ROOT / "tests" / "ibv_emulator"
+HEAP_SIZE = 1024
+HEAPS_PER_CHUNK = 8
+N_HEAPS = 64
+GROUP = "239.10.0.1"
+PORT = 7148
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(spead2.recv, "UdpIbvConfig"), reason="spead2 was built without the ibverbs headers"
+)
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """Path of the emulator library, built once (cached under build/)."""
+    out = ROOT / "build" / "ibv-emulator"
+    lib = out / "libspead2_ibv_emulator.so"
+    sources = list(EMU_DIR.glob("*.cpp")) + list(EMU_DIR.glob("*.h"))
+    if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in sources):
+        result = subprocess.run(["bash", str(EMU_DIR / "build.sh"), str(out)], capture_output=True, text=True)
+        assert result.returncode == 0, f"building the emulator failed:\n{result.stdout}\n{result.stderr}"
+    assert lib.exists()
+    return lib
+
+
+# ----------------------------------------------------------------- traffic
+
+def make_heaps(n=N_HEAPS, dst=(GROUP, PORT), path=None):
+    """SPEAD traffic as a pcap (Ethernet/IPv4/UDP frames to dst) via our sender."""
+    ig = spead2.send.ItemGroup(flavour=spead2.Flavour(heap_address_bits=48))
+    ig.add_item(0x1000, "position", "", (), format=[("u", 32)])
+    ig.add_item(0x1001, "payload", "", (HEAP_SIZE,), dtype=np.uint8)
+    stream = spead2.send.PcapFileStream(spead2.ThreadPool(), str(path), [dst],
+                                        spead2.send.StreamConfig(max_packet_size=1472))
+    stream.send_heap(ig.get_heap(descriptors="all", data="none"))
+    for i in range(n):
+        ig["position"].value = i
+        ig["payload"].value = np.full(HEAP_SIZE, (i * 7) % 256, np.uint8)
+        heap = ig.get_heap(descriptors="none", data="all")
+        stream.send_heap(heap)
+    stream.send_heap(ig.get_end())
+    del stream
+
+
+def pcap_frames(path):
+    """The frames of a classic pcap (little-endian, as PcapFileStream writes)."""
+    data = pathlib.Path(path).read_bytes()
+    frames = []
+    pos = 24
+    while pos + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, pos + 8)[0]
+        frames.append(data[pos + 16:pos + 16 + caplen])
+        pos += 16 + caplen
+    return frames
+
+
+def with_dst_mac(frame, mac=b"\x00" * 6):
+    return mac + frame[6:]
+
+
+def with_dst_port(frame, port):
+    # Ethernet (14) + IPv4 without options (20): UDP dst port at 36.
+    return frame[:36] + struct.pack(">H", port) + frame[38:]
+
+
+# ------------------------------------------------------------- receivers
+
+RECEIVER = textwrap.dedent(
+    """
+    import hashlib, json, sys, threading, time
+    import numba, numpy as np, scipy
+    from numba import types
+    import spead2, spead2.recv
+    from spead2.numba import intp_to_voidptr
+    from spead2.recv.numba import chunk_place_data
+
+    opts = json.loads(sys.argv[1])
+    HEAP_SIZE, HPC = opts["heap_size"], opts["heaps_per_chunk"]
+
+    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
+    def place(p, size):
+        d = numba.carray(p, 1)
+        items = numba.carray(intp_to_voidptr(d[0].items), 2, dtype=np.int64)
+        if items[0] >= 0 and items[1] == HEAP_SIZE:
+            d[0].chunk_id = items[0] // HPC
+            d[0].heap_index = items[0] % HPC
+            d[0].heap_offset = (items[0] % HPC) * HEAP_SIZE
+
+    llc = scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
+    n_chunks = 8
+    data_ring = spead2.recv.ChunkRingbuffer(n_chunks)
+    free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
+    stream = spead2.recv.ChunkRingStream(
+        spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=4),
+        spead2.recv.ChunkStreamConfig(items=[0x1000, spead2.HEAP_LENGTH_ID], max_chunks=4, place=llc),
+        data_ring, free_ring)
+    for _ in range(n_chunks):
+        stream.add_free_chunk(spead2.recv.Chunk(present=np.zeros(HPC, np.uint8),
+                                                data=np.zeros(HPC * HEAP_SIZE, np.uint8)))
+    try:
+        if opts["source"] == "pcap":
+            stream.add_udp_pcap_file_reader(opts["pcap"])
+        elif opts["source"] == "udp-override":
+            stream.add_udp_reader(opts["port"], bind_hostname=opts["host"])
+        else:
+            cfg = spead2.recv.UdpIbvConfig(**opts["config"])
+            stream.add_udp_ibv_reader(cfg)
+    except Exception as exc:
+        print(json.dumps({"error": type(exc).__name__, "message": str(exc)}), flush=True)
+        sys.exit(0)
+    print("READY " + json.dumps(stream._ibv_reader_kinds()), flush=True)
+    if opts.get("stop_after_chunks"):
+        seen = 0
+        for chunk in data_ring:
+            stream.add_free_chunk(chunk)
+            seen += 1
+            if seen >= opts["stop_after_chunks"]:
+                break
+        t0 = time.monotonic()
+        stream.stop()
+        print(json.dumps({"stopped_after": seen, "stop_seconds": time.monotonic() - t0}), flush=True)
+        sys.exit(0)
+    chunks = []
+    for chunk in data_ring:
+        chunks.append({"id": chunk.chunk_id, "present": chunk.present.tolist(),
+                       "sha": hashlib.sha256(chunk.data.tobytes()).hexdigest()
+                       if chunk.present.any() else None})
+        chunk.data[:] = 0
+        stream.add_free_chunk(chunk)
+    stats = dict(stream.stats.items())
+    stream.stop()
+    print(json.dumps({"chunks": chunks, "stats": stats}), flush=True)
+    """
+)
+
+
+def emu_env(emulator, tmp_path, **extra):
+    env = dict(os.environ)
+    env["SPEAD2_IBV_LIBRARY_OVERRIDE"] = str(emulator)
+    env["SPEAD2_EMU_INTERFACE"] = "127.0.0.1"
+    env["SPEAD2_EMU_STATS"] = str(tmp_path / "emu-stats.json")
+    for key in list(env):
+        if key.startswith("SPEAD2_EMU_") and key not in ("SPEAD2_EMU_INTERFACE", "SPEAD2_EMU_STATS"):
+            del env[key]
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_receiver(opts, env):
+    opts = {"heap_size": HEAP_SIZE, "heaps_per_chunk": HEAPS_PER_CHUNK, **opts}
+    # stderr goes to a file: stdout is read line by line, and a pipe for
+    # stderr could fill up and block the receiver.
+    import tempfile
+
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-c", RECEIVER, json.dumps(opts)], stdout=subprocess.PIPE,
+                            stderr=err, text=True, env=env, cwd=str(ROOT / "tests"))
+    proc.err_file = err
+    return proc
+
+
+def stderr_of(proc):
+    proc.err_file.seek(0)
+    return proc.err_file.read()
+
+
+def read_ready(proc, timeout=60):
+    """Wait for the READY line (or an error object); returns (kinds, error)."""
+    line = proc.stdout.readline()
+    if line.startswith("READY "):
+        return json.loads(line[6:]), None
+    proc.wait(timeout=timeout)
+    err = stderr_of(proc)
+    try:
+        return None, json.loads(line)
+    except json.JSONDecodeError:
+        raise AssertionError(f"receiver failed: {line}\n{err}") from None
+
+
+def finish(proc, timeout=60):
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    err = stderr_of(proc)
+    assert proc.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert lines, f"receiver printed no result\n{err}"
+    return json.loads(lines[-1]), err
+
+
+def emu_stats(tmp_path):
+    try:
+        return json.loads((tmp_path / "emu-stats.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reference_chunks(pcap, tmp_path):
+    """The same traffic through the pcap reader: what every ibverbs run must match."""
+    proc = start_receiver({"source": "pcap", "pcap": str(pcap)}, dict(os.environ))
+    read_ready(proc)
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    return result["chunks"]
+
+
+@pytest.fixture(scope="module")
+def multicast_pcap(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ibv") / "multicast.pcap"
+    make_heaps(path=path)
+    return path
+
+
+# ------------------------------------------------------------------ tests
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("comp_vector", [0, -1], ids=["interrupt", "polling"])
+def test_multicast_pcap_wire(emulator, tmp_path, multicast_pcap, mprq, comp_vector):
+    """Multicast traffic replayed on the emulated wire gives the same chunks as pcap replay."""
+    expected = reference_chunks(multicast_pcap, tmp_path)
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    config = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": comp_vector}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq" if mprq else "plain"]
+    result, _ = finish(proc)
+    assert result["chunks"] == expected
+    assert result["stats"]["malformed_packets"] == 0
+    stats = emu_stats(tmp_path)
+    assert stats.get("delivered", 0) == stats.get("received", stats.get("delivered", 0))
+    if mprq:
+        assert stats.get("wqes_completed", 0) >= 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_unicast_udp_wire_and_flow_filtering(emulator, tmp_path, mprq):
+    """Unicast frames arrive; frames for another port or address are not delivered."""
+    pcap = tmp_path / "unicast.pcap"
+    make_heaps(dst=("127.0.0.1", PORT), path=pcap)
+    frames = [with_dst_mac(f) for f in pcap_frames(pcap)]   # lo's MAC, as the flow rule uses
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}")
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    config = {"endpoints": [("127.0.0.1", PORT)], "interface_address": "127.0.0.1", "comp_vector": 0}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") and emu_stats(tmp_path).get("flows"),
+             what="the emulated queue to be ready")
+    stray = [with_dst_port(f, PORT + 1) for f in frames[1:6]]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+        for f in stray:
+            wire.sendto(f, ("127.0.0.1", wire_port))
+        for i, f in enumerate(frames):
+            wire.sendto(f, ("127.0.0.1", wire_port))
+            if i % 16 == 15:
+                time.sleep(0.002)   # bounded load: let the receiver keep up
+    result, _ = finish(proc)
+    got = sum(sum(c["present"]) for c in result["chunks"])
+    assert got == N_HEAPS
+    stats = emu_stats(tmp_path)
+    assert stats["no_flow"] >= len(stray)
+
+
+@pytest.mark.timeout(120)
+def test_buffer_exhaustion_under_burst(emulator, tmp_path):
+    """A burst larger than the receive buffer: frames are dropped by the NIC
+    (counted), the receiver survives and still sees the end of the stream."""
+    pcap = tmp_path / "burst.pcap"
+    make_heaps(n=2000, dst=("127.0.0.1", PORT), path=pcap)
+    frames = [with_dst_mac(f) for f in pcap_frames(pcap)]
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}", SPEAD2_EMU_NO_MPRQ=1)
+    # Plain reader with a 4-slot buffer.
+    config = {"endpoints": [("127.0.0.1", PORT)], "interface_address": "127.0.0.1", "comp_vector": 0,
+              "buffer_size": 4 * (9200 + 42)}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") and emu_stats(tmp_path).get("flows"),
+             what="the emulated queue to be ready")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+        wire.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+        for f in frames[:-1]:
+            wire.sendto(f, ("127.0.0.1", wire_port))
+        time.sleep(0.5)
+        wire.sendto(frames[-1], ("127.0.0.1", wire_port))   # the stop heap, after the burst
+    result, _ = finish(proc)
+    stats = emu_stats(tmp_path)
+    got = sum(sum(c["present"]) for c in result["chunks"])
+    assert stats["no_buffer"] > 0
+    assert got < 2000
+    assert got + stats["no_buffer"] <= 2000 + 1
+
+
+@pytest.mark.timeout(120)
+def test_stop_while_traffic_flows(emulator, tmp_path):
+    pcap = tmp_path / "flow.pcap"
+    make_heaps(n=4000, dst=("127.0.0.1", PORT), path=pcap)
+    frames = [with_dst_mac(f) for f in pcap_frames(pcap)][1:-1]   # no descriptors, no stop heap
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}")
+    config = {"endpoints": [("127.0.0.1", PORT)], "interface_address": "127.0.0.1", "comp_vector": -1}
+    proc = start_receiver({"source": "ibv", "config": config, "stop_after_chunks": 3}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") and emu_stats(tmp_path).get("flows"),
+             what="the emulated queue to be ready")
+    done = threading.Event()
+
+    def blast():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+            while not done.is_set():
+                for f in frames[:400]:
+                    wire.sendto(f, ("127.0.0.1", wire_port))
+                time.sleep(0.01)
+
+    sender = threading.Thread(target=blast)
+    sender.start()
+    try:
+        result, _ = finish(proc, timeout=60)
+    finally:
+        done.set()
+        sender.join()
+    assert result["stopped_after"] == 3
+    assert result["stop_seconds"] < 5
+
+
+# ----------------------------------------------------------- error messages
+
+def run_error_case(emulator, tmp_path, config, **env_extra):
+    env = emu_env(emulator, tmp_path, **env_extra)
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    if error is None:
+        proc.kill()
+        proc.wait()
+    return error
+
+
+BASE = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1"}
+
+
+@pytest.mark.timeout(60)
+def test_no_device_owns_address(emulator, tmp_path):
+    error = run_error_case(emulator, tmp_path, {**BASE, "interface_address": "127.0.0.2"})
+    assert error["error"] == "RuntimeError"
+    assert "no RDMA device owns the interface address 127.0.0.2" in error["message"]
+
+
+@pytest.mark.timeout(60)
+def test_no_flow_steering(emulator, tmp_path):
+    error = run_error_case(emulator, tmp_path, BASE, SPEAD2_EMU_NO_MPRQ=1, SPEAD2_EMU_NO_FLOW=1)
+    assert error["error"] == "ValueError"
+    assert "does not support flow steering" in error["message"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_missing_cap_net_raw(emulator, tmp_path, mprq):
+    extra = {"SPEAD2_EMU_NO_RAW": 1}
+    if not mprq:
+        extra["SPEAD2_EMU_NO_MPRQ"] = 1
+    error = run_error_case(emulator, tmp_path, BASE, **extra)
+    assert error["error"] == "RuntimeError"
+    assert "CAP_NET_RAW" in error["message"]
+
+
+@pytest.mark.timeout(60)
+def test_library_missing(tmp_path):
+    env = dict(os.environ, SPEAD2_IBV_LIBRARY_OVERRIDE=str(tmp_path / "no-such-libibverbs.so"))
+    proc = start_receiver({"source": "ibv", "config": BASE}, env)
+    _, error = read_ready(proc)
+    assert error["error"] == "RuntimeError"
+    assert "rdma-core" in error["message"]
+    assert "no-such-libibverbs.so" in error["message"]
+
+
+@pytest.mark.timeout(120)
+def test_device_limits_shrink_buffer(emulator, tmp_path, multicast_pcap):
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_EMU_MAX_CQE=3 * 16384)
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq"]
+    result, err = finish(proc)
+    assert "Reducing ibverbs buffer from 16777216 to 3145728 bytes" in err
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+
+
+@pytest.mark.timeout(120)
+def test_ibv_interface_override(emulator, tmp_path, multicast_pcap):
+    """SPEAD2_IBV_INTERFACE turns add_udp_reader into an ibverbs reader."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_IBV_INTERFACE="127.0.0.1", SPEAD2_IBV_COMP_VECTOR=-1)
+    proc = start_receiver({"source": "udp-override", "host": GROUP, "port": PORT}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq"]
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+
+
+# --------------------------------------------- config validation (in-process)
+
+def test_config_defaults():
+    config = spead2.recv.UdpIbvConfig()
+    assert config.endpoints == []
+    assert config.interface_address == ""
+    assert config.buffer_size == spead2.recv.UdpIbvConfig.DEFAULT_BUFFER_SIZE == 16 * 1024 * 1024
+    assert config.max_size == spead2.recv.UdpIbvConfig.DEFAULT_MAX_SIZE == 9200
+    assert config.comp_vector == 0
+    assert config.max_poll == spead2.recv.UdpIbvConfig.DEFAULT_MAX_POLL == 10
+
+
+def test_config_kwargs_and_validation():
+    config = spead2.recv.UdpIbvConfig(endpoints=[("239.1.2.3", 7148)], interface_address="10.0.0.1",
+                                      buffer_size=0, comp_vector=-1)
+    assert config.endpoints == [("239.1.2.3", 7148)]
+    assert config.buffer_size == spead2.recv.UdpIbvConfig.DEFAULT_BUFFER_SIZE   # 0 = default
+    with pytest.raises(ValueError):
+        config.max_size = 0
+    with pytest.raises(ValueError):
+        config.max_poll = 0
+    with pytest.raises(TypeError):
+        spead2.recv.UdpIbvConfig(bogus=1)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"endpoints": [], "interface_address": "10.0.0.1"}, "endpoints is empty"),
+        ({"endpoints": [("239.1.2.3", 7148)]}, "interface address"),
+        ({"endpoints": [("239.1.2.3", 7148)], "interface_address": "0.0.0.0"}, "unspecified"),
+        ({"endpoints": [("::1", 7148)], "interface_address": "10.0.0.1"}, "is not an IPv4 address"),
+        ({"endpoints": [("239.1.2.3", 7148)], "interface_address": "::1"}, "is not an IPv4 address"),
+    ],
+)
+def test_config_errors_before_touching_a_device(config, message):
+    stream = spead2.recv.ChunkRingStream(
+        spead2.ThreadPool(), spead2.recv.StreamConfig(),
+        spead2.recv.ChunkStreamConfig(place=_dummy_place()), spead2.recv.ChunkRingbuffer(2),
+        spead2.recv.ChunkRingbuffer(2))
+    with pytest.raises(ValueError, match=message):
+        stream.add_udp_ibv_reader(spead2.recv.UdpIbvConfig(**config))
+    stream.stop()
+
+
+def _dummy_place():
+    import ctypes
+
+    scipy = pytest.importorskip("scipy")
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_size_t)
+    _dummy_place.keep = proto(lambda data, size: None)
+    return scipy.LowLevelCallable(_dummy_place.keep, signature="void (void *, size_t)")
