@@ -10,6 +10,9 @@ scripts/setup.sh test
 PY=${PYTHON:-python3}
 root=$(pwd)
 
+echo "== documentation (Sphinx, warnings are errors)"
+$PY -m sphinx -E -W -q -b html doc build/doc-html
+
 echo "== 1/3 test suite (installed package)"
 (cd tests && $PY -m pytest -q -p no:cacheprovider "$root/tests")
 
