@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -233,7 +234,7 @@ def generate(traffic, directory, progress=None):
     batch = max(1, (32 << 20) // (heap_block + rec_block))
     tmp = {name: path + ".tmp" for name, path in paths.items()}
     with open(tmp["raw"], "wb") as raw_f, open(tmp["pcap"], "wb") as pcap_f:
-        pcap_f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
+        pcap_f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
         for start in range(0, t.heaps, batch):
             if progress:
                 progress(f"generating {t.packet_size}-byte packets: {100 * start // t.heaps}%")
@@ -394,7 +395,8 @@ class _Receiver:
             "payload_gbps": self.complete * t.heap_size * 8 / seconds / 1e9,
             "cpu_s_per_mpkt": cpu / max(packets, 1) * 1e6,
             "stats": stats,
-            "error": self.error,
+            "error": self.error or (f"{self.payload_errors} heap(s) with the wrong payload or in the wrong place"
+                                    if self.payload_errors else None),
         }
 
 
@@ -707,14 +709,15 @@ class _Sender:
                         else:
                             sock.sendmsg([view[pos:pos + size]],
                                          [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))], 0, dest)
-                    except (ConnectionRefusedError, BlockingIOError):
-                        errors += 1
                     except OSError as exc:
-                        if use_gso and c > 1:
+                        if exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS, errno.EAGAIN):
+                            errors += 1  # the packets are lost, as on a busy network
+                        elif use_gso and c > 1:
                             use_gso = False  # no UDP GSO here: one datagram per packet
                             self.gso = False
                             continue
-                        raise exc
+                        else:
+                            raise
                     sent += c
                     nbytes += size
                     pos += size
@@ -894,12 +897,16 @@ class Transport:
     name = ""
     label = ""
     live = False
+    #: The ChunkRingStream method it needs.
+    reader = ""
 
     def __init__(self, ctx):
         self.ctx = ctx
 
     def available(self, impl):
         """None if the transport can run under ``impl``, else the reason it cannot."""
+        if self.reader and self.reader not in impl.info["readers"]:
+            return f"this spead2 ({impl.name}, {impl.info['version']}) has no {self.reader}"
         return None
 
     def worker_env(self):
@@ -935,17 +942,14 @@ class OfflineTransport(Transport):
 class BufferTransport(OfflineTransport):
     name = "buffer"
     label = "buffer (memory)"
+    reader = "add_buffer_reader"
 
 
 @register
 class PcapTransport(OfflineTransport):
     name = "pcap"
     label = "pcap replay"
-
-    def available(self, impl):
-        if "add_udp_pcap_file_reader" not in impl.info["readers"]:
-            return f"{impl.name} spead2 has no pcap reader"
-        return None
+    reader = "add_udp_pcap_file_reader"
 
 
 class LiveTransport(Transport):
@@ -1013,12 +1017,16 @@ def _udp_buffer_size():
 class UdpTransport(LiveTransport):
     name = "udp"
     label = "kernel UDP (loopback)"
+    reader = "add_udp_reader"
 
     def __init__(self, ctx):
         super().__init__(ctx)
         self.port = None
 
     def available(self, impl):
+        reason = super().available(impl)
+        if reason:
+            return reason
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind(("127.0.0.1", 0))
@@ -1039,6 +1047,7 @@ class UdpTransport(LiveTransport):
 class IbvTransport(LiveTransport):
     name = "ibverbs"
     label = "ibverbs"
+    reader = "add_udp_ibv_reader"
 
     def __init__(self, ctx):
         super().__init__(ctx)
@@ -1058,8 +1067,9 @@ class IbvTransport(LiveTransport):
             self.send_mode = "frames"
 
     def available(self, impl):
-        if self.real:
-            return None
+        reason = super().available(impl)
+        if reason or self.real:
+            return reason
         if impl.name != "ours":
             return "the reference cannot use the emulated device"
         if self.library is None and self.reason is None:
@@ -1264,11 +1274,13 @@ class Context:
         else:
             source = _find_emulator_source()
         build = os.path.join(source, "build.sh") if source else None
-        if not build or not os.path.exists(build):
-            return None, ("emulated device not found (give --ibv-emulator with the library or "
-                          "the tests/ibv_emulator directory of a source tree)")
         out = os.path.join(cache_dir(), "ibv_emulator")
         lib = os.path.join(out, "libspead2_ibv_emulator.so")
+        if not build or not os.path.exists(build):
+            if not given and os.path.exists(lib):
+                return lib, None  # built by an earlier run from a source tree
+            return None, ("emulated device not found (give --ibv-emulator with the library or "
+                          "the tests/ibv_emulator directory of a source tree)")
         newest = max(os.path.getmtime(os.path.join(source, f)) for f in os.listdir(source))
         if os.path.exists(lib) and os.path.getmtime(lib) >= newest:
             return lib, None
@@ -1279,7 +1291,7 @@ class Context:
                                   stdin=subprocess.DEVNULL, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return None, f"building the emulated device failed: {exc}"
-        if proc.returncode != 0 or not os.path.exists(lib) or os.path.getmtime(lib) < newest:
+        if proc.returncode != 0 or not os.path.exists(lib):
             lines = [ln.strip() for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
             why = next((ln for ln in lines if "rror" in ln), lines[-1] if lines else "no output")
             return None, f"building the emulated device with {build} failed: {why}"
@@ -1447,7 +1459,8 @@ def run_all(args, progress):
         # Hello from every implementation (through the cheapest worker).
         for impl in impls:
             progress(f"starting the {impl.name} worker")
-            s = Session(impl.python, "worker", impl.env, ctx.tmp, os.path.join(ctx.log_dir, f"{impl.name}-hello.log"))
+            s = Session(impl.python, "worker", impl.env, ctx.tmp,
+                        os.path.join(ctx.log_dir, f"{impl.name}-hello.log"))
             try:
                 impl.info = s.request({"op": "hello"}, timeout=300)
             finally:
@@ -1456,8 +1469,12 @@ def run_all(args, progress):
         if len(impls) > 1:
             ref_info = impls[1].info
             reference = {"version": ref_info["version"], "file": ref_info["file"], "python": ref_info["python"]}
-            if ref_info["file"] == ours_info["file"] and os.environ.get("SPEAD2_BENCH_ALLOW_ANY_REFERENCE") != "1":
-                raise BenchError(f"the reference interpreter imports our spead2 ({ref_info['file']})")
+            if os.environ.get("SPEAD2_BENCH_ALLOW_ANY_REFERENCE") != "1":
+                if ref_info["file"] == ours_info["file"]:
+                    raise BenchError(f"the reference interpreter imports our spead2 ({ref_info['file']})")
+                if ref_info["version"] != REF_VERSION:
+                    raise BenchError(f"the reference interpreter has spead2 {ref_info['version']}, "
+                                     f"not {REF_VERSION}")
         rows = []
         scenarios = [Traffic(args.heap_size, p, args.heaps, args.flavour, args.channels)
                      for p in args.packet_sizes]
@@ -1535,7 +1552,7 @@ def format_table(report):
                      f"{o['heaps_complete']}/{o['heaps_sent']}", _lossless_text(o)]
         else:
             line += ["n/a", "", "", "", ""]
-            notes.append(f"{r['label']} ({r['packet_size']} B): {o['reason']}")
+            notes.append(f"{r['label']}: {o['reason']}")
         if compare:
             f = r["reference"]
             ratio = r.get("ratio") or {}
@@ -1545,7 +1562,7 @@ def format_table(report):
                          _lossless_text(f), _fmt(ratio.get("lossless_packets_per_s"))]
             else:
                 line += ["n/a", "", "", "", "", ""]
-                notes.append(f"reference {r['label']} ({r['packet_size']} B): {f['reason']}")
+                notes.append(f"reference {r['label']}: {f['reason']}")
         rows.append(line)
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     out = []
@@ -1574,8 +1591,9 @@ def plot(report, filename):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
     labels = list(dict.fromkeys(r["label"] for r in report["results"]))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     impls = [("ours", "-", "o")] + ([("reference", "--", "s")] if report["reference"] else [])
@@ -1604,6 +1622,7 @@ def plot(report, filename):
     values = [v for ys in values for v in ys if v > 0]
     if values and max(values) > 20 * min(values):
         ax.set_yscale("log")  # memory and network transports differ by orders of magnitude
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     else:
         ax.set_ylim(bottom=0)
     ax.set_xlabel("packet size (bytes)")
@@ -1612,7 +1631,7 @@ def plot(report, filename):
     ax.set_title(f"spead2_bench: {cfg['heap_size']}-byte heaps, {cfg['flavour']}\n"
                  f"{report['machine']['description']} ({report['machine']['cpu_model']})", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(filename)
     plt.close(fig)
@@ -1716,7 +1735,7 @@ def build_parser():
     r.add_argument("--rate-tolerance", type=_positive_float, default=0.05, metavar="FRACTION",
                    help="stop the search when the bracket is narrower than this fraction [0.05]")
     r.add_argument("--reps", type=_positive_int, default=None, metavar="N",
-                   help="runs of the buffer and pcap transports; the fastest counts [3; --quick: 1]")
+                   help="runs of the buffer and pcap transports; the fastest counts [5; --quick: 1]")
     r.add_argument("--quick", action="store_true", help="tiny sizes and a short rate search (for tests)")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON (- for standard output)")
@@ -1726,7 +1745,8 @@ def build_parser():
     c.add_argument("--compare-reference", action="store_true",
                    help=f"also run everything with the reference spead2 {REF_VERSION} and add ratio columns")
     c.add_argument("--ref-venv", metavar="PATH", default=None,
-                   help=f"virtualenv of the reference, created on demand [{os.path.join(cache_dir(), 'ref-' + REF_VERSION)}]")
+                   help="virtualenv of the reference, created on demand [$SPEAD2_BENCH_REF_VENV, else "
+                        f"{os.path.join(cache_dir(), 'ref-' + REF_VERSION)}]")
     c.add_argument("--ref-python", metavar="PATH", default=None, help=argparse.SUPPRESS)
     i = p.add_argument_group("ibverbs")
     i.add_argument("--ibv-interface", metavar="ADDR",
@@ -1764,7 +1784,7 @@ def _finish_args(parser, args):
     if args.step_time is None:
         args.step_time = 0.1 if q else 0.5
     if args.reps is None:
-        args.reps = 1 if q else 3
+        args.reps = 1 if q else 5
     if not args.rate_tolerance < 1:
         parser.error("--rate-tolerance must be below 1")
     for size in args.packet_sizes:
