@@ -85,22 +85,27 @@ void stream::pace(std::size_t bytes)
     const double rate = config.get_rate();
     if (rate <= 0.0)
         return;
-    const auto now = clock::now();
+    auto seconds = [](double s) {
+        return std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(s));
+    };
+    auto now = clock::now();
     if (!schedule_valid || schedule < now - std::chrono::milliseconds(100))
     {
-        // Start (or restart after an idle spell): don't let a backlog of
-        // "unused" time turn into a huge burst.
-        schedule = now;
+        schedule = burst_start = now;
+        burst_bytes = 0;
         schedule_valid = true;
     }
-    // The batch just sent occupies bytes/rate of the schedule; when behind,
-    // catch up no faster than burst_rate_ratio × rate.
-    schedule += std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(bytes / rate));
-    const auto earliest = now + std::chrono::duration_cast<clock::duration>(
-        std::chrono::duration<double>(bytes / (rate * config.get_burst_rate_ratio())));
-    const auto wake = std::max(schedule, earliest);
+    schedule += seconds(bytes / rate);
+    burst_bytes += bytes;
+    if (burst_bytes < config.get_burst_size())
+        return;
+    const auto wake = std::max(schedule, burst_start + seconds(burst_bytes / (rate * config.get_burst_rate_ratio())));
     if (wake > now)
         std::this_thread::sleep_until(wake);
+    // The next burst is timed from when this one was due to end, so that
+    // oversleeping is made up for instead of accumulating.
+    burst_start = std::max(wake, now);
+    burst_bytes = 0;
 }
 
 std::size_t stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)

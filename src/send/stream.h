@@ -64,7 +64,9 @@ class stream
     std::vector<std::size_t> sizes;
     // Rate control
     using clock = std::chrono::steady_clock;
-    clock::time_point schedule{};
+    clock::time_point schedule{};        ///< when the bytes sent so far are due, at the rate
+    clock::time_point burst_start{};     ///< last wake-up: the burst-rate clock counts from here
+    std::size_t burst_bytes = 0;         ///< bytes sent since burst_start
     bool schedule_valid = false;
     void pace(std::size_t bytes);
 protected:

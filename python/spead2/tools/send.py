@@ -40,7 +40,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -171,9 +173,10 @@ class Traffic:
         view.flags.writeable = False
         return view
 
-    def heap(self, index: int) -> spead2.send.Heap:
-        """Data heap `index`."""
+    def heap(self, index: int, repeat_pointers: bool = False) -> spead2.send.Heap:
+        """Data heap `index` (with its item pointers in every packet if `repeat_pointers`)."""
         heap = spead2.send.Heap(self.flavour)
+        heap.repeat_pointers = repeat_pointers
         self._timestamp.value = self.timestamp(index)
         heap.add_item(self._timestamp)
         self._channel.value = self.channel(index)
@@ -269,7 +272,7 @@ def build_parser():
         prog="spead2_send",
         description="Send synthetic SPEAD heaps (timestamp, frequency and a payload with a known pattern) "
                     "over UDP or into a pcap file, for testing receivers.",
-        epilog="Payload byte j of data heap i is (i + j) %% 256; the heap index is recovered from the "
+        epilog="Payload byte j of data heap i is (i + j) % 256; the heap index is recovered from the "
                "immediates as (timestamp - first) // timestamp_step * channels + frequency // channel_step.",
     )
     parser.add_argument("destinations", nargs="*", type=_endpoint, metavar="HOST:PORT",
@@ -292,6 +295,9 @@ def build_parser():
     data.add_argument("--first-timestamp", type=_nonnegative_int, default=0, metavar="N",
                       help="timestamp of the first heap [%(default)s]")
     data.add_argument("--descriptors", action="store_true", help="send a descriptor heap first")
+    data.add_argument("--repeat-pointers", action="store_true",
+                      help="put the item pointers in every packet of a data heap, so that a receiver can "
+                           "place a heap from whichever packet arrives first")
     data.add_argument("--no-end", action="store_true", help="do not send the end-of-stream heap")
     data.add_argument("--manifest", metavar="FILE",
                       help="write a JSON manifest of the data heaps (timestamp, frequency, SHA-256 of the "
@@ -390,7 +396,7 @@ def _summary(counter, elapsed, interrupted):
 def _write_manifest(path, args, traffic, manifest_heaps):
     manifest = {
         "capture": args.pcap,
-        "sender": f"spead2_send (spead2 {spead2.__version__ if hasattr(spead2, '__version__') else ''})".strip(),
+        "sender": f"spead2_send (spead2 {getattr(spead2, '__version__', '?')})",
         "flavour": f"SPEAD-64-{traffic.flavour.heap_address_bits}",
         "max_packet_size": args.packet,
         "heap_payload_bytes": traffic.heap_size,
@@ -408,9 +414,23 @@ def _write_manifest(path, args, traffic, manifest_heaps):
         f.write("\n")
 
 
-def run(args, parser=None, out=sys.stdout):
+class _StopRequest:
+    """SIGINT handler: the first Ctrl-C asks the send loop to stop after the
+    heap being sent; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run(args, parser=None, out=None):
     """Send the traffic described by parsed `args`; returns the exit code."""
     parser = parser or build_parser()
+    out = sys.stdout if out is None else out
     _check_args(parser, args)
     flavour = spead2.Flavour(4, 64, args.addr_bits, 0)
     traffic = Traffic(args.heap_size, args.channels, args.channel_step, args.timestamp_step,
@@ -426,9 +446,16 @@ def run(args, parser=None, out=sys.stdout):
     stream = _make_stream(parser, args, config)
     n_dest = stream.num_substreams
 
-    data_packets = count_packets(traffic.heap(0), flavour, args.packet)
+    repeat = args.repeat_pointers
+    data_packets = count_packets(traffic.heap(0, repeat), flavour, args.packet)
     counter = _Counter()
     manifest_heaps = [] if args.manifest else None
+    stop = _StopRequest()
+    # Signal handlers can only be installed from the main thread; elsewhere
+    # (run() called from a thread) a KeyboardInterrupt still stops the loop.
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGINT, stop)
     interrupted = False
     start = time.perf_counter()
     try:
@@ -439,8 +466,8 @@ def run(args, parser=None, out=sys.stdout):
                 for sub in range(n_dest):
                     counter.add(stream.send_heap(heap, substream_index=sub), packets)
             index = 0
-            while args.heaps < 0 or index < args.heaps:
-                sent = stream.send_heap(traffic.heap(index), substream_index=index % n_dest)
+            while (args.heaps < 0 or index < args.heaps) and not stop.requested:
+                sent = stream.send_heap(traffic.heap(index, repeat), substream_index=index % n_dest)
                 counter.add(sent, data_packets, data=True)
                 if manifest_heaps is not None:
                     manifest_heaps.append({
@@ -451,6 +478,7 @@ def run(args, parser=None, out=sys.stdout):
                 index += 1
         except KeyboardInterrupt:
             interrupted = True
+        interrupted = interrupted or stop.requested
         if not args.no_end:
             heap = traffic.end_heap()
             packets = count_packets(heap, flavour, args.packet)
@@ -460,6 +488,9 @@ def run(args, parser=None, out=sys.stdout):
     except (RuntimeError, OSError, ValueError) as exc:
         print(f"spead2_send: error: sending failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGINT, old_handler)
     elapsed = time.perf_counter() - start
     del stream  # closes the socket or file
     if args.manifest:
