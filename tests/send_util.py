@@ -31,7 +31,18 @@ import textwrap
 import types
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent.parent / "python" / "spead2"
-REF_PYTHON = pathlib.Path(os.environ.get("SPEAD2_REF_PYTHON", "/work/refvenv/bin/python"))
+# The reference interpreter: SPEAD2_REF_PYTHON, else the cached virtualenv
+# that tests/refvenv.py creates on demand (None if PyPI is unreachable).
+def _find_reference():
+    if os.environ.get("SPEAD2_REF_PYTHON"):
+        return pathlib.Path(os.environ["SPEAD2_REF_PYTHON"])
+    import refvenv
+
+    found = refvenv.reference_python()
+    return pathlib.Path(found) if found else None
+
+
+REF_PYTHON = _find_reference()
 
 HEAP_CNT_ID = 0x01
 HEAP_LENGTH_ID = 0x02
@@ -355,7 +366,7 @@ def load_send(backend="fake"):
 # The reference implementation, in its own interpreter
 # --------------------------------------------------------------------------
 def reference_available():
-    return REF_PYTHON.exists()
+    return REF_PYTHON is not None and REF_PYTHON.exists()
 
 
 _REF_PRELUDE = """

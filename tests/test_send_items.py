@@ -7,7 +7,8 @@ Most tests run against two backends:
 * ``compiled`` — the installed ``spead2.send`` on the C++ sender (skipped
   until the package has one).
 
-Where the reference spead2 4.5.1 is available (``/work/refvenv``), the same
+Where the reference spead2 4.5.1 is available (the cached virtualenv of
+tests/refvenv.py, created on demand), the same
 snippets run under it and the bytes must be identical.
 """
 
