@@ -39,7 +39,6 @@ import socket
 import struct
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -439,8 +438,6 @@ def test_bad_multicast_group_name(place_plain_llc):
         rx.stream.add_udp_reader(BAD_HOST, free_port(), interface_index=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a host name that does not resolve raises ValueError; "
-                   "the reference (and its spec §5.2) raise RuntimeError('... Host not found ...')")
 def test_bad_hostname_exception_type_as_reference(place_plain_llc):
     rx = Receiver(place_plain_llc)
     with pytest.raises(RuntimeError):
@@ -481,9 +478,6 @@ def test_ipv4_overload_rejects_ipv6_group(place_plain_llc):
         rx.stream.add_udp_reader("ff14::1234", free_port(), interface_address="127.0.0.1")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the IPv4 interface_address overload only accepts multicast groups; "
-                   "the reference also accepts a unicast endpoint equal to the interface address, or an "
-                   "unspecified one (replaced by the interface address), and raises ValueError otherwise")
 def test_ipv4_overload_unicast_endpoint_as_reference(place_plain_llc):
     rx = Receiver(place_plain_llc)
     rx.stream.add_udp_reader("127.0.0.1", free_port(), buffer_size=0, interface_address="127.0.0.1")
@@ -527,6 +521,8 @@ def _rmem_max():
 
 def test_buffer_clipped_warning(place_plain_llc, spead2_log):
     rmem_max = _rmem_max()
+    if rmem_max >= 1 << 29:
+        pytest.skip(f"net.core.rmem_max is {rmem_max}: too large to exceed")
     rx = Receiver(place_plain_llc)
     rx.stream.add_udp_reader(free_port(), buffer_size=rmem_max + (1 << 20), bind_hostname="127.0.0.1")
     assert spead2_log.wait_for("net.core.rmem_max"), spead2_log.messages

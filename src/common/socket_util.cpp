@@ -21,7 +21,7 @@ sockaddr_storage resolve_address(const std::string &host, std::uint16_t port, in
     const std::string service = std::to_string(port);
     int status = getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &res);
     if (status != 0 || !res)
-        throw std::invalid_argument("Host not found: '" + host + "' (" + gai_strerror(status) + ")");
+        throw std::runtime_error("Host not found: '" + host + "' (" + gai_strerror(status) + ")");
     sockaddr_storage out{};
     std::memcpy(&out, res->ai_addr, res->ai_addrlen);
     length = res->ai_addrlen;
@@ -37,7 +37,7 @@ in_addr resolve_ipv4(const std::string &host, const char *what)
         sockaddr_storage sa = resolve_address(host.empty() ? "0.0.0.0" : host, 0, AF_INET, length);
         return reinterpret_cast<sockaddr_in *>(&sa)->sin_addr;
     }
-    catch (std::invalid_argument &)
+    catch (std::runtime_error &)
     {
         throw std::invalid_argument(std::string(what) + " '" + host
                                     + "' is not an IPv4 address or resolvable host name");

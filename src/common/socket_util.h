@@ -12,11 +12,12 @@ namespace spead2
 {
 
 /// Resolve @a host (empty = wildcard) and @a port for a datagram socket;
-/// @a family AF_INET, AF_INET6 or AF_UNSPEC.  Throws std::invalid_argument
-/// ("Host not found: ...") naming the host.
+/// @a family AF_INET, AF_INET6 or AF_UNSPEC.  Throws std::runtime_error
+/// ("Host not found: ...", RuntimeError in Python, as in the reference).
 sockaddr_storage resolve_address(const std::string &host, std::uint16_t port, int family, socklen_t &length);
 
-/// Resolve to one IPv4 address; @a what names the argument in the error.
+/// Resolve to one IPv4 address; @a what names the argument in the error
+/// (std::invalid_argument: an argument that is not an IPv4 address).
 in_addr resolve_ipv4(const std::string &host, const char *what);
 
 /// Set SO_RCVBUF (@a receive) or SO_SNDBUF to @a size bytes (0: leave the

@@ -44,6 +44,7 @@ exits with status 0.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -51,6 +52,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import List, Optional
@@ -223,14 +225,11 @@ def make_place_callback(layout: Layout):
     return scipy.LowLevelCallable(cfunc.ctypes, signature="void (void *, size_t)")
 
 
-def expected_payload(layout: Layout, key: int, index: int) -> Optional[np.ndarray]:
-    """The payload spead2_send puts in the heap at slot `index` with
-    timestamp `key` (byte j of data heap i is (i + j) % 256)."""
-    if layout.place != "timestamp":
-        return None
-    t = (key - layout.first_timestamp) // layout.timestamp_step
-    i = t * layout.channels + index % layout.channels
-    return ((np.arange(layout.heap_size, dtype=np.int64) + i) % 256).astype(np.uint8)
+def send_heap_index(layout: Layout, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    """spead2_send's index ``i`` of the heaps with timestamps `keys` in
+    chunk slots `slots` (timestamp placement)."""
+    t = (keys - layout.first_timestamp) // layout.timestamp_step
+    return t * layout.channels + slots % layout.channels
 
 
 # ---------------------------------------------------------------------------
@@ -240,7 +239,9 @@ def expected_payload(layout: Layout, key: int, index: int) -> Optional[np.ndarra
 class Report:
     """Per-chunk lines, the progress line and the summary."""
 
-    def __init__(self, layout: Layout, args, out=sys.stdout, err=sys.stderr):
+    def __init__(self, layout: Layout, args, out=None, err=None):
+        out = sys.stdout if out is None else out
+        err = sys.stderr if err is None else err
         self.layout = layout
         self.json = args.json
         self.quiet = args.quiet
@@ -255,23 +256,29 @@ class Report:
         self.heap_slots = 0
         self.verified = 0
         self.corrupt = 0
+        self._ramp = None
         #: Empty chunks before the first heap: the window back-fills chunk IDs
         #: from 0 (or from where it was) up to the first heap's chunk.
         self.leading_empty = 0
+        self._stream_placed = 0
         self._progress_shown = False
         self._last_progress = 0.0
         self._last_sample = (self.start, 0, 0)  # time, packets, heaps placed
         self._rate = (0.0, 0.0)
 
     # -- chunks
+    def begin_stream(self):
+        self._stream_placed = 0
+
     def chunk(self, chunk, source_name=None):
         present = np.asarray(chunk.present)
         n = int(np.count_nonzero(present))
         hpc = self.layout.heaps_per_chunk
-        if n == 0 and self.heaps_placed == 0:
+        if n == 0 and self._stream_placed == 0:
             self.leading_empty += 1
             return
         self.chunks += 1
+        self._stream_placed += n
         self.heaps_placed += n
         self.heap_slots += hpc
         if n == hpc:
@@ -305,20 +312,24 @@ class Report:
             if first_key is not None:
                 line += f" first {self.layout.key_name} {first_key}"
         self._clear_progress()
-        print(line, file=self.out, flush=True)
+        print(line, file=self.out)
+
+    def flush(self):
+        self.out.flush()
 
     def _verify(self, chunk, present):
-        data = np.asarray(chunk.data)
-        extra = np.asarray(chunk.extra)
+        """Check the payloads against spead2_send's pattern: byte j of its
+        heap i is (i + j) % 256, so payload minus (j % 256) is i % 256 everywhere."""
         size = self.layout.heap_size
-        for index in np.flatnonzero(present):
-            expected = expected_payload(self.layout, int(extra[index]), int(index))
-            if expected is None:
-                return
-            if np.array_equal(data[index * size:(index + 1) * size], expected):
-                self.verified += 1
-            else:
-                self.corrupt += 1
+        slots = np.flatnonzero(present)
+        rows = np.asarray(chunk.data).reshape(-1, size)[slots]
+        if self._ramp is None:
+            self._ramp = np.arange(size, dtype=np.int64).astype(np.uint8)
+        i = send_heap_index(self.layout, np.asarray(chunk.extra)[slots], slots)
+        good = np.all((rows - self._ramp) == (i % 256).astype(np.uint8)[:, None], axis=1)
+        n_good = int(np.count_nonzero(good))
+        self.verified += n_good
+        self.corrupt += len(slots) - n_good
 
     # -- progress
     def tick(self, stream, force=False):
@@ -421,6 +432,8 @@ class StopRequest:
         return self._read_fd
 
     def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled in the main thread (main() called from elsewhere)
         self._old_wakeup = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handler)
@@ -475,20 +488,25 @@ def add_network_readers(stream, sources, args):
             raise RuntimeError("--ibv needs --interface (the IPv4 address of the NIC)")
         if any(s.kind == "multicast6" or ":" in s.host for s in udp):
             raise RuntimeError("--ibv supports IPv4 only")
-        config = config_cls(
-            endpoints=[(s.host, s.port) for s in udp], interface_address=args.interface,
-            max_size=args.max_size, buffer_size=args.buffer, comp_vector=args.ibv_vector)
-        stream.add_udp_ibv_reader(config)
+        kwargs = dict(endpoints=[(s.host, s.port) for s in udp], interface_address=args.interface,
+                      comp_vector=args.ibv_vector)
+        if args.max_size is not None:
+            kwargs["max_size"] = args.max_size
+        if args.buffer is not None:
+            kwargs["buffer_size"] = args.buffer
+        stream.add_udp_ibv_reader(config_cls(**kwargs))
         return
+    cls = spead2.recv.ChunkRingStream
+    max_size = args.max_size if args.max_size is not None else cls.DEFAULT_UDP_MAX_SIZE
+    buffer = args.buffer if args.buffer is not None else cls.DEFAULT_UDP_BUFFER_SIZE
     for s in udp:
         if s.kind == "multicast4":
-            stream.add_udp_reader(s.host, s.port, args.max_size, args.buffer,
+            stream.add_udp_reader(s.host, s.port, max_size, buffer,
                                   interface_address=args.interface or "0.0.0.0")
         elif s.kind == "multicast6":
-            stream.add_udp_reader(s.host, s.port, args.max_size, args.buffer,
-                                  interface_index=args.interface_index)
+            stream.add_udp_reader(s.host, s.port, max_size, buffer, interface_index=args.interface_index)
         else:
-            stream.add_udp_reader(s.port, args.max_size, args.buffer, bind_hostname=s.host)
+            stream.add_udp_reader(s.port, max_size, buffer, bind_hostname=s.host)
 
 
 def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[float], source_name=None) -> str:
@@ -496,6 +514,7 @@ def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[flo
     ring = stream.data_ringbuffer
     stopped_by = "end of stream"
     stopping = False
+    report.begin_stream()
     while True:
         if not stopping:
             if stop.reason is not None:
@@ -505,68 +524,69 @@ def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[flo
             if stopped_by != "end of stream":
                 stopping = True
                 stream.stop()  # chunks already in the data ring are still drained below
-        timeout = POLL_INTERVAL
-        if deadline is not None and not stopping:
-            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-        if report.progress:
-            timeout = min(timeout, PROGRESS_INTERVAL)
-        try:
-            select.select([ring.data_fd, stop.fd], [], [], 0.05 if stopping else timeout)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
-            pass
-        stop.drain()
         try:
             chunk = ring.get_nowait()
         except spead2.Empty:
+            # Nothing to do: show what we have, then sleep until a chunk, a
+            # signal, the deadline or the next progress update.
+            report.flush()
             report.tick(stream)
+            timeout = 0.05 if stopping else POLL_INTERVAL
+            if deadline is not None and not stopping:
+                timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+            if report.progress:
+                timeout = min(timeout, PROGRESS_INTERVAL)
+            try:
+                select.select([ring.data_fd, stop.fd], [], [], timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for safety
+                pass
+            stop.drain()
             continue
         except spead2.Stopped:
             break
+        # Chunk lines are flushed when the ring runs dry, not one by one: a
+        # write per chunk would slow the consumer down, and a slow consumer
+        # stalls the stream.
         report.chunk(chunk, source_name)
         stream.add_free_chunk(chunk)
         report.tick(stream)
+    report.flush()
     return stopped_by
 
 
-def receive(args, layout: Layout, sources: List[Source], out=sys.stdout, err=sys.stderr) -> int:
-    # Signals are caught from here on: a Ctrl-C while numba compiles still
-    # ends with the summary.
-    stop = StopRequest()
-    stop.install()
-    try:
-        place = make_place_callback(layout)
-        report = Report(layout, args, out, err)
-        deadline = time.monotonic() + args.duration if args.duration is not None else None
-        files = [s for s in sources if s.kind == "file"]
-        total = None
-        stopped_by = "end of stream"
-        if files:
-            for s in files:
-                stream = build_stream(layout, args, place)
-                stream.add_udp_pcap_file_reader(s.path, args.filter)
-                stopped_by = run_stream(stream, report, stop, deadline, s.path if len(files) > 1 else None)
-                stream.stop()
-                total = stream.stats if total is None else total + stream.stats
-                if stopped_by != "end of stream":
-                    break
-        else:
+def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=None, err=None) -> int:
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    place = make_place_callback(layout)
+    report = Report(layout, args, out, err)
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    files = [s for s in sources if s.kind == "file"]
+    total = None
+    stopped_by = "end of stream"
+    if files:
+        for s in files:
             stream = build_stream(layout, args, place)
-            add_network_readers(stream, sources, args)
-            stopped_by = run_stream(stream, report, stop, deadline)
+            stream.add_udp_pcap_file_reader(s.path, args.filter)
+            stopped_by = run_stream(stream, report, stop, deadline, s.path if len(files) > 1 else None)
             stream.stop()
-            total = stream.stats
-        report.summary(total, stopped_by, [s.text for s in sources])
-    finally:
-        stop.restore()
+            total = stream.stats if total is None else total + stream.stats
+            if stopped_by != "end of stream":
+                break
+    else:
+        stream = build_stream(layout, args, place)
+        add_network_readers(stream, sources, args)
+        if not args.quiet:
+            print(f"{PROG}: receiving from {', '.join(s.text for s in sources)} (Ctrl-C to stop)",
+                  file=err, flush=True)
+        stopped_by = run_stream(stream, report, stop, deadline)
+        stream.stop()
+        total = stream.stats
+    report.summary(total, stopped_by, [s.text for s in sources])
     return 0
 
 
 # ---------------------------------------------------------------------------
 # Command line
-
-
-def _int(text):
-    return int(text, 0)
 
 
 def _positive_int(text):
@@ -645,10 +665,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker threads [%(default)s]")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--max-size", type=_positive_int, default=cls.DEFAULT_UDP_MAX_SIZE, metavar="BYTES",
-                     help="largest datagram accepted; larger ones are dropped [%(default)s]")
-    net.add_argument("--buffer", type=_nonnegative_int, default=cls.DEFAULT_UDP_BUFFER_SIZE, metavar="BYTES",
-                     help="socket receive buffer, 0 for the OS default (see net.core.rmem_max) [%(default)s]")
+    net.add_argument("--max-size", type=_positive_int, default=None, metavar="BYTES",
+                     help=f"largest datagram accepted; larger ones are dropped [{cls.DEFAULT_UDP_MAX_SIZE}]")
+    net.add_argument("--buffer", type=_nonnegative_int, default=None, metavar="BYTES",
+                     help="socket receive buffer, 0 for the OS default (see net.core.rmem_max) "
+                          f"[{cls.DEFAULT_UDP_BUFFER_SIZE}; with --ibv, the ibverbs default]")
     net.add_argument("--interface", metavar="ADDRESS", default="",
                      help="IPv4 address of the interface to join multicast groups on (and for --ibv)")
     net.add_argument("--interface-index", type=_nonnegative_int, default=0, metavar="INDEX",
@@ -708,15 +729,16 @@ def main(argv=None) -> int:
 
     logging.basicConfig(format=f"{PROG}: %(name)s %(levelname)s: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
+    # Signals are caught from here on: a Ctrl-C while numba compiles still
+    # ends with the summary.
+    stop = StopRequest()
+    stop.install()
     try:
-        import numba  # noqa: F401
-        import scipy  # noqa: F401
-    except ImportError:
-        print(f"{PROG}: error: the place callback needs numba and scipy (pip install numba scipy)",
-              file=sys.stderr)
-        return 1
-    try:
-        return receive(args, layout, sources)
+        if importlib.util.find_spec("numba") is None or importlib.util.find_spec("scipy") is None:
+            print(f"{PROG}: error: the place callback needs numba and scipy (pip install numba scipy)",
+                  file=sys.stderr)
+            return 1
+        return receive(args, layout, sources, stop)
     except BrokenPipeError:
         # The reader of our output went away (e.g. | head): not an error of ours.
         try:
@@ -727,6 +749,8 @@ def main(argv=None) -> int:
     except (RuntimeError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        stop.restore()
 
 
 if __name__ == "__main__":

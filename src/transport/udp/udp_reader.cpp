@@ -69,7 +69,38 @@ int open_udp_socket(const udp_socket_spec &spec)
         family = AF_INET;
     else if (spec.type == udp_socket_spec::kind::multicast_v6)
         family = AF_INET6;
-    addr = resolve_address(spec.host, spec.port, family, addr_len);
+    try
+    {
+        addr = resolve_address(spec.host, spec.port, family, addr_len);
+    }
+    catch (std::runtime_error &)
+    {
+        if (family == AF_UNSPEC)
+            throw;
+        // An address of the other family: say which overload is needed.
+        resolve_address(spec.host, spec.port, AF_UNSPEC, addr_len);   // rethrows if it does not resolve at all
+        throw std::invalid_argument(spec.host + " is not an " + (family == AF_INET ? "IPv4" : "IPv6")
+                                    + " address (use the " + (family == AF_INET ? "interface_index" : "interface_address")
+                                    + " form for " + (family == AF_INET ? "IPv6" : "IPv4") + ")");
+    }
+    udp_socket_spec::kind type = spec.type;
+    if (type == udp_socket_spec::kind::multicast_v4)
+    {
+        // The reference's IPv4 (group, interface_address) form: an unspecified
+        // endpoint means "the interface address", and a unicast endpoint must
+        // be the interface address itself.
+        in_addr iface = resolve_ipv4(spec.interface_address.empty() ? "0.0.0.0" : spec.interface_address,
+                                     "interface address");
+        auto *sin = reinterpret_cast<sockaddr_in *>(&addr);
+        if (sin->sin_addr.s_addr == htonl(INADDR_ANY))
+            sin->sin_addr = iface;
+        if (!IN_MULTICAST(ntohl(sin->sin_addr.s_addr)))
+        {
+            if (sin->sin_addr.s_addr != iface.s_addr)
+                throw std::invalid_argument("endpoint is not multicast and does not match interface address");
+            type = udp_socket_spec::kind::unicast;
+        }
+    }
     const std::string where = (spec.host.empty() ? std::string("*") : spec.host) + ":" + std::to_string(spec.port);
 
     int fd = socket(addr.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -79,11 +110,9 @@ int open_udp_socket(const udp_socket_spec &spec)
     {
         set_socket_buffer(fd, true, spec.buffer_size);
         int one = 1;
-        if (spec.type == udp_socket_spec::kind::multicast_v4)
+        if (type == udp_socket_spec::kind::multicast_v4)
         {
             auto *sin = reinterpret_cast<sockaddr_in *>(&addr);
-            if (!IN_MULTICAST(ntohl(sin->sin_addr.s_addr)))
-                throw std::invalid_argument(spec.host + " is not an IPv4 multicast address");
             setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
             ip_mreq mreq{};
             mreq.imr_multiaddr = sin->sin_addr;
@@ -97,7 +126,7 @@ int open_udp_socket(const udp_socket_spec &spec)
                 fail("joining multicast group " + spec.host + " on interface "
                      + (spec.interface_address.empty() ? "(default)" : spec.interface_address));
         }
-        else if (spec.type == udp_socket_spec::kind::multicast_v6)
+        else if (type == udp_socket_spec::kind::multicast_v6)
         {
             auto *sin6 = reinterpret_cast<sockaddr_in6 *>(&addr);
             if (!IN6_IS_ADDR_MULTICAST(&sin6->sin6_addr))

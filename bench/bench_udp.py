@@ -1,0 +1,498 @@
+#!/usr/bin/env python3
+"""Kernel UDP receive on loopback: our receiver against the reference spead2.
+
+Usage::
+
+    python3 bench/bench_udp.py [--json FILE] [options]
+
+The sender is always ours: ``spead2.send.UdpStream`` (sendmmsg + UDP GSO) in
+this process, at a fixed rate.  The receiver is a worker subprocess, either
+ours (this interpreter) or the reference spead2 4.5.1 (``--ref-python``,
+default ``/work/refvenv/bin/python``), running the same code: a
+``ChunkRingStream`` with ``add_udp_reader`` on 127.0.0.1 and the same numba
+place callback (chunk = heap counter // heaps per chunk).  Ours and the
+reference take turns, one run after the other.
+
+Two measurements per payload size (1 KiB and 8 KiB of payload per packet,
+heaps of 64 KiB):
+
+(a) receiver CPU time per packet at the same offered load: the worker
+    reads ``getrusage(RUSAGE_SELF)`` (user + system time of all its threads)
+    when its socket is ready and again when the end-of-stream heap has been
+    processed, and divides by the packets the stream processed.  The load
+    is half the lower of the two lossless rates found by (b), unless
+    ``--cpu-rate`` says otherwise, so that both receivers keep up.
+(b) the highest rate received without loss: a bounded bisection over the
+    sending rate (``--steps`` steps of ``--step-seconds`` of traffic each);
+    a step passes if every heap arrived complete.  First the sender runs
+    unthrottled: if nothing is lost the receiver is faster than the sender
+    and the result is reported as "≥ the sender's rate".
+
+This file is also the worker (``--worker``): only the standard library is
+imported at module level, and the worker imports whichever spead2 its
+interpreter has.  Traffic goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
+HEAP_SIZE = 64 * 1024
+HEAPS_PER_CHUNK = 16
+MAX_CHUNKS = 4
+FREE_CHUNKS = 12
+#: Item pointers in every packet (HEAP_CNT, HEAP_LENGTH, PAYLOAD_OFFSET,
+#: PAYLOAD_LENGTH and the payload item; repeated in every packet so that all
+#: packets of a heap carry the same amount of payload).
+POINTERS_PER_PACKET = 5
+PAYLOAD_ID = 0x3000
+PAYLOADS = {"1k": 1024, "8k": 8192}
+#: A step whose sender fell short of this fraction of its target rate (the
+#: machine was busy with something else) is run again, up to SHORTFALL_RETRIES times.
+SHORTFALL = 0.9
+SHORTFALL_RETRIES = 2
+#: Lowest rate the bisection considers (bytes/s of heap payload).
+MIN_RATE = 20e6
+#: Receiver socket buffer (the reference's default; clipped to net.core.rmem_max for both).
+RECV_BUFFER = 8 * 1024 * 1024
+#: Our sender's pacing with the default burst_rate_ratio (1.05) falls far
+#: short of the requested rate (it waits bytes / (1.05 * rate) after every
+#: batch counted from the end of the transmission, so the transmission time
+#: and the sleep overshoot are never made up).  A large ratio leaves the
+#: pacing to the schedule alone, which is accurate up to the sender's limit.
+SENDER_BURST_RATE_RATIO = 1000.0
+
+
+# ---------------------------------------------------------------------------
+# Worker (runs under either implementation)
+
+
+def worker_main(args):
+    if args.cpus:
+        os.sched_setaffinity(0, [int(c) for c in args.cpus.split(",")])
+    import logging
+    import resource
+
+    import numba
+    import numpy as np
+    import scipy
+    from numba import types
+
+    import spead2
+    import spead2.recv
+    from spead2.numba import intp_to_voidptr
+    from spead2.recv.numba import chunk_place_data
+
+    heap_size = args.heap_size
+    hpc = HEAPS_PER_CHUNK
+
+    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
+    def place(data_ptr, data_size):
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
+        if items[0] < 1 or items[1] != heap_size:
+            return
+        position = items[0] - 1
+        data[0].chunk_id = position // hpc
+        data[0].heap_index = position % hpc
+        data[0].heap_offset = (position % hpc) * heap_size
+
+    llc = scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
+    pool = spead2.ThreadPool(1)
+    # Both report the clipped socket buffer on every run; the driver reports rmem_max once.
+    logging.getLogger("spead2").setLevel(logging.ERROR)
+
+    def reply(obj):
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    reply({"hello": spead2.__version__})
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        if cmd["cmd"] != "run":
+            continue  # a "stop" that arrived after the run had ended by itself
+        stream = spead2.recv.ChunkRingStream(
+            pool,
+            spead2.recv.StreamConfig(max_heaps=4),
+            spead2.recv.ChunkStreamConfig(
+                items=[spead2.HEAP_CNT_ID, spead2.HEAP_LENGTH_ID], max_chunks=MAX_CHUNKS, place=llc),
+            spead2.recv.ChunkRingbuffer(MAX_CHUNKS),
+            spead2.recv.ChunkRingbuffer(FREE_CHUNKS),
+        )
+        # Fresh chunks each run (a stopped stream keeps the ones it held); the
+        # memory is touched here, outside the measurement.
+        for _ in range(FREE_CHUNKS):
+            stream.add_free_chunk(spead2.recv.Chunk(present=np.zeros(hpc, np.uint8),
+                                                    data=np.ones(hpc * heap_size, np.uint8)))
+        stream.add_udp_reader(cmd["port"], 9200, RECV_BUFFER, bind_hostname="127.0.0.1")
+        ring = stream.data_ringbuffer
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.monotonic()
+        reply({"ready": True})
+        heaps = 0
+        stopped_by_driver = False
+        while True:
+            readable, _, _ = select.select([ring.data_fd, sys.stdin], [], [], 1.0)
+            if sys.stdin in readable and not stopped_by_driver:
+                # Only "stop" can come now: the end-of-stream heap was lost.
+                sys.stdin.readline()
+                stopped_by_driver = True
+                stream.stop()
+            try:
+                chunk = ring.get_nowait()
+            except spead2.Empty:
+                continue
+            except spead2.Stopped:
+                break
+            heaps += int(np.count_nonzero(chunk.present))
+            stream.add_free_chunk(chunk)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        elapsed = time.monotonic() - t0
+        stats = dict(stream.stats.items())
+        stream.stop()
+        reply({
+            "heaps": heaps,
+            "packets": stats["packets"],
+            "user": after.ru_utime - before.ru_utime,
+            "system": after.ru_stime - before.ru_stime,
+            "elapsed": elapsed,
+            "stopped_by_driver": stopped_by_driver,
+            "stats": stats,
+        })
+
+
+# ---------------------------------------------------------------------------
+# Driver
+
+
+class Worker:
+    """A receiver subprocess of one implementation, reused for every run."""
+
+    def __init__(self, name, python, heap_size, cpus=None):
+        self.name = name
+        cmd = [python, os.path.abspath(__file__), "--worker", "--heap-size", str(heap_size)]
+        if cpus:
+            cmd += ["--cpus", ",".join(map(str, cpus))]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        )
+        self.version = self._read(120)["hello"]
+
+    def _read(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            raise RuntimeError(f"{self.name} worker did not answer within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} worker exited (status {self.proc.wait()})")
+        return json.loads(line)
+
+    def _send(self, obj):
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def run(self, sender, port, rate, n_heaps):
+        """One run: the worker listens, we send `n_heaps` at `rate`; returns its result."""
+        self._send({"cmd": "run", "port": port})
+        self._read(30)  # ready
+        sent_at = time.monotonic()
+        offered = sender.send(port, rate, n_heaps)
+        send_time = time.monotonic() - sent_at
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(2.0, send_time))
+        if not ready:
+            self._send({"cmd": "stop"})
+        result = self._read(30)
+        result["offered_rate"] = offered
+        result["sent_heaps"] = n_heaps
+        result["lossless"] = result["heaps"] >= n_heaps
+        return result
+
+    def close(self):
+        try:
+            self._send({"cmd": "quit"})
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Sender:
+    """Our UdpStream, sending one reused 64 KiB heap with increasing counters."""
+
+    def __init__(self, payload):
+        import numpy as np
+
+        import spead2
+        import spead2.send
+
+        self.spead2 = spead2
+        self.payload = payload
+        self.max_packet_size = payload + 8 + 8 * POINTERS_PER_PACKET
+        ig = spead2.send.ItemGroup()
+        ig.add_item(PAYLOAD_ID, "payload", "", shape=(HEAP_SIZE,), dtype=np.uint8)
+        ig["payload"].value = np.arange(HEAP_SIZE, dtype=np.uint32).astype(np.uint8)
+        self.heap = ig.get_heap(descriptors="none", data="all")
+        self.heap.repeat_pointers = True
+        self.end = ig.get_end()
+        self.pool = spead2.ThreadPool(1)
+        self.using_gso = None
+
+    def send(self, port, rate, n_heaps):
+        """Send `n_heaps` heaps (rate in bytes/s of packets, 0 = unlimited) and
+        an end-of-stream heap; returns the achieved payload rate."""
+        import spead2.send
+
+        # burst_rate_ratio: see SENDER_BURST_RATE_RATIO.
+        config = spead2.send.StreamConfig(max_packet_size=self.max_packet_size, rate=rate, max_heaps=64,
+                                          burst_rate_ratio=SENDER_BURST_RATE_RATIO)
+        stream = spead2.send.UdpStream(self.pool, [("127.0.0.1", port)], config, buffer_size=4 * 1024 * 1024)
+        self.using_gso = stream.using_gso
+        heap = self.heap
+        start = time.perf_counter()
+        for cnt in range(1, n_heaps + 1):
+            stream.send_heap(heap, cnt=cnt)
+        stream.flush()
+        elapsed = time.perf_counter() - start
+        time.sleep(0.05)
+        for _ in range(3):  # the end heap must not be lost behind a full socket buffer
+            stream.send_heap(self.end, cnt=n_heaps + 1)
+            time.sleep(0.05)
+        return n_heaps * HEAP_SIZE / elapsed
+
+
+def free_port():
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def packet_rate_to_wire(rate, payload):
+    """Payload bytes/s → bytes/s of SPEAD packets (what StreamConfig.rate limits)."""
+    return rate * (payload + 8 + 8 * POINTERS_PER_PACKET) / payload
+
+
+def heaps_for(rate, seconds):
+    return max(64, int(rate * seconds / HEAP_SIZE))
+
+
+def search_lossless(workers, sender, payload, args, log):
+    """Bounded bisection per implementation; the implementations take turns."""
+    results = {w.name: {"steps": []} for w in workers}
+    # Step 0: unthrottled.
+    bounds = {}
+    for w in workers:
+        n = heaps_for(2e9, args.step_seconds)
+        r = w.run(sender, free_port(), 0.0, n)
+        results[w.name]["steps"].append(r)
+        log(f"  {payload // 1024} KiB {w.name:4s} unthrottled: offered {r['offered_rate'] / 1e6:8.1f} MB/s, "
+            f"received {r['heaps']}/{n} heaps")
+        if r["lossless"]:
+            results[w.name]["lossless_rate"] = r["offered_rate"]
+            results[w.name]["limited_by_sender"] = True
+        else:
+            bounds[w.name] = [MIN_RATE, r["offered_rate"]]
+    for step in range(args.steps):
+        for w in workers:
+            if w.name not in bounds:
+                continue
+            lo, hi = bounds[w.name]
+            mid = (lo + hi) / 2
+            n = heaps_for(mid, args.step_seconds)
+            for attempt in range(1 + SHORTFALL_RETRIES):
+                r = w.run(sender, free_port(), packet_rate_to_wire(mid, payload), n)
+                r["target_rate"] = mid
+                results[w.name]["steps"].append(r)
+                if r["offered_rate"] >= SHORTFALL * mid:
+                    break
+                log(f"  {payload // 1024} KiB {w.name:4s} step {step + 1}: the sender reached only "
+                    f"{r['offered_rate'] / 1e6:.1f} of {mid / 1e6:.1f} MB/s; again")
+            ok = r["lossless"]
+            log(f"  {payload // 1024} KiB {w.name:4s} step {step + 1}: target {mid / 1e6:8.1f} MB/s, offered "
+                f"{r['offered_rate'] / 1e6:8.1f} MB/s, received {r['heaps']}/{n} heaps: {'ok' if ok else 'LOSS'}")
+            if ok:
+                bounds[w.name][0] = mid
+            else:
+                bounds[w.name][1] = mid
+    for name, (lo, hi) in bounds.items():
+        # The rate a passing step really offered (the sender may fall short of its target).
+        passed = [min(s["target_rate"], s["offered_rate"]) for s in results[name]["steps"]
+                  if s.get("target_rate") and s["lossless"]]
+        results[name]["lossless_rate"] = max(passed) if passed else 0.0
+        results[name]["limited_by_sender"] = False
+        results[name]["first_loss"] = hi
+    return results
+
+
+def measure_cpu(workers, sender, payload, rate, args, log):
+    runs = {w.name: [] for w in workers}
+    n = heaps_for(rate, args.cpu_seconds)
+    for round_ in range(args.rounds):
+        order = workers if round_ % 2 == 0 else workers[::-1]
+        for w in order:
+            r = w.run(sender, free_port(), packet_rate_to_wire(rate, payload), n)
+            r["cpu_per_packet"] = (r["user"] + r["system"]) / max(1, r["packets"])
+            runs[w.name].append(r)
+            log(f"  {payload // 1024} KiB {w.name:4s} cpu round {round_ + 1}: {r['packets']} packets, "
+                f"{r['heaps']}/{n} heaps, user {r['user']:.3f} s, sys {r['system']:.3f} s, "
+                f"{r['cpu_per_packet'] * 1e9:.0f} ns/packet")
+    return runs
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--heap-size", type=int, default=HEAP_SIZE, help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin the sender and the receiver to different CPUs")
+    parser.add_argument("--ref-python", default=DEFAULT_REF_PYTHON,
+                        help="interpreter with the reference spead2 [%(default)s]")
+    parser.add_argument("--payloads", default="1k,8k", help="payload sizes per packet: 1k, 8k [%(default)s]")
+    parser.add_argument("--steps", type=int, default=5, help="bisection steps per implementation [%(default)s]")
+    parser.add_argument("--step-seconds", type=float, default=0.7, help="traffic per step [%(default)s s]")
+    parser.add_argument("--cpu-seconds", type=float, default=1.0, help="traffic per CPU run [%(default)s s]")
+    parser.add_argument("--rounds", type=int, default=3, help="CPU runs per implementation [%(default)s]")
+    parser.add_argument("--cpu-rate", type=float, default=None, metavar="MB/s",
+                        help="offered load for the CPU measurement [half the lower lossless rate]")
+    parser.add_argument("--json", metavar="FILE", help="write every run and the summary as JSON")
+    parser.add_argument("--quiet", action="store_true", help="print only the tables")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return 0
+    if not 1 <= args.steps <= 10 or not 0.1 <= args.step_seconds <= 5 or not 0.1 <= args.cpu_seconds <= 5:
+        parser.error("keep the load bounded: 1-10 steps, 0.1-5 s per step or CPU run")
+    payloads = []
+    for name in args.payloads.split(","):
+        if name not in PAYLOADS:
+            parser.error(f"unknown payload size {name!r} (choose from {', '.join(PAYLOADS)})")
+        payloads.append(PAYLOADS[name])
+
+    def log(text):
+        if not args.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    # Sender (this process) and receiver on different CPUs where there are
+    # at least two: less noise from the scheduler.  Threads inherit this.
+    sender_cpus = receiver_cpus = None
+    available = sorted(os.sched_getaffinity(0))
+    if not args.no_pin and len(available) >= 2:
+        sender_cpus = available[:len(available) // 2]
+        receiver_cpus = available[len(available) // 2:]
+        os.sched_setaffinity(0, sender_cpus)
+
+    import spead2
+
+    started = time.monotonic()
+    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "rmem_max": _read_sysctl("net/core/rmem_max"),
+                          "sender_cpus": sender_cpus, "receiver_cpus": receiver_cpus},
+              "heap_size": HEAP_SIZE, "payloads": {}}
+    for payload in payloads:
+        log(f"payload {payload} bytes per packet, heaps of {HEAP_SIZE} bytes")
+        sender = Sender(payload)
+        workers = [Worker("ours", sys.executable, HEAP_SIZE, receiver_cpus),
+                   Worker("ref", args.ref_python, HEAP_SIZE, receiver_cpus)]
+        try:
+            report["versions"] = {"ours": workers[0].version, "ref": workers[1].version,
+                                  "sender": spead2.__version__}
+            search = search_lossless(workers, sender, payload, args, log)
+            if args.cpu_rate is not None:
+                cpu_rate = args.cpu_rate * 1e6
+            else:
+                rates = [search[w.name]["lossless_rate"] for w in workers]
+                cpu_rate = 0.5 * min(rates) if min(rates) > 0 else MIN_RATE
+            cpu = measure_cpu(workers, sender, payload, cpu_rate, args, log)
+        finally:
+            for w in workers:
+                w.close()
+        report["payloads"][str(payload)] = {
+            "using_gso": sender.using_gso, "search": search, "cpu_rate": cpu_rate, "cpu": cpu}
+    report["elapsed"] = time.monotonic() - started
+    print_tables(report)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+def _read_sysctl(name):
+    try:
+        with open(f"/proc/sys/{name}") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def print_tables(report):
+    versions = report.get("versions", {})
+    print(f"UDP receive on loopback, heaps of {report['heap_size'] // 1024} KiB, sender: ours (GSO), "
+          f"ours {versions.get('ours')} vs reference {versions.get('ref')}, "
+          f"net.core.rmem_max = {report['machine']['rmem_max']}")
+    print()
+    print("(a) receiver CPU time per packet at the same offered load (medians over the rounds; 'paired':")
+    print("    median of the per-round ratios, ours and the reference having run back to back)")
+    print(f"{'payload':>8} {'load MB/s':>10} {'ours ns/pkt':>12} {'ref ns/pkt':>11} {'ours/ref':>9} "
+          f"{'paired':>7} {'ours loss':>10} {'ref loss':>9}")
+    summary = {}
+    for payload, p in report["payloads"].items():
+        cpu = p["cpu"]
+        ours = median([r["cpu_per_packet"] for r in cpu["ours"]])
+        ref = median([r["cpu_per_packet"] for r in cpu["ref"]])
+        loss = {k: sum(r["sent_heaps"] - r["heaps"] for r in v) / max(1, sum(r["sent_heaps"] for r in v))
+                for k, v in cpu.items()}
+        ratio = ours / ref if ref else float("nan")
+        paired = median([a["cpu_per_packet"] / b["cpu_per_packet"] for a, b in zip(cpu["ours"], cpu["ref"])])
+        summary.setdefault(payload, {})["cpu_ratio"] = ratio
+        summary[payload]["cpu_ratio_paired"] = paired
+        print(f"{int(payload) // 1024:>6} K {p['cpu_rate'] / 1e6:>10.0f} {ours * 1e9:>12.0f} {ref * 1e9:>11.0f} "
+              f"{ratio:>9.3f} {paired:>7.3f} {loss['ours'] * 100:>9.2f}% {loss['ref'] * 100:>8.2f}%")
+    print()
+    print("(b) highest rate received without loss (MB/s of heap payload)")
+    print(f"{'payload':>8} {'ours':>10} {'ref':>10} {'ours/ref':>9}")
+    for payload, p in report["payloads"].items():
+        s = p["search"]
+
+        def fmt(r):
+            text = f"{r['lossless_rate'] / 1e6:.0f}"
+            return ("≥" + text) if r.get("limited_by_sender") else text
+
+        ours, ref = s["ours"]["lossless_rate"], s["ref"]["lossless_rate"]
+        ratio = ours / ref if ref else float("inf")
+        summary[payload]["rate_ratio"] = ratio
+        # A "≥" rate is a lower bound, which makes the ratio a bound too.
+        bound = {(False, False): "", (True, False): "≥", (False, True): "≤"}.get(
+            (bool(s["ours"].get("limited_by_sender")), bool(s["ref"].get("limited_by_sender"))), "?")
+        summary[payload]["rate_ratio_bound"] = bound
+        ratio_text = "n/a" if bound == "?" else f"{bound}{ratio:.2f}"
+        print(f"{int(payload) // 1024:>6} K {fmt(s['ours']):>10} {fmt(s['ref']):>10} {ratio_text:>9}")
+    print()
+    print(f"total time {report['elapsed']:.0f} s; '≥': no loss even with the sender unthrottled (the")
+    print("receiver is faster than our sender can send to it), so the ratio is a bound or unknown (n/a)")
+    report["summary"] = summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""The ``spead2_recv`` command (``spead2.tools.recv``).
+
+* replaying the bundled captures with ``--place timestamp`` (layout taken
+  from each capture's manifest) and ``--place cnt``: every heap present;
+* text and ``--json`` output, ``--quiet``, several capture files;
+* receiving over UDP on loopback from ``spead2_send`` (payloads verified);
+* SIGINT while receiving: summary printed, exit status 0; ``--duration``;
+* the progress line: on a terminal (a pty) only;
+* bad arguments: a clear message and a non-zero exit status;
+* ``--ibv`` on the emulated RDMA device (tests/ibv_emulator).
+
+Runs that do not involve signals or terminals call ``main(argv)`` in this
+process (faster); the others run ``python -m spead2.tools.recv``.
+"""
+
+import json
+import os
+import pathlib
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import spead2
+
+pytest.importorskip("numba")
+pytest.importorskip("scipy")
+
+from spead2.tools import recv as recv_tool  # noqa: E402
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "tests" / "data"
+CAPTURES = sorted(p.name for p in DATA_DIR.iterdir() if p.suffix in (".pcap", ".pcapng"))
+RECV = [sys.executable, "-m", "spead2.tools.recv"]
+
+
+def manifest_for(capture):
+    with open(DATA_DIR / (capture.rsplit(".", 1)[0] + ".json")) as f:
+        return json.load(f)
+
+
+def layout_args(manifest):
+    """spead2_recv options for the layout a capture's manifest describes."""
+    heaps = manifest["heaps"]
+    timestamps = sorted({h["timestamp"] for h in heaps})
+    channels = sorted({h["frequency"] for h in heaps})
+    return [
+        "--place", "timestamp",
+        "--heap-size", str(manifest["heap_payload_bytes"]),
+        "--channels", str(len(channels)),
+        "--channel-step", str(channels[1] - channels[0]),
+        "--timestamp-step", str(timestamps[1] - timestamps[0]),
+    ]
+
+
+def run_main(capsys, argv):
+    """main(argv) in this process: (exit status, stdout, stderr)."""
+    try:
+        status = recv_tool.main(argv)
+    except SystemExit as exc:  # argparse errors
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def json_lines(text):
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    chunks = [r for r in records if r["type"] == "chunk"]
+    summaries = [r for r in records if r["type"] == "summary"]
+    assert len(summaries) == 1 and records[-1] is summaries[0]
+    return chunks, summaries[0]
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_line(proc, pattern, timeout=30.0):
+    """Read proc.stderr until a line matches; returns what was read."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if re.search(pattern, line):
+                return "".join(seen)
+    raise AssertionError(f"no line matching {pattern!r} on stderr; got:\n{''.join(seen)}")
+
+
+# ---------------------------------------------------------------------------
+# Captures
+
+
+@pytest.mark.parametrize("capture", CAPTURES)
+def test_capture_every_heap_present(capsys, capture):
+    manifest = manifest_for(capture)
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), *layout_args(manifest), "--json"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    heaps = manifest["heaps"]
+    timestamps = sorted({h["timestamp"] for h in heaps})
+    channels = len({h["frequency"] for h in heaps})
+    step = timestamps[1] - timestamps[0]
+    # One complete chunk per timestamp, in order.
+    assert [c["first_timestamp"] for c in chunks] == timestamps
+    assert [c["chunk_id"] for c in chunks] == [t // step for t in timestamps]
+    for c in chunks:
+        assert c["present"] == "1" * channels
+        assert c["heaps"] == c["heaps_per_chunk"] == channels
+        assert c["complete"] == 100.0
+    assert summary["stopped_by"] == "end of stream"
+    assert summary["chunks"] == summary["complete_chunks"] == len(timestamps)
+    assert summary["heaps_placed"] == summary["heap_slots"] == len(heaps)
+    assert summary["bytes_placed"] == len(heaps) * manifest["heap_payload_bytes"]
+    stats = summary["stats"]
+    # The descriptor heap and the stop heap are rejected; the first is
+    # counted in "heaps", the second is not (as in the reference).
+    assert stats["heaps"] == len(heaps) + 1
+    assert stats["rejected_heaps"] == 2
+    assert stats["incomplete_heaps_evicted"] == 0
+    assert stats["malformed_packets"] == 0
+    assert set(stats) >= {"heaps", "packets", "batches", "max_batch", "too_old_heaps", "rejected_heaps"}
+
+
+def test_capture_text_output(capsys):
+    capture = "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), *layout_args(manifest_for(capture))])
+    assert status == 0, err
+    chunk_lines = [line for line in out.splitlines() if line.startswith("chunk ")]
+    assert len(chunk_lines) == 8
+    assert chunk_lines[0] == "chunk 122: 4/4 heaps (100.0%) [####] first timestamp 1000000"
+    assert "Summary (end of stream):" in out
+    assert re.search(r"heaps in chunks\s+32/32 \(100\.0%\)", out)
+    assert re.search(r"^\s+heaps\s+33$", out, re.M)
+    assert re.search(r"^\s+rejected_heaps\s+2$", out, re.M)
+    assert "empty chunks before the first heap" in out  # the window's back-fill is not shown as loss
+    assert "\r" not in err  # no progress line: stderr is not a terminal
+
+
+def test_capture_place_cnt(capsys):
+    # Heap counters: 1 is the descriptor heap, 2..33 the data heaps.
+    status, out, err = run_main(capsys, [
+        str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "--place", "cnt", "--heap-size", "8192",
+        "--heaps-per-chunk", "4", "--cnt-first", "2", "--json"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    assert [c["chunk_id"] for c in chunks] == list(range(8))
+    assert [c["first_cnt"] for c in chunks] == list(range(2, 34, 4))
+    assert all(c["present"] == "1111" for c in chunks)
+    assert summary["heaps_placed"] == 32
+
+
+def test_verify_against_spead2_send(capsys, tmp_path):
+    """--verify: a capture written by spead2_send verifies; the bundled
+    captures (other payloads) are all reported corrupt."""
+    if not _have_send_tool():
+        pytest.skip("spead2.tools.send is not available")
+    pcap = tmp_path / "send.pcap"
+    subprocess.run([sys.executable, "-m", "spead2.tools.send", "--pcap", str(pcap), "127.0.0.1:8888",
+                    "--heaps", "64", "--first-timestamp", "1000", "--timestamp-step", "10"],
+                   check=True, timeout=60, capture_output=True)
+    status, out, err = run_main(capsys, [str(pcap), "--verify", "--json", "--first-timestamp", "1000",
+                                         "--timestamp-step", "10", "--heaps-per-chunk", "8"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    assert len(chunks) == 8 and all(c["present"] == "1" * 8 for c in chunks)
+    assert summary["verified_heaps"] == 64 and summary["corrupt_heaps"] == 0
+
+    capture = "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), *layout_args(manifest_for(capture)),
+                                         "--verify", "--json", "--quiet"])
+    assert status == 0, err
+    _, summary = json_lines(out)
+    assert summary["verified_heaps"] == 0 and summary["corrupt_heaps"] == 32
+
+
+def test_capture_wrong_heap_size_hint(capsys):
+    status, out, err = run_main(capsys, [str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "--heap-size", "1000"])
+    assert status == 0, err
+    assert "every heap was rejected" in out
+
+
+def test_several_captures(capsys):
+    files = [str(DATA_DIR / "lo-64-48-8k-multi.pcap"), str(DATA_DIR / "lo-64-48-8k-multi.pcapng")]
+    status, out, err = run_main(capsys, [*files, *layout_args(manifest_for("lo-64-48-8k-multi.pcap")), "--json"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    assert [c["source"] for c in chunks] == [files[0]] * 8 + [files[1]] * 8
+    assert summary["heaps_placed"] == 64
+    assert summary["stats"]["heaps"] == 66  # statistics of both streams, summed
+    assert summary["leading_empty_chunks"] == 6  # each stream's window back-fills 3
+
+
+def test_quiet(capsys):
+    capture = "lo-64-40-1k-single.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), *layout_args(manifest_for(capture)),
+                                         "--quiet", "--json"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    assert chunks == []
+    assert summary["heaps_placed"] == 64
+
+
+# ---------------------------------------------------------------------------
+# Bad arguments
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["no-such-file.pcap"], "neither an existing file nor HOST:PORT"),
+        (["/no/such/dir/capture.pcap"], "neither an existing file nor HOST:PORT"),
+        (["127.0.0.1:70000"], "port must be a number"),
+        (["127.0.0.1:http"], "port must be a number"),
+        (["8000", "--heaps-per-chunk", "3"], "multiple of --channels"),
+        (["8000", "--interface", "eth0"], "--interface must be an IPv4 address"),
+        (["8000", "--place", "cnt", "--verify"], "--verify needs --place timestamp"),
+        (["8000", "--place", "frequency"], "invalid choice"),
+        (["8000", "--heap-size", "0"], "must be positive"),
+        (["8000", "--duration", "-1"], "positive number of seconds"),
+        ([str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "8000"], "cannot be mixed"),
+        ([], "required"),
+    ],
+)
+def test_bad_arguments(capsys, argv, message):
+    status, out, err = run_main(capsys, argv)
+    assert status == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unresolvable_host(capsys):
+    status, out, err = run_main(capsys, ["no-such-host.invalid:8000", "--buffer", "0"])
+    assert status == 1
+    assert "error:" in err and "no-such-host.invalid" in err
+
+
+def test_port_in_use(capsys):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        status, out, err = run_main(capsys, [f"127.0.0.1:{s.getsockname()[1]}", "--buffer", "0"])
+    assert status == 1
+    assert "in use" in err
+
+
+def test_ibv_unavailable(capsys, monkeypatch):
+    """Without ibverbs support, or without a device: a clear error, status 1."""
+    monkeypatch.delenv("SPEAD2_IBV_LIBRARY_OVERRIDE", raising=False)
+    status, out, err = run_main(capsys, ["127.0.0.1:8000", "--ibv", "--interface", "192.0.2.1"])
+    assert status == 1
+    assert "error:" in err and "Traceback" not in err
+    if not hasattr(spead2.recv, "UdpIbvConfig"):
+        assert "ibverbs" in err
+
+
+def test_ibv_needs_interface(capsys):
+    if not hasattr(spead2.recv, "UdpIbvConfig"):
+        pytest.skip("this build has no ibverbs support")
+    status, out, err = run_main(capsys, ["127.0.0.1:8000", "--ibv"])
+    assert status == 1
+    assert "--ibv needs --interface" in err
+
+
+def _ibv_emulator():
+    """The emulated RDMA device of tests/ibv_emulator (built if needed)."""
+    out = ROOT / "build" / "ibv-emulator"
+    lib = out / "libspead2_ibv_emulator.so"
+    if not lib.exists():
+        result = subprocess.run(["bash", str(ROOT / "tests" / "ibv_emulator" / "build.sh"), str(out)],
+                                capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 or not lib.exists():
+            pytest.skip(f"could not build the ibverbs emulator: {result.stderr[-500:]}")
+    return lib
+
+
+def test_ibv_via_emulator(tmp_path):
+    """--ibv on the emulated device, fed with a capture from spead2_send."""
+    if not hasattr(spead2.recv, "UdpIbvConfig"):
+        pytest.skip("this build has no ibverbs support")
+    if not _have_send_tool():
+        pytest.skip("spead2.tools.send is not available")
+    lib = _ibv_emulator()
+    pcap = tmp_path / "traffic.pcap"
+    subprocess.run([sys.executable, "-m", "spead2.tools.send", "--pcap", str(pcap), "239.10.0.1:7148",
+                    "--heaps", "64"], check=True, timeout=60, capture_output=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAD2_EMU_")}
+    env.update(SPEAD2_IBV_LIBRARY_OVERRIDE=str(lib), SPEAD2_EMU_INTERFACE="127.0.0.1",
+               SPEAD2_EMU_WIRE=f"pcap:{pcap}", SPEAD2_EMU_PCAP_LOSSLESS="1")
+    proc = subprocess.run([*RECV, "239.10.0.1:7148", "--ibv", "--interface", "127.0.0.1", "--verify", "--json",
+                           "--duration", "30"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr
+    chunks, summary = json_lines(proc.stdout)
+    assert summary["stopped_by"] == "end of stream"
+    assert len(chunks) == 16 and all(c["present"] == "1111" for c in chunks)
+    assert summary["verified_heaps"] == 64 and summary["corrupt_heaps"] == 0
+
+
+def test_parse_source():
+    parse = recv_tool.parse_source
+    assert parse("8888").kind == "udp" and parse("8888").host == ""
+    s = parse("127.0.0.1:8888")
+    assert (s.kind, s.host, s.port) == ("udp", "127.0.0.1", 8888)
+    s = parse(":8888")
+    assert (s.kind, s.host, s.port) == ("udp", "", 8888)
+    s = parse("239.1.2.3:7148")
+    assert (s.kind, s.host, s.port) == ("multicast4", "239.1.2.3", 7148)
+    s = parse("[ff14::1]:7148")
+    assert (s.kind, s.host, s.port) == ("multicast6", "ff14::1", 7148)
+    s = parse("[::1]:7148")
+    assert (s.kind, s.host) == ("udp", "::1")
+    s = parse("localhost:7148")
+    assert (s.kind, s.host) == ("udp", "localhost")
+    s = parse(str(DATA_DIR / "lo-64-48-8k-multi.pcap"))
+    assert s.kind == "file"
+
+
+# ---------------------------------------------------------------------------
+# Live: UDP, signals, terminals
+
+
+def _have_send_tool():
+    import importlib.util
+
+    return importlib.util.find_spec("spead2.tools.send") is not None
+
+
+def test_udp_loopback_from_spead2_send():
+    if not _have_send_tool():
+        pytest.skip("spead2.tools.send is not available")
+    port = free_port()
+    # The default socket buffer (8 MiB, or what net.core.rmem_max allows):
+    # the OS default (--buffer 0) is too small to ride out a busy machine.
+    proc = subprocess.Popen([*RECV, f"127.0.0.1:{port}", "--json", "--verify"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(proc, "receiving from")
+        subprocess.run([sys.executable, "-m", "spead2.tools.send", f"127.0.0.1:{port}", "--heaps", "200",
+                        "--rate", "0.2"], check=True, timeout=30, capture_output=True)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    chunks, summary = json_lines(out)
+    assert summary["stopped_by"] == "end of stream"  # spead2_send's end-of-stream heap
+    assert len(chunks) == 50
+    assert all(c["present"] == "1111" for c in chunks)
+    assert [c["first_timestamp"] for c in chunks] == list(range(50))
+    assert summary["verified_heaps"] == 200 and summary["corrupt_heaps"] == 0
+
+
+def _start_receiving(*extra):
+    port = free_port()
+    proc = subprocess.Popen([*RECV, f"127.0.0.1:{port}", "--buffer", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_line(proc, "receiving from")
+    return proc, port
+
+
+def _send_some(port, n=8):
+    """A few heaps from our sender (heap counter placement), no end heap."""
+    import numpy as np
+    import spead2.send
+
+    stream = spead2.send.UdpStream(spead2.ThreadPool(), [("127.0.0.1", port)],
+                                   spead2.send.StreamConfig(max_packet_size=1472))
+    ig = spead2.send.ItemGroup()
+    ig.add_item(0x3000, "payload", "", shape=(8192,), dtype=np.uint8)
+    ig["payload"].value = np.zeros(8192, np.uint8)
+    for cnt in range(1, n + 1):
+        stream.send_heap(ig.get_heap(descriptors="none", data="all"), cnt=cnt)
+
+
+@pytest.mark.parametrize("output", ["json", "text"])
+def test_sigint_prints_summary(output):
+    # One chunk in the window: chunk 0 (heaps 1-4) leaves it when heap 5
+    # arrives; chunk 1 is still in the window at the signal, and a stop
+    # drops such chunks (as the reference does).
+    extra = ["--place", "cnt", "--heaps-per-chunk", "4", "--max-chunks", "1"]
+    extra += ["--json"] if output == "json" else []
+    proc, port = _start_receiving(*extra)
+    try:
+        _send_some(port)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    if output == "json":
+        chunks, summary = json_lines(out)
+        assert summary["stopped_by"] == "signal SIGINT"
+        assert summary["stats"]["packets"] == 8 * 6  # 8 KiB heaps in 6 packets
+        assert [(c["chunk_id"], c["present"]) for c in chunks] == [(0, "1111")]
+    else:
+        assert "chunk 0: 4/4 heaps (100.0%) [####] first cnt 1" in out
+        assert "Summary (signal SIGINT):" in out
+        assert re.search(r"^\s+packets\s+48$", out, re.M)
+
+
+def test_sigterm_also_stops_cleanly():
+    proc, port = _start_receiving("--json")
+    try:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    _, summary = json_lines(out)
+    assert summary["stopped_by"] == "signal SIGTERM"
+
+
+def test_duration():
+    port = free_port()
+    start = time.monotonic()
+    proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.5", "--json"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 20
+    _, summary = json_lines(proc.stdout)
+    assert summary["stopped_by"] == "duration"
+    assert summary["chunks"] == 0
+
+
+def test_progress_on_a_terminal():
+    port = free_port()
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "1.6"],
+                                stdout=subprocess.PIPE, stderr=slave, text=True)
+        os.close(slave)
+        slave = None
+        captured = b""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: the other side is closed
+                    break
+                if not data:
+                    break
+                captured += data
+            elif proc.poll() is not None:
+                break
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    text = captured.decode(errors="replace")
+    # Redrawn in place (\r, erase to end of line), about twice a second.
+    assert text.count("\x1b[K") >= 2, text
+    assert text.count("Gb/s") >= 2 and "pkt/s" in text and "chunks 0" in text
+    assert "Summary (duration):" in out
+    assert "\r" not in out
+
+
+def test_quiet_terminal_has_no_progress():
+    port = free_port()
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.8", "--quiet"],
+                              stdout=subprocess.PIPE, stderr=slave, text=True, timeout=30)
+        os.set_blocking(master, False)
+        try:
+            text = os.read(master, 65536).decode(errors="replace")
+        except (BlockingIOError, OSError):
+            text = ""
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0
+    assert "\r" not in text
+    assert "Summary (duration):" in proc.stdout
+
+
+def test_console_script():
+    script = shutil.which("spead2_recv")
+    if script is None:
+        pytest.skip("the spead2_recv script is not on PATH")
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0
+    assert "--place" in proc.stdout and "--json" in proc.stdout
