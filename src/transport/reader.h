@@ -67,17 +67,20 @@ constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
 constexpr std::size_t PREFETCH_MAX_BYTES = 16384;    ///< per packet
 constexpr std::size_t CACHE_LINE_SIZE = 64;
 
-/// Prefetch the packet that follows @a next (assuming packets of @a packet_size
-/// bytes follow each other), never touching addresses at or past @a end.
+/// Prefetch a whole packet about PREFETCH_DISTANCE bytes beyond @a next (the
+/// start of the packet after the current one), assuming packets of
+/// @a packet_size bytes follow each other; never touches @a end or beyond.
 inline void prefetch_ahead(const std::uint8_t *next, std::size_t packet_size, const std::uint8_t *end)
 {
     if (packet_size == 0)
         return;
-    std::size_t ahead = PREFETCH_DISTANCE / packet_size;
+    std::size_t ahead = (PREFETCH_DISTANCE + packet_size - 1) / packet_size;
     ahead = ahead < 1 ? 1 : (ahead > PREFETCH_MAX_AHEAD ? PREFETCH_MAX_AHEAD : ahead);
     const std::size_t span = packet_size < PREFETCH_MAX_BYTES ? packet_size : PREFETCH_MAX_BYTES;
-    const std::uint8_t *start = next + (ahead - 1) * packet_size;
-    if (start >= end || std::size_t(end - start) < span)
+    if (next >= end || std::size_t(end - next) / packet_size <= ahead)
+        return;
+    const std::uint8_t *start = next + ahead * packet_size;
+    if (std::size_t(end - start) < span)
         return;
     for (std::size_t off = 0; off < span; off += CACHE_LINE_SIZE)
         __builtin_prefetch(start + off);
