@@ -117,6 +117,15 @@ public:
     std::uint8_t *data() const { return static_cast<std::uint8_t *>(ptr); }
 };
 
+/// Destroy a verbs object if there is one, and forget it.
+template<typename T, typename F>
+void destroy(T *&object, F &&destroy_fn)
+{
+    if (object)
+        destroy_fn(object);
+    object = nullptr;
+}
+
 /// The packed flow rule: attributes followed by three specs.
 struct flow_rule
 {
@@ -147,6 +156,7 @@ protected:
 
     ibv_reader_base(packet_sink &sink, worker &thread, const ibv_config &config);
     void create_flows(ibv_qp *qp);
+    void destroy_flows();
     void join_groups();
     void close_common();
     /// One pass over the completion queue; returns false if the stream stopped.
@@ -278,6 +288,13 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
     }
 }
 
+void ibv_reader_base::destroy_flows()
+{
+    for (ibv_flow *f : flows)
+        ibv_destroy_flow(f);
+    flows.clear();
+}
+
 void ibv_reader_base::join_groups()
 {
     if (groups.empty())
@@ -306,26 +323,16 @@ void ibv_reader_base::close_common()
     if (closed)
         return;
     closed = true;
-    const auto *v = &ibv::verbs();
-    for (ibv_flow *f : flows)
-        ibv_destroy_flow(f);
-    flows.clear();
+    destroy_flows();
     if (join_socket >= 0)
         ::close(join_socket);
     join_socket = -1;
-    if (comp_channel)
-        v->destroy_comp_channel(comp_channel);
-    comp_channel = nullptr;
-    if (pd)
-        v->dealloc_pd(pd);
-    pd = nullptr;
+    const auto &v = ibv::verbs();
+    destroy(comp_channel, v.destroy_comp_channel);
+    destroy(pd, v.dealloc_pd);
     const auto &cm = ibv::rdmacm();
-    if (cm_id)
-        cm.destroy_id(cm_id);
-    cm_id = nullptr;
-    if (event_channel)
-        cm.destroy_event_channel(event_channel);
-    event_channel = nullptr;
+    destroy(cm_id, cm.destroy_id);
+    destroy(event_channel, cm.destroy_event_channel);
 }
 
 bool ibv_reader_base::deliver(batch &b, const std::uint8_t *frame, std::size_t length, std::size_t &bad)
@@ -559,25 +566,16 @@ void mprq_reader::release()
 {
     if (closed)
         return;
-    for (ibv_flow *f : flows)
-        ibv_destroy_flow(f);
-    flows.clear();
+    // Dependants first: flows, QP, indirection table, WQ, CQ, then memory.
     const auto &v = ibv::verbs();
-    if (qp)
-        v.destroy_qp(qp);
-    qp = nullptr;
-    if (ind_table)
-        ibv_destroy_rwq_ind_table(ind_table);
-    ind_table = nullptr;
-    if (wq)
-        ibv_destroy_wq(wq);
-    wq = nullptr;
+    destroy_flows();
+    destroy(qp, v.destroy_qp);
+    destroy(ind_table, ibv_destroy_rwq_ind_table);
+    destroy(wq, ibv_destroy_wq);
     if (cq)
         v.destroy_cq(ibv_cq_ex_to_cq(cq));
     cq = nullptr;
-    if (mr)
-        v.dereg_mr(mr);
-    mr = nullptr;
+    destroy(mr, v.dereg_mr);
     memory.reset();
     close_common();
 }
@@ -744,22 +742,12 @@ void plain_reader::release()
 {
     if (closed)
         return;
-    for (ibv_flow *f : flows)
-        ibv_destroy_flow(f);
-    flows.clear();
     const auto &v = ibv::verbs();
-    if (qp)
-        v.destroy_qp(qp);
-    qp = nullptr;
-    if (recv_cq)
-        v.destroy_cq(recv_cq);
-    recv_cq = nullptr;
-    if (send_cq)
-        v.destroy_cq(send_cq);
-    send_cq = nullptr;
-    if (mr)
-        v.dereg_mr(mr);
-    mr = nullptr;
+    destroy_flows();
+    destroy(qp, v.destroy_qp);
+    destroy(recv_cq, v.destroy_cq);
+    destroy(send_cq, v.destroy_cq);
+    destroy(mr, v.dereg_mr);
     memory.reset();
     close_common();
 }
