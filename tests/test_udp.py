@@ -70,8 +70,9 @@ pytestmark = pytest.mark.timeout(60)
 TESTS_DIR = pathlib.Path(__file__).resolve().parent
 UDP_SEGMENT = 103  # <linux/udp.h>
 UDP_GRO = 104
-#: Datagrams one recvmmsg call returns (the reader's batch limit without GRO).
-MMSG_COUNT = 64
+#: Messages one recvmmsg call returns when GRO is on (the reader's
+#: UDP_GRO_MMSG_COUNT): more packets than this in one batch prove coalescing.
+MMSG_COUNT = 16
 #: Items for heaps made by hand (position in item 0x1000) ...
 POSITION_ITEMS = [POSITION_ID, spead2.HEAP_LENGTH_ID]
 #: ... and for heaps from our sender (position = heap counter).
@@ -674,7 +675,7 @@ def test_reader_splits_coalesced_from_our_sender(place_plain_llc):
 
 def test_reader_without_coalescing_for_contrast(place_plain_llc):
     """The same traffic queued before GRO was enabled arrives as separate
-    datagrams: batches are then limited to 64 packets."""
+    datagrams: batches are then limited to one packet per message."""
     positions = range(0, 100)
     sock = bound_socket(gro=False)
     send_with_stream(make_sender([sock.getsockname()], max_packet_size=600), positions)

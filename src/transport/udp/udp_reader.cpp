@@ -184,10 +184,13 @@ udp_reader::udp_reader(packet_sink &sink, worker &thread, const udp_socket_spec 
     gro = setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) == 0;
     // One extra byte detects datagrams larger than max_size (they come back truncated).
     buffer_bytes = gro ? std::max(UDP_GRO_BUFFER, max_size + 1) : max_size + 1;
-    storage.resize(UDP_MMSG_COUNT * buffer_bytes);
-    msgs.resize(UDP_MMSG_COUNT);
-    iovs.resize(UDP_MMSG_COUNT);
-    control.resize(UDP_MMSG_COUNT * CMSG_SPACE(sizeof(int)));
+    // With GRO each message can hold up to 64 KiB of coalesced datagrams:
+    // fewer of them keep the buffers cache-sized.
+    n_msgs = gro ? UDP_GRO_MMSG_COUNT : UDP_MMSG_COUNT;
+    storage.resize(n_msgs * buffer_bytes);
+    msgs.resize(n_msgs);
+    iovs.resize(n_msgs);
+    control.resize(n_msgs * CMSG_SPACE(sizeof(int)));
 }
 
 udp_reader::~udp_reader()
@@ -232,13 +235,24 @@ void udp_reader::on_stop_requested()
 
 void udp_reader::on_readable()
 {
-    if (stopping.load())
+    // Under load, going straight back to recvmmsg saves an epoll round trip
+    // per batch; a few calls at most, so other readers on this thread get a turn.
+    for (std::size_t call = 0; call < UDP_CALLS_PER_WAKEUP; call++)
     {
-        unregister();
-        return;
+        if (stopping.load())
+        {
+            unregister();
+            return;
+        }
+        if (!receive_batch())
+            break;
     }
+}
+
+bool udp_reader::receive_batch()
+{
     const std::size_t cspace = CMSG_SPACE(sizeof(int));
-    for (std::size_t i = 0; i < UDP_MMSG_COUNT; i++)
+    for (std::size_t i = 0; i < n_msgs; i++)
     {
         iovs[i].iov_base = storage.data() + i * buffer_bytes;
         iovs[i].iov_len = buffer_bytes;
@@ -251,18 +265,18 @@ void udp_reader::on_readable()
             msgs[i].msg_hdr.msg_controllen = cspace;
         }
     }
-    int n = recvmmsg(fd, msgs.data(), unsigned(UDP_MMSG_COUNT), MSG_DONTWAIT, nullptr);
+    int n = recvmmsg(fd, msgs.data(), unsigned(n_msgs), MSG_DONTWAIT, nullptr);
     if (n < 0)
     {
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             log_warning("recvmmsg failed: %s", std::strerror(errno));
-        return;
+        return false;
     }
     batch b(sink);
     if (!b.active())
     {
         unregister();
-        return;
+        return false;
     }
     protocol::packet_header group[PACKET_GROUP];
     std::size_t ng = 0;
@@ -315,9 +329,10 @@ void udp_reader::on_readable()
                 running = add_datagram(data + off, std::min(seg, len - off));
     }
     if (running && ng)
-        b.add(group, ng);
+        running = b.add(group, ng);
     if (bad)
         b.malformed(bad);
+    return running && std::size_t(n) == n_msgs;   // a full call: more is probably waiting
 }
 
 } // namespace spead2::transport

@@ -1,6 +1,7 @@
 // Kernel UDP receive: recvmmsg batches, UDP GRO where the kernel offers it.
 //
-// One wake-up of the reactor = one recvmmsg call = one batch.  With GRO the
+// One recvmmsg call = one batch (a wake-up makes a few calls while they come
+// back full).  With GRO the
 // kernel may coalesce consecutive datagrams of one flow into one buffer with
 // a segment size; the reader splits it again so the core sees the original
 // datagrams.  Datagrams larger than max_size are dropped and counted.
@@ -21,8 +22,12 @@ namespace spead2::transport
 
 constexpr std::size_t DEFAULT_UDP_MAX_SIZE = 9200;
 constexpr std::size_t DEFAULT_UDP_BUFFER_SIZE = 8 * 1024 * 1024;
-/// Datagrams fetched per recvmmsg call.
+/// Datagrams fetched per recvmmsg call (without GRO).
 constexpr std::size_t UDP_MMSG_COUNT = 64;
+/// Messages per recvmmsg call with GRO (each may hold many datagrams).
+constexpr std::size_t UDP_GRO_MMSG_COUNT = 16;
+/// recvmmsg calls (batches) per reactor wake-up while calls come back full.
+constexpr std::size_t UDP_CALLS_PER_WAKEUP = 4;
 /// Buffer per message when GRO is on (largest coalesced datagram).
 constexpr std::size_t UDP_GRO_BUFFER = 65536;
 
@@ -50,11 +55,13 @@ class udp_reader : public reader
     bool gro = false;
     bool registered = false;
     std::size_t buffer_bytes;                  ///< per message
+    std::size_t n_msgs = UDP_MMSG_COUNT;       ///< messages per recvmmsg call
     std::vector<std::uint8_t> storage;
     std::vector<mmsghdr> msgs;
     std::vector<iovec> iovs;
     std::vector<std::uint8_t> control;         ///< per message cmsg space (GRO)
     void on_readable();
+    bool receive_batch();   ///< one recvmmsg call = one batch; true if it came back full
     void unregister();
 protected:
     void on_stop_requested() override;
