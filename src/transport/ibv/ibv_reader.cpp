@@ -230,7 +230,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
     bool have_local_mac = false;
     for (const auto &[host, port] : config.endpoints)
     {
-        flow_rule rule;
+        alignas(8) flow_rule rule;   // packed, but its start is aligned for ibv_flow_attr
         std::memset(&rule, 0, sizeof(rule));
         rule.attr.type = IBV_FLOW_ATTR_NORMAL;
         rule.attr.size = sizeof(rule);
@@ -276,7 +276,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
             if (is_multicast(addr))
                 groups.push_back(addr);
         }
-        ibv_flow *flow = ibv_create_flow(qp, &rule.attr);
+        ibv_flow *flow = ibv_create_flow(qp, reinterpret_cast<ibv_flow_attr *>(&rule));
         if (!flow)
         {
             int err = errno;
