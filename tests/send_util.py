@@ -44,6 +44,13 @@ def _find_reference():
 
 REF_PYTHON = _find_reference()
 
+
+def _reference_env():
+    """No PYTHONPATH / LD_PRELOAD from our own test run (e.g. the ASAN stage)."""
+    import refvenv
+
+    return refvenv.clean_env()
+
 HEAP_CNT_ID = 0x01
 HEAP_LENGTH_ID = 0x02
 PAYLOAD_OFFSET_ID = 0x03
@@ -434,6 +441,7 @@ def run_reference(code, timeout=120):
         text=True,
         timeout=timeout,
         cwd="/",
+        env=_reference_env(),
     )
     if proc.returncode != 0:
         raise RuntimeError(f"reference run failed:\n{proc.stderr}")
