@@ -91,19 +91,26 @@ def free_port():
 
 
 def wait_for_line(proc, pattern, timeout=30.0 * SLOW):
-    """Read proc.stderr until a line matches; returns what was read."""
+    """Read proc.stderr until a line matches; returns what was read.
+
+    Reads the raw file descriptor: select() plus a buffered readline() would
+    miss a line that arrived together with the previous one (it would sit in
+    the text wrapper's buffer while select() waits for more).
+    """
     deadline = time.monotonic() + timeout
-    seen = []
+    fd = proc.stderr.fileno()
+    text = ""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
-            line = proc.stderr.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            seen.append(line)
-            if re.search(pattern, line):
-                return "".join(seen)
-    raise AssertionError(f"no line matching {pattern!r} on stderr; got:\n{''.join(seen)}")
+            text += chunk.decode(errors="replace")
+            for line in text.splitlines():
+                if re.search(pattern, line):
+                    return text
+    raise AssertionError(f"no line matching {pattern!r} on stderr; got:\n{text}")
 
 
 # ---------------------------------------------------------------------------
