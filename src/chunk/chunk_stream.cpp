@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "common/logging.h"
+#include "common/prefetch.h"
 
 namespace spead2::chunk
 {
@@ -235,10 +236,8 @@ bool chunk_stream::batch_packets(const packet_header *packets, std::size_t n)
             // The next packet is usually not in cache yet: fetch its header and
             // the start of its payload while this one is copied.
             const packet_header &next = packets[i + 1];
-            __builtin_prefetch(next.packet);
-            const std::size_t ahead = std::min<std::size_t>(std::size_t(next.payload_length), PREFETCH_BYTES);
-            for (std::size_t off = 0; off < ahead; off += 64)
-                __builtin_prefetch(next.payload + off);
+            prefetch_line(next.packet);
+            prefetch_range(next.payload, std::min<std::size_t>(std::size_t(next.payload_length), PREFETCH_BYTES));
         }
         batch_packet_count++;
         process_packet(packets[i]);
