@@ -58,3 +58,11 @@ def _body(functions, fragment):
 def test_hot_loops_prefetch(functions, function):
     assert re.search(r"\bprefetch", _body(functions, function)), \
         f"{function} contains no prefetch instruction: the compiler dropped the software prefetch"
+
+
+def test_multi_packet_heaps_prefetch_destination(functions):
+    """process_packet prefetches the next packets' destination for writing."""
+    bodies = "\n".join(body for name, body in functions.items()
+                       if "chunk_stream::process_packet" in name
+                       or "chunk_stream::prefetch_next_destination" in name)
+    assert "prefetchw" in bodies

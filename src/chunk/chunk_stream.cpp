@@ -23,6 +23,12 @@ constexpr std::size_t BUCKETS_PER_SLOT = 4;
 constexpr std::size_t MIN_HASH_SLOTS = 4;
 // How much of the next packet's payload to prefetch while handling a packet.
 constexpr std::size_t PREFETCH_BYTES = 2048;
+#ifndef DEST_PREFETCH_PACKETS_OVERRIDE
+// Which later packet of a multi-packet heap has its destination prefetched.
+constexpr std::uint64_t DEST_PREFETCH_PACKETS = 2;
+#else
+constexpr std::uint64_t DEST_PREFETCH_PACKETS = DEST_PREFETCH_PACKETS_OVERRIDE;
+#endif
 
 std::size_t next_pow2(std::size_t x)
 {
@@ -470,6 +476,8 @@ void chunk_stream::process_packet(const packet_header &ph)
     }
     copy_payload(h.where, ph);
     const bool complete = h.received == std::uint64_t(h.heap_length);
+    if (!complete)
+        prefetch_next_destination(h, end, std::uint64_t(ph.payload_length));
     if (complete)
     {
         unlink_heap(found);
@@ -669,6 +677,23 @@ void chunk_stream::copy_payload(const heap_placement &where, const packet_header
     copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
     if (presence_payload_size)
         c->present[where.heap_index + std::size_t(ph.payload_offset) / presence_payload_size] = 1;
+}
+
+void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t end, std::uint64_t packet_payload)
+{
+    // Packets of a heap usually arrive in order with equal payloads: bring the
+    // destination of the next one(s) into cache for writing now, so their
+    // copies do not stall on read-for-ownership misses (large chunks do not
+    // fit in cache).
+    const heap_placement &where = h.where;
+    if (where.chunk_id < 0 || std::uint64_t(where.chunk_id) < head)
+        return;
+    const std::uint64_t length = std::uint64_t(h.heap_length);
+    const std::uint64_t first = end + (DEST_PREFETCH_PACKETS - 1) * packet_payload;
+    if (first >= length)
+        return;
+    const std::uint64_t size = std::min(packet_payload, length - first);
+    prefetch_range_write(where.target->data + where.heap_offset + first, std::size_t(size));
 }
 
 void chunk_stream::mark_complete(const heap_placement &where)

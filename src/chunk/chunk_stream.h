@@ -166,6 +166,7 @@ private:
     heap_placement place(const protocol::packet_header &ph);
     void copy_payload(const heap_placement &where, const protocol::packet_header &ph);
     void mark_complete(const heap_placement &where);
+    void prefetch_next_destination(const live_heap &h, std::uint64_t end, std::uint64_t packet_payload);
     chunk *chunk_for(std::int64_t chunk_id) const;
     void advance_window(std::uint64_t chunk_id);
     void flush_head();
