@@ -1,6 +1,8 @@
 #include "transport/pcap/pcap_file.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +11,7 @@
 #include <system_error>
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -194,6 +197,10 @@ pcap_file::~pcap_file()
 
 void pcap_file::close()
 {
+    // The populator touches the mapping: it must be gone before the unmap.
+    populator_stop.store(true);
+    if (populator.joinable())
+        populator.join();
     if (data)
         ::munmap(const_cast<std::uint8_t *>(data), size);
     data = nullptr;
@@ -308,10 +315,70 @@ void pcap_file::open_pcapng()
     }
 }
 
+// Page-table population ahead of the reader.  Faulting a file mapping in page
+// by page is slow (a freshly written 544 MB capture took 42 ms of page faults
+// on the reading thread) and software prefetches into pages not mapped yet
+// are dropped.  A helper thread keeps the page tables filled up to
+// POPULATE_AHEAD bytes beyond the read position with MADV_POPULATE_READ
+// (Linux 5.14; on older kernels it stops at once and page faults do the work).
+// It only maps what the reader is about to read anyway.
+namespace
+{
+constexpr std::size_t POPULATE_AHEAD = std::size_t(32) << 20;
+constexpr std::size_t POPULATE_STEP = std::size_t(4) << 20;
+constexpr auto POPULATE_IDLE = std::chrono::microseconds(500);
+#ifndef MADV_POPULATE_READ
+constexpr int MADV_POPULATE_READ = 22;
+#endif
+}
+
+void pcap_file::start_populator()
+{
+    populator_tried = true;
+    try
+    {
+        populator = std::thread([this] { populate_loop(); });
+    }
+    catch (std::system_error &e)
+    {
+        log_debug("capture file %s: no page-table populator thread (%s)", name.c_str(), e.what());
+    }
+}
+
+void pcap_file::populate_loop()
+{
+    ::pthread_setname_np(::pthread_self(), "spead2-populate");
+    const std::size_t page = std::size_t(::sysconf(_SC_PAGESIZE));
+    std::size_t populated = 0;
+    while (populated < size && !populator_stop.load(std::memory_order_relaxed))
+    {
+        const std::size_t target = std::min(size, read_pos.load(std::memory_order_relaxed) + POPULATE_AHEAD);
+        if (populated >= target)
+        {
+            std::this_thread::sleep_for(POPULATE_IDLE);
+            continue;
+        }
+        const std::size_t start = populated / page * page;
+        const std::size_t stop = std::min(target, start + POPULATE_STEP);
+        if (::madvise(const_cast<std::uint8_t *>(data) + start, stop - start, MADV_POPULATE_READ) != 0)
+        {
+            // EINVAL: kernel too old.  Anything else (EFAULT if the file
+            // shrank, ENOMEM, EINTR): leave the rest to page faults.
+            log_debug("capture file %s: MADV_POPULATE_READ failed (%s); relying on page faults",
+                      name.c_str(), std::strerror(errno));
+            return;
+        }
+        populated = stop;
+    }
+}
+
 bool pcap_file::next(pcap_frame &out)
 {
     if (done || !data)
         return false;
+    read_pos.store(pos, std::memory_order_relaxed);
+    if (!populator_tried)
+        start_populator();
     return pcapng ? next_pcapng(out, false) : next_classic(out);
 }
 

@@ -28,10 +28,12 @@
 // would then raise SIGBUS, which no bounds check can prevent).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "protocol/frame.h"
@@ -100,6 +102,11 @@ private:
     const std::uint8_t *data = nullptr;  ///< the mapping
     std::size_t size = 0;                ///< its size
     std::size_t pos = 0;                 ///< offset of the next record / block
+    // Page-table population ahead of the reader (see pcap_file.cpp).
+    std::thread populator;
+    std::atomic<std::size_t> read_pos{0};   ///< pos, published for the populator
+    std::atomic<bool> populator_stop{false};
+    bool populator_tried = false;
     bool pcapng = false;
     bool swapped = false;                ///< byte order of the file (current section) differs from ours
     bool done = false;
@@ -122,6 +129,8 @@ private:
     bool accept(const interface_info &iface, const std::uint8_t *frame,
                 std::size_t caplen, std::size_t orig_len, pcap_frame &out);
     void unknown_interface(std::uint32_t iface);
+    void start_populator();
+    void populate_loop();
     void stop(const char *reason, std::size_t offset);
 };
 
