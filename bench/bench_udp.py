@@ -157,6 +157,7 @@ def worker_main(args):
             stream.add_free_chunk(spead2.recv.Chunk(present=np.zeros(hpc, np.uint8),
                                                     data=np.ones(hpc * heap_size, np.uint8)))
         sock = None
+        socket_buffer = None
         if cmd.get("force_buffer"):
             # The same socket for either implementation: made here with
             # SO_RCVBUFFORCE (needs CAP_NET_ADMIN), so that its buffer is not
@@ -164,6 +165,7 @@ def worker_main(args):
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, cmd["force_buffer"])
             sock.bind(("127.0.0.1", cmd["port"]))
+            socket_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
             stream.add_udp_reader(sock, 9200)
         else:
             stream.add_udp_reader(cmd["port"], 9200, RECV_BUFFER, bind_hostname="127.0.0.1")
@@ -201,6 +203,7 @@ def worker_main(args):
             "system": after.ru_stime - before.ru_stime,
             "elapsed": elapsed,
             "stopped_by_driver": stopped_by_driver,
+            "socket_buffer": socket_buffer,   # as the kernel reports it (twice what was set)
             "stats": stats,
         })
 
@@ -566,13 +569,17 @@ def print_tables(report):
         print(f"{int(payload) // 1024:>6} K {p['cpu_rate'] / 1e6:>10.0f} {ours * 1e9:>12.0f} {ref * 1e9:>11.0f} "
               f"{ratio:>9.3f} {paired:>7.3f} {loss['ours'] * 100:>9.2f}% {loss['ref'] * 100:>8.2f}%")
     print()
-    print("(b) lossless runs per rung of the rate ladder (ours / ref), heaps lost in brackets")
+    print("(b) lossless runs per rung of the rate ladder (ours | ref), heaps lost in brackets; '*': the")
+    print("    sender fell short of the rung's rate (on loopback the receiving socket's kernel work runs on")
+    print("    the sender's CPU), so the rung counts as failed")
     for payload, p in report["payloads"].items():
         s = p["search"]
         cells = []
         for a, b in zip(s["ours"]["rungs"], s["ref"]["rungs"]):
             cells.append(f"{a['rate'] / 1e6:.0f}: {a['lossless_runs']}/{len(a['runs'])} ({a['lost_heaps']})"
-                         f" | {b['lossless_runs']}/{len(b['runs'])} ({b['lost_heaps']})")
+                         f"{'*' if a['sender_short'] else ''}"
+                         f" | {b['lossless_runs']}/{len(b['runs'])} ({b['lost_heaps']})"
+                         f"{'*' if b['sender_short'] else ''}")
         u = {k: s[k]["unthrottled"] for k in ("ours", "ref")}
         cells.append("unthrottled: " + " | ".join(
             f"{u[k]['offered_rate'] / 1e6:.0f} {'ok' if u[k]['lossless'] else 'LOSS'}" for k in ("ours", "ref")))
