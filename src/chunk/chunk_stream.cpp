@@ -290,12 +290,18 @@ std::size_t chunk_stream::hash(std::int64_t cnt) const
 
 std::int32_t chunk_stream::find_heap(std::int64_t cnt)
 {
-    for (std::int32_t i = buckets[hash(cnt)]; i >= 0; i = heaps[i].hash_next)
+    // search_dist counts as the reference does: one per chain entry looked
+    // at, plus one for a miss (so an empty chain costs 1).
+    std::uint64_t dist = 1;
+    for (std::int32_t i = buckets[hash(cnt)]; i >= 0; i = heaps[i].hash_next, dist++)
     {
-        counters.search_dist++;
         if (heaps[i].cnt == cnt)
+        {
+            counters.search_dist += dist;
             return i;
+        }
     }
+    counters.search_dist += dist;
     return -1;
 }
 
@@ -315,9 +321,9 @@ void chunk_stream::unlink_heap(std::size_t slot)
     heaps[slot].cnt = -1;
 }
 
-std::size_t chunk_stream::new_heap(const packet_header &ph)
+std::size_t chunk_stream::claim_slot(std::int64_t cnt)
 {
-    const std::size_t sub = std::size_t(std::uint64_t(ph.heap_cnt) % substreams);
+    const std::size_t sub = std::size_t(std::uint64_t(cnt) % substreams);
     std::size_t &pos = sub_head[sub];
     pos = (pos + 1 == max_heaps) ? 0 : pos + 1;
     const std::size_t slot = sub * max_heaps + pos;
@@ -329,6 +335,13 @@ std::size_t chunk_stream::new_heap(const packet_header &ph)
         counters.evicted++;
         heap_done(h, false);
     }
+    return slot;
+}
+
+std::size_t chunk_stream::new_heap(const packet_header &ph)
+{
+    const std::size_t slot = claim_slot(ph.heap_cnt);
+    live_heap &h = heaps[slot];
     h.cnt = ph.heap_cnt;
     h.heap_length = ph.heap_length;
     h.received = 0;
@@ -401,18 +414,22 @@ void chunk_stream::process_packet(const packet_header &ph)
         log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
         return;
     }
+    if (h.min_length > std::uint64_t(h.heap_length))
+    {
+        // An earlier packet of this heap had an item address beyond
+        // HEAP_LENGTH: the heap can never complete (as in the reference).
+        log_info("dropped packet of heap %lld: heap length too small for its items",
+                 (long long) ph.heap_cnt);
+        return;
+    }
     std::uint64_t max_address;
     bool stop_flag;
     scan_pointers(ph, max_address, stop_flag);
     const std::uint64_t start = std::uint64_t(ph.payload_offset);
     const std::uint64_t end = start + std::uint64_t(ph.payload_length);
-    const std::uint64_t new_min = std::max({h.min_length, max_address, end});
-    if (new_min > std::uint64_t(h.heap_length))
-    {
-        log_info("dropped packet of heap %lld: heap length too small for its items",
-                 (long long) ph.heap_cnt);
-        return;
-    }
+    // The packet's own item addresses do not reject it; they only make the
+    // heap incomplete if they point beyond HEAP_LENGTH.
+    const std::uint64_t new_min = std::max({h.min_length, max_address, std::uint64_t(h.heap_length)});
     if (!allow_out_of_order)
     {
         if (start != h.received)
@@ -478,7 +495,8 @@ void chunk_stream::process_packet(const packet_header &ph)
         h.where = place(ph);
     }
     copy_payload(h.where, ph);
-    const bool complete = h.received == std::uint64_t(h.heap_length);
+    const bool complete = h.received == std::uint64_t(h.heap_length)
+                          && h.min_length == std::uint64_t(h.heap_length);
     if (!complete)
         prefetch_next_destination(h, end, std::uint64_t(ph.payload_length));
     if (complete)
@@ -493,29 +511,54 @@ void chunk_stream::process_packet(const packet_header &ph)
 
 void chunk_stream::process_single(const packet_header &ph)
 {
+    // A heap in one packet is never looked up (so a duplicate is delivered
+    // twice), but, as in the reference, it still takes the next slot of its
+    // substream, evicting the heap that held it.
     counters.single_packet_heaps++;
+    const std::size_t slot = claim_slot(ph.heap_cnt);
     std::uint64_t max_address;
     bool stop_flag;
     scan_pointers(ph, max_address, stop_flag);
-    if (max_address > std::uint64_t(ph.heap_length))
-    {
-        log_info("dropped packet of heap %lld: heap length too small for its items",
-                 (long long) ph.heap_cnt);
-        return;
-    }
     heap_placement where;
     if (ph.heap_length > 0)
     {
         where = place(ph);
         copy_payload(where, ph);
     }
-    if (stop_flag && stop_on_stop_item)
+    const bool stop = stop_flag && stop_on_stop_item;
+    if (max_address <= std::uint64_t(ph.heap_length))
     {
-        stop_received();   // a complete stop heap is discarded
-        return;
+        if (!stop)
+        {
+            counters.heaps++;
+            mark_complete(where);
+        }
+        // else: a complete stop heap is discarded
     }
-    counters.heaps++;
-    mark_complete(where);
+    else
+    {
+        // An item address beyond HEAP_LENGTH: the heap cannot complete and
+        // stays live in its slot until it is evicted or flushed.
+        log_info("heap %lld can never complete: heap length too small for its items",
+                 (long long) ph.heap_cnt);
+        live_heap &h = heaps[slot];
+        h.cnt = ph.heap_cnt;
+        h.heap_length = ph.heap_length;
+        h.received = std::uint64_t(ph.payload_length);
+        h.min_length = max_address;
+        h.heap_address_bits = ph.heap_address_bits;
+        h.stop_item = stop_flag;
+        h.placed = true;
+        h.where = where;
+        h.ranges.clear();
+        if (allow_out_of_order && ph.payload_length > 0)
+            h.ranges.emplace_back(0, std::uint64_t(ph.payload_length));
+        const std::size_t b = hash(ph.heap_cnt);
+        h.hash_next = buckets[b];
+        buckets[b] = std::int32_t(slot);
+    }
+    if (stop)
+        stop_received();
 }
 
 void chunk_stream::heap_done(live_heap &h, bool complete)

@@ -157,6 +157,7 @@ private:
     std::int32_t find_heap(std::int64_t cnt);
     std::size_t hash(std::int64_t cnt) const;
     void unlink_heap(std::size_t slot);
+    std::size_t claim_slot(std::int64_t cnt);   ///< next slot of the substream, evicting its heap
     std::size_t new_heap(const protocol::packet_header &ph);
     void heap_done(live_heap &h, bool complete);
     bool scan_pointers(const protocol::packet_header &ph, std::uint64_t &max_address, bool &stop_flag) const;
