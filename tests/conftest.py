@@ -138,6 +138,18 @@ def _compile_callbacks(names=None):
                 for i in range(n):
                     extra[i] = DIRECT_EXTRA_BYTE + i
 
+    def place_bias(data_ptr, data_size, user_data_ptr):
+        # items: [position, HEAP_LENGTH]; chunk_id is offset by the int64 the
+        # user data points to (so chunk IDs can be made large).
+        data = numba.carray(data_ptr, 1)
+        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
+        bias = numba.carray(user_data_ptr, 1)
+        position = items[0]
+        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE:
+            data[0].chunk_id = position // HEAPS_PER_CHUNK + bias[0]
+            data[0].heap_index = position % HEAPS_PER_CHUNK
+            data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
+
     def place_capture(data_ptr, data_size, user_data_ptr):
         # items: [timestamp (0x1600), frequency (0x4103), HEAP_LENGTH]
         data = numba.carray(data_ptr, 1)
@@ -161,6 +173,7 @@ def _compile_callbacks(names=None):
         "place_extra": (place_extra, plain_sig),
         "place_bind": (place_bind, types.void(place_ptr, types.size_t, types.CPointer(bind_record))),
         "place_direct": (place_direct, plain_sig),
+        "place_bias": (place_bias, types.void(place_ptr, types.size_t, types.CPointer(types.int64))),
         "place_capture": (place_capture, types.void(place_ptr, types.size_t, types.CPointer(capture_record))),
     }
     if names is None:
@@ -227,6 +240,17 @@ def make_place_bind(callbacks):
         user_data["scale"] = scale
         user_data["placed_heaps_index"] = placed_heaps_index
         return _Bound(_bind_llc(callbacks["place_bind"], user_data), user_data)
+
+    return make
+
+
+@pytest.fixture
+def make_place_bias(callbacks):
+    """make_place_bias(bias) -> object with .llc: chunk_id = position // 10 + bias."""
+
+    def make(bias):
+        user_data = np.array([bias], dtype=np.int64)
+        return _Bound(_bind_llc(callbacks["place_bias"], user_data), user_data)
 
     return make
 

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
+#include <functional>
 
 namespace spead2::chunk
 {
@@ -26,8 +27,9 @@ bool interpreter_exiting();
 /// Number of threads currently blocked in a ring operation without the GIL.
 std::atomic<int> &ring_waiters();
 
-/// Streams alive in this process, stopped at interpreter exit.
-void register_stoppable(chunk::chunk_stream *stream);
-void unregister_stoppable(chunk::chunk_stream *stream);
+/// Streams and groups alive in this process, stopped at interpreter exit
+/// (@a stop runs with the GIL held).
+void register_stoppable(const void *key, std::function<void()> stop);
+void unregister_stoppable(const void *key);
 
 } // namespace spead2::bindings

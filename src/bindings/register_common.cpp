@@ -6,7 +6,8 @@
 #include <chrono>
 #include <mutex>
 #include <thread>
-#include <set>
+#include <functional>
+#include <map>
 
 #include "bindings/module.h"
 #include "chunk/chunk_stream.h"
@@ -24,7 +25,7 @@ namespace
 {
 
 std::mutex stoppables_mutex;
-std::set<chunk::chunk_stream *> stoppables;
+std::map<const void *, std::function<void()>> stoppables;
 std::atomic<bool> exiting{false};
 
 void stop_everything()
@@ -36,13 +37,14 @@ void stop_everything()
         py::gil_scoped_release nogil;
         std::this_thread::sleep_for(std::chrono::milliseconds(120));
     }
-    std::vector<chunk::chunk_stream *> streams;
+    std::vector<std::function<void()>> stops;
     {
         std::lock_guard<std::mutex> lock(stoppables_mutex);
-        streams.assign(stoppables.begin(), stoppables.end());
+        for (auto &entry : stoppables)
+            stops.push_back(entry.second);
     }
-    for (auto *s : streams)
-        s->stop();
+    for (auto &stop : stops)
+        stop();
     py::gil_scoped_release nogil;
     stop_log_delivery();
 }
@@ -60,16 +62,16 @@ std::atomic<int> &ring_waiters()
     return count;
 }
 
-void register_stoppable(chunk::chunk_stream *stream)
+void register_stoppable(const void *key, std::function<void()> stop)
 {
     std::lock_guard<std::mutex> lock(stoppables_mutex);
-    stoppables.insert(stream);
+    stoppables[key] = std::move(stop);
 }
 
-void unregister_stoppable(chunk::chunk_stream *stream)
+void unregister_stoppable(const void *key)
 {
     std::lock_guard<std::mutex> lock(stoppables_mutex);
-    stoppables.erase(stream);
+    stoppables.erase(key);
 }
 
 void register_common(py::module_ &m)

@@ -186,19 +186,30 @@ struct py_ring_pair
     }
 };
 
-// ----------------------------------------------------------- ChunkRingStream
+// ------------------------------------------------------------------ streams
 
-struct py_chunk_ring_stream : public py_ring_pair
+// What a Python stream object (ChunkRingStream, ChunkStreamGroupMember)
+// holds besides the C++ stream: the Python objects its readers and callbacks
+// use, kept alive as long as the stream.
+struct py_stream
 {
-    std::unique_ptr<chunk_ring_stream> stream;
     py::object place;          // keeps the place callback's owner alive
     py::object thread_pool;
-    std::vector<std::unique_ptr<py::buffer_info>> buffers;   // keeps buffer-reader memory alive
+    std::vector<std::unique_ptr<py::buffer_info>> buffers;   // buffer-reader memory
     std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
 
-    py_chunk_ring_stream() = default;
-    py_chunk_ring_stream(const py_chunk_ring_stream &) = delete;
-    ~py_chunk_ring_stream()
+    py_stream() = default;
+    py_stream(const py_stream &) = delete;
+    virtual ~py_stream() = default;
+    /// The C++ stream (RuntimeError once destroyed).
+    virtual chunk_stream &get() = 0;
+};
+
+struct py_chunk_ring_stream : public py_ring_pair, public py_stream
+{
+    std::unique_ptr<chunk_ring_stream> stream;
+
+    ~py_chunk_ring_stream() override
     {
         if (stream)
         {
@@ -207,30 +218,63 @@ struct py_chunk_ring_stream : public py_ring_pair
         }
     }
 
-    chunk_ring_stream &get()
+    chunk_stream &get() override
     {
         if (!stream)
             throw std::runtime_error("stream has been destroyed");
         return *stream;
     }
+};
 
-    void stop()
+struct py_ring_group;
+
+/// A member of a ChunkStreamRingGroup; owned by the group (never by Python).
+struct py_group_member : public py_stream
+{
+    chunk_group_member *member = nullptr;
+    chunk_stream &get() override
     {
-        if (stream)
-            stream->stop();
+        if (!member)
+            throw std::runtime_error("stream has been destroyed");
+        return *member;
+    }
+};
+
+struct py_ring_group : public py_ring_pair
+{
+    std::unique_ptr<chunk_ring_group> group;
+    std::vector<std::unique_ptr<py_group_member>> members;
+
+    py_ring_group() = default;
+    py_ring_group(const py_ring_group &) = delete;
+    ~py_ring_group()
+    {
+        if (group)
+        {
+            unregister_stoppable(group.get());
+            group.reset();   // stops and destroys the members before their buffers go
+        }
+        members.clear();
+    }
+
+    chunk_ring_group &get()
+    {
+        if (!group)
+            throw std::runtime_error("group has been destroyed");
+        return *group;
     }
 };
 
 template<typename Factory>
-bool add_reader(py_chunk_ring_stream &self, Factory &&factory)
+bool add_reader(py_stream &self, Factory &&factory)
 {
-    chunk_ring_stream &s = self.get();
+    chunk_stream &s = self.get();
     py::gil_scoped_release nogil;
     return s.add_reader(factory);
 }
 
 #ifdef SPEAD2_HAVE_IBV
-bool add_ibv(py_chunk_ring_stream &self, const transport::ibv_config &config)
+bool add_ibv(py_stream &self, const transport::ibv_config &config)
 {
     config.validate();
     std::string kind;
@@ -245,7 +289,7 @@ bool add_ibv(py_chunk_ring_stream &self, const transport::ibv_config &config)
 }
 #endif
 
-bool add_udp(py_chunk_ring_stream &self, const transport::udp_socket_spec &spec, std::size_t max_size)
+bool add_udp(py_stream &self, const transport::udp_socket_spec &spec, std::size_t max_size)
 {
 #ifdef SPEAD2_HAVE_IBV
     // SPEAD2_IBV_INTERFACE turns IPv4 UDP readers into ibverbs readers.
@@ -261,6 +305,109 @@ bool add_udp(py_chunk_ring_stream &self, const transport::udp_socket_spec &spec,
     return add_reader(self, [&](transport::packet_sink &sink, worker &w) {
         return std::make_shared<transport::udp_reader>(sink, w, spec, max_size);
     });
+}
+
+/// The methods every stream class has (the reference's _Stream base).
+void register_stream_base(py::module_ &recv)
+{
+    py::class_<py_stream> cls(recv, "_Stream");
+    cls.def_readonly_static("DEFAULT_UDP_MAX_SIZE", &transport::DEFAULT_UDP_MAX_SIZE)
+        .def_readonly_static("DEFAULT_UDP_BUFFER_SIZE", &transport::DEFAULT_UDP_BUFFER_SIZE)
+        .def_property_readonly("config", [](py_stream &self) {
+            py_stream_config c;
+            c.cfg = self.get().get_config();
+            return c;
+        })
+        .def("_stats_values", [](py_stream &self) { return self.get().get_stats(); })
+        .def("start", [](py_stream &self) {
+            chunk_stream &s = self.get();
+            py::gil_scoped_release nogil;
+            s.start();
+        })
+        .def("add_buffer_reader", [](py_stream &self, py::buffer buffer) {
+            auto info = std::make_unique<py::buffer_info>(buffer.request());
+            if (!PyBuffer_IsContiguous(info->view(), 'C'))
+                throw py::value_error("buffer must be C-contiguous");
+            const auto *ptr = static_cast<const std::uint8_t *>(info->ptr);
+            const std::size_t size = std::size_t(info->size * info->itemsize);
+            self.buffers.push_back(std::move(info));
+            add_reader(self, [ptr, size](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::buffer_reader>(sink, w, ptr, size);
+            });
+        }, py::arg("buffer"))
+        .def("add_inproc_reader", [](py_stream &self, std::shared_ptr<transport::inproc_queue> queue) {
+            add_reader(self, [queue](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::inproc_reader>(sink, w, queue);
+            });
+        }, py::arg("queue"))
+        .def("add_udp_pcap_file_reader", [](py_stream &self, const std::string &filename,
+                                             const std::string &filter) {
+            add_reader(self, [&](transport::packet_sink &sink, worker &w) {
+                return std::make_shared<transport::pcap_reader>(sink, w, filename, filter);
+            });
+        }, py::arg("filename"), py::arg("filter") = "")
+        // add_udp_reader: the reference's overloads, tried in this order.
+        .def("add_udp_reader", [](py_stream &self, std::uint16_t port, std::size_t max_size,
+                                  std::size_t buffer_size, const std::string &bind_hostname) {
+            transport::udp_socket_spec spec;
+            spec.host = bind_hostname;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            add_udp(self, spec, max_size);
+        }, py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("bind_hostname") = "")
+        .def("add_udp_reader", [](py_stream &self, const std::string &multicast_group,
+                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
+                                  const std::string &interface_address) {
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::multicast_v4;
+            spec.host = multicast_group;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            spec.interface_address = interface_address;
+            add_udp(self, spec, max_size);
+        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_address") = "0.0.0.0")
+        .def("add_udp_reader", [](py_stream &self, const std::string &multicast_group,
+                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
+                                  unsigned interface_index) {
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::multicast_v6;
+            spec.host = multicast_group;
+            spec.port = port;
+            spec.buffer_size = buffer_size;
+            spec.interface_index = interface_index;
+            add_udp(self, spec, max_size);
+        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_index"))
+        .def("add_udp_reader", [](py_stream &self, py::object socket, std::size_t max_size) {
+            if (!py::hasattr(socket, "fileno"))
+                throw py::type_error("socket must be a socket.socket (or have fileno())");
+            int fd = socket.attr("fileno")().cast<int>();
+            int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+            if (dup_fd < 0)
+                throw std::system_error(errno, std::generic_category(), "duplicating the socket");
+            transport::udp_socket_spec spec;
+            spec.type = transport::udp_socket_spec::kind::adopt;
+            spec.fd = dup_fd;
+            // The reader owns the duplicate (and closes it if construction fails);
+            // if the stream has already stopped no reader is made.
+            if (!add_udp(self, spec, max_size))
+                ::close(dup_fd);
+        }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
+        .def("_ibv_reader_kinds", [](const py_stream &self) { return self.ibv_kinds; });
+#ifdef SPEAD2_HAVE_IBV
+    cls.def("add_udp_ibv_reader", [](py_stream &self, const transport::ibv_config &config) {
+        add_ibv(self, config);
+    }, py::arg("config"));
+#endif
+}
+
+/// A member of a group as a Python object: the same object for the same
+/// member while it is alive, keeping the group alive.
+py::object member_object(py_ring_group &self, py::handle self_obj, std::size_t index)
+{
+    return py::cast(self.members[index].get(), py::return_value_policy::reference_internal, self_obj);
 }
 
 } // anonymous namespace
@@ -479,8 +626,9 @@ void register_recv(py::module_ &m)
         .def_readonly("data_ringbuffer", &py_ring_pair::data_ringbuffer)
         .def_readonly("free_ringbuffer", &py_ring_pair::free_ringbuffer);
 
-    py::class_<py_chunk_ring_stream, py_ring_pair> stream_cls(recv, "ChunkRingStream");
-    stream_cls
+    register_stream_base(recv);
+
+    py::class_<py_chunk_ring_stream, py_ring_pair, py_stream>(recv, "ChunkRingStream")
         .def(py::init([](py::object thread_pool, const py_stream_config &config,
                          const py_chunk_stream_config &chunk_stream_config,
                          py::object data_ringbuffer, py::object free_ringbuffer) {
@@ -499,105 +647,104 @@ void register_recv(py::module_ &m)
                  self->free_ring = free;
                  self->place = chunk_stream_config.place;
                  self->thread_pool = thread_pool;
-                 register_stoppable(self->stream.get());
+                 chunk_ring_stream *raw = self->stream.get();
+                 register_stoppable(raw, [raw] { raw->stop(); });
                  return self;
              }),
              py::arg("thread_pool"), py::arg("config") = py_stream_config(),
              py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"))
-        .def_readonly_static("DEFAULT_UDP_MAX_SIZE", &transport::DEFAULT_UDP_MAX_SIZE)
-        .def_readonly_static("DEFAULT_UDP_BUFFER_SIZE", &transport::DEFAULT_UDP_BUFFER_SIZE)
-        .def_property_readonly("config", [](py_chunk_ring_stream &self) {
-            py_stream_config c;
-            c.cfg = self.get().get_config();
-            return c;
-        })
-        .def("_stats_values", [](py_chunk_ring_stream &self) { return self.get().get_stats(); })
-        .def("start", [](py_chunk_ring_stream &self) {
-            chunk_ring_stream &s = self.get();
-            py::gil_scoped_release nogil;
-            s.start();
-        })
         .def("stop", [](py_chunk_ring_stream &self) {
             if (self.stream)
                 self.stream->stop();
-        })
-        .def("add_buffer_reader", [](py_chunk_ring_stream &self, py::buffer buffer) {
-            auto info = std::make_unique<py::buffer_info>(buffer.request());
-            if (!PyBuffer_IsContiguous(info->view(), 'C'))
-                throw py::value_error("buffer must be C-contiguous");
-            const auto *ptr = static_cast<const std::uint8_t *>(info->ptr);
-            const std::size_t size = std::size_t(info->size * info->itemsize);
-            self.buffers.push_back(std::move(info));
-            add_reader(self, [ptr, size](transport::packet_sink &sink, worker &w) {
-                return std::make_shared<transport::buffer_reader>(sink, w, ptr, size);
-            });
-        }, py::arg("buffer"))
-        .def("add_inproc_reader", [](py_chunk_ring_stream &self, std::shared_ptr<transport::inproc_queue> queue) {
-            add_reader(self, [queue](transport::packet_sink &sink, worker &w) {
-                return std::make_shared<transport::inproc_reader>(sink, w, queue);
-            });
-        }, py::arg("queue"))
-        .def("add_udp_pcap_file_reader", [](py_chunk_ring_stream &self, const std::string &filename,
-                                             const std::string &filter) {
-            add_reader(self, [&](transport::packet_sink &sink, worker &w) {
-                return std::make_shared<transport::pcap_reader>(sink, w, filename, filter);
-            });
-        }, py::arg("filename"), py::arg("filter") = "")
-        // add_udp_reader: the reference's overloads, tried in this order.
-        .def("add_udp_reader", [](py_chunk_ring_stream &self, std::uint16_t port, std::size_t max_size,
-                                  std::size_t buffer_size, const std::string &bind_hostname) {
-            transport::udp_socket_spec spec;
-            spec.host = bind_hostname;
-            spec.port = port;
-            spec.buffer_size = buffer_size;
-            add_udp(self, spec, max_size);
-        }, py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
-           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("bind_hostname") = "")
-        .def("add_udp_reader", [](py_chunk_ring_stream &self, const std::string &multicast_group,
-                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
-                                  const std::string &interface_address) {
-            transport::udp_socket_spec spec;
-            spec.type = transport::udp_socket_spec::kind::multicast_v4;
-            spec.host = multicast_group;
-            spec.port = port;
-            spec.buffer_size = buffer_size;
-            spec.interface_address = interface_address;
-            add_udp(self, spec, max_size);
-        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
-           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_address") = "0.0.0.0")
-        .def("add_udp_reader", [](py_chunk_ring_stream &self, const std::string &multicast_group,
-                                  std::uint16_t port, std::size_t max_size, std::size_t buffer_size,
-                                  unsigned interface_index) {
-            transport::udp_socket_spec spec;
-            spec.type = transport::udp_socket_spec::kind::multicast_v6;
-            spec.host = multicast_group;
-            spec.port = port;
-            spec.buffer_size = buffer_size;
-            spec.interface_index = interface_index;
-            add_udp(self, spec, max_size);
-        }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
-           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_index"))
-        .def("add_udp_reader", [](py_chunk_ring_stream &self, py::object socket, std::size_t max_size) {
-            if (!py::hasattr(socket, "fileno"))
-                throw py::type_error("socket must be a socket.socket (or have fileno())");
-            int fd = socket.attr("fileno")().cast<int>();
-            int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-            if (dup_fd < 0)
-                throw std::system_error(errno, std::generic_category(), "duplicating the socket");
-            transport::udp_socket_spec spec;
-            spec.type = transport::udp_socket_spec::kind::adopt;
-            spec.fd = dup_fd;
-            // The reader owns the duplicate (and closes it if construction fails);
-            // if the stream has already stopped no reader is made.
-            if (!add_udp(self, spec, max_size))
-                ::close(dup_fd);
-        }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
-        .def("_ibv_reader_kinds", [](const py_chunk_ring_stream &self) { return self.ibv_kinds; });
-#ifdef SPEAD2_HAVE_IBV
-    stream_cls.def("add_udp_ibv_reader", [](py_chunk_ring_stream &self, const transport::ibv_config &config) {
-        add_ibv(self, config);
-    }, py::arg("config"));
+        });
 
+    // ---- Chunk stream groups
+    py::class_<chunk_group_config> group_cfg(recv, "ChunkStreamGroupConfig");
+    py::enum_<eviction_mode>(group_cfg, "EvictionMode")
+        .value("LOSSY", eviction_mode::LOSSY)
+        .value("LOSSLESS", eviction_mode::LOSSLESS);
+    group_cfg
+        .def(py::init([](std::size_t max_chunks, eviction_mode mode) {
+                 chunk_group_config c;
+                 c.set_max_chunks(max_chunks);
+                 c.set_eviction_mode(mode);
+                 return c;
+             }),
+             py::kw_only(), py::arg("max_chunks") = DEFAULT_MAX_CHUNKS,
+             py::arg("eviction_mode") = eviction_mode::LOSSY)
+        .def_readonly_static("DEFAULT_MAX_CHUNKS", &DEFAULT_MAX_CHUNKS)
+        .def_property("max_chunks", &chunk_group_config::get_max_chunks,
+                      [](chunk_group_config &c, std::size_t v) { c.set_max_chunks(v); })
+        .def_property("eviction_mode", &chunk_group_config::get_eviction_mode,
+                      [](chunk_group_config &c, eviction_mode m) { c.set_eviction_mode(m); })
+        .def("__copy__", [](const chunk_group_config &c) { return chunk_group_config(c); })
+        .def("__deepcopy__", [](const chunk_group_config &c, py::dict) { return chunk_group_config(c); });
+
+    py::class_<py_group_member, py_stream, std::unique_ptr<py_group_member, py::nodelete>>(
+        recv, "ChunkStreamGroupMember")
+        .def("stop", [](py_group_member &self) {
+            // Stopping a member stops the whole group, as in the reference.
+            self.get().stop();
+        });
+
+    py::class_<py_ring_group, py_ring_pair>(recv, "ChunkStreamRingGroup")
+        .def(py::init([](const chunk_group_config &config, py::object data_ringbuffer,
+                         py::object free_ringbuffer) {
+                 if (data_ringbuffer.is_none() || free_ringbuffer.is_none())
+                     throw py::type_error("ringbuffers must not be None");
+                 auto data = data_ringbuffer.cast<std::shared_ptr<chunk_ringbuffer>>();
+                 auto free = free_ringbuffer.cast<std::shared_ptr<chunk_ringbuffer>>();
+                 auto self = std::make_unique<py_ring_group>();
+                 self->group = std::make_unique<chunk_ring_group>(config, data, free);
+                 self->data_ringbuffer = data_ringbuffer;
+                 self->free_ringbuffer = free_ringbuffer;
+                 self->free_ring = free;
+                 chunk_ring_group *raw = self->group.get();
+                 register_stoppable(raw, [raw] { raw->stop(); });
+                 return self;
+             }),
+             py::arg("config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"))
+        .def_property_readonly("config", [](py_ring_group &self) { return self.get().get_config(); })
+        .def("emplace_back", [](py::object self_obj, py::object thread_pool, const py_stream_config &config,
+                                const py_chunk_stream_config &chunk_stream_config) {
+                 py_ring_group &self = self_obj.cast<py_ring_group &>();
+                 if (thread_pool.is_none())
+                     throw py::type_error("thread_pool must not be None");
+                 auto pool = thread_pool.cast<std::shared_ptr<spead2::thread_pool>>();
+                 auto wrapper = std::make_unique<py_group_member>();
+                 wrapper->place = chunk_stream_config.place;
+                 wrapper->thread_pool = thread_pool;
+                 wrapper->member = &self.get().emplace_back(pool, config.cfg, chunk_stream_config.cfg);
+                 self.members.push_back(std::move(wrapper));
+                 return member_object(self, self_obj, self.members.size() - 1);
+             },
+             py::arg("thread_pool"), py::arg("config") = py_stream_config(), py::arg("chunk_stream_config"))
+        .def("__len__", [](const py_ring_group &self) { return self.members.size(); })
+        .def("__getitem__", [](py::object self_obj, std::int64_t index) {
+                 py_ring_group &self = self_obj.cast<py_ring_group &>();
+                 const auto n = std::int64_t(self.members.size());
+                 if (index < 0)
+                     index += n;
+                 if (index < 0 || index >= n)
+                     throw py::index_error("group index out of range");
+                 return member_object(self, self_obj, std::size_t(index));
+             }, py::arg("index"))
+        .def("__getitem__", [](py::object self_obj, py::slice slice) {
+                 py_ring_group &self = self_obj.cast<py_ring_group &>();
+                 std::size_t start, stop, step, length;
+                 if (!slice.compute(self.members.size(), &start, &stop, &step, &length))
+                     throw py::error_already_set();
+                 py::list out;
+                 for (std::size_t i = 0; i < length; i++)
+                     out.append(member_object(self, self_obj, start + i * step));
+                 return out;
+             }, py::arg("index"))
+        .def("stop", [](py_ring_group &self) {
+            if (self.group)
+                self.group->stop();
+        });
+
+#ifdef SPEAD2_HAVE_IBV
     py::class_<transport::ibv_config>(recv, "UdpIbvConfig")
         .def(py::init([](py::kwargs kwargs) {
             auto c = std::make_unique<transport::ibv_config>();

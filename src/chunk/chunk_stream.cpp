@@ -77,6 +77,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       allow_out_of_order(user_config.get_allow_out_of_order()),
       stop_on_stop_item(user_config.get_stop_on_stop_item()),
       stream_id(user_config.get_stream_id()),
+      window(chunk_config.get_max_chunks()),
       started(!user_config.get_explicit_start())
 {
     if (!this->pool)
@@ -94,7 +95,6 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
     buckets.assign(n_buckets, -1);
     bucket_shift = 64 - log2_exact(n_buckets);
 
-    window.assign(chunk_config.get_max_chunks(), nullptr);
     stats.assign(config.get_stats().size(), 0);
     batch_stats.assign(stats.size(), 0);
     item_values.assign(chunk_config.get_items().size(), -1);
@@ -165,7 +165,6 @@ void chunk_stream::stop()
             flush_chunks();
             stopped.store(true);
             flush_heaps();
-            head = tail = std::numeric_limits<std::uint64_t>::max();
             merge_batch();
         }
     }
@@ -180,7 +179,6 @@ void chunk_stream::stop_received()
     stopped_in_batch = true;
     flush_heaps();
     flush_chunks();
-    head = tail = std::numeric_limits<std::uint64_t>::max();
     {
         std::lock_guard<std::mutex> lock(readers_mutex);
         for (auto &r : readers)
@@ -584,50 +582,31 @@ void chunk_stream::flush_heaps()
 
 // ----------------------------------------------------------------- placement
 
-chunk *chunk_stream::chunk_for(std::int64_t chunk_id) const
+chunk *chunk_stream::acquire_chunk(std::int64_t chunk_id)
 {
-    if (chunk_id < 0 || std::uint64_t(chunk_id) < head || std::uint64_t(chunk_id) >= tail)
-        return nullptr;
-    return window[std::uint64_t(chunk_id) % window.size()];
+    return allocate(chunk_id, batch_stats.data()).release();
 }
 
-void chunk_stream::flush_head()
+void chunk_stream::release_chunk(chunk *c)
 {
-    chunk *&slot = window[head % window.size()];
-    chunk *c = slot;
-    slot = nullptr;
-    head++;
-    if (c)
-        ready(std::unique_ptr<chunk>(c), batch_stats.data());
+    ready(std::unique_ptr<chunk>(c), batch_stats.data());
 }
 
 void chunk_stream::flush_chunks()
 {
-    while (head < tail)
-        flush_head();
+    window.flush_until(chunk_window::END,
+                       [this](chunk *c) { release_chunk(c); },
+                       [this](std::uint64_t h) { head_moved(h); });
 }
 
-void chunk_stream::advance_window(std::uint64_t chunk_id)
+void chunk_stream::flush_window_until(std::uint64_t target)
 {
-    const std::size_t max_chunks = window.size();
-    if (chunk_id - tail >= max_chunks)
-    {
-        flush_chunks();
-        head = tail = chunk_id - max_chunks + 1;
-    }
-    while (chunk_id >= tail)
-    {
-        if (tail - head == max_chunks)
-            flush_head();
-        std::unique_ptr<chunk> c = allocate(std::int64_t(tail), batch_stats.data());
-        if (c)
-        {
-            c->chunk_id = std::int64_t(tail);
-            c->stream_id = stream_id;
-        }
-        window[tail % max_chunks] = c.release();
-        tail++;
-    }
+    std::lock_guard<std::mutex> lock(queue_mutex);
+    if (stopped.load())
+        return;
+    window.flush_until(target,
+                       [this](chunk *c) { release_chunk(c); },
+                       [this](std::uint64_t h) { head_moved(h); });
 }
 
 chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
@@ -669,14 +648,17 @@ chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
         return result;
     }
     const std::uint64_t id = std::uint64_t(d.chunk_id);
-    if (id < head)
+    if (id < window.get_head())
     {
         counters.too_old++;
         return result;
     }
-    if (id >= tail)
-        advance_window(id);
-    chunk *c = chunk_for(d.chunk_id);
+    if (id >= window.get_tail())
+        window.extend_to(id, stream_id,
+                         [this](std::uint64_t i) { return acquire_chunk(std::int64_t(i)); },
+                         [this](chunk *old) { release_chunk(old); },
+                         [this](std::uint64_t h) { head_moved(h); });
+    chunk *c = window.get(id);
     if (!c)
         return result;   // no chunk could be allocated (free ring stopped)
 
@@ -717,7 +699,7 @@ chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
 
 void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
 {
-    if (where.chunk_id < 0 || ph.payload_length <= 0 || std::uint64_t(where.chunk_id) < head)
+    if (where.chunk_id < 0 || ph.payload_length <= 0 || behind_window(where.chunk_id))
         return;   // not placed, or the chunk has left the window
     chunk *c = where.target;
     copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
@@ -734,7 +716,7 @@ void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t e
     const heap_placement &where = h.where;
     if (packet_payload >= DEST_PREFETCH_MAX_PAYLOAD)
         return;
-    if (where.chunk_id < 0 || std::uint64_t(where.chunk_id) < head)
+    if (where.chunk_id < 0 || behind_window(where.chunk_id))
         return;
     const std::uint64_t length = std::uint64_t(h.heap_length);
     const std::uint64_t first = end + (DEST_PREFETCH_PACKETS - 1) * packet_payload;
@@ -748,7 +730,7 @@ void chunk_stream::mark_complete(const heap_placement &where)
 {
     if (where.chunk_id < 0)
         return;
-    if (std::uint64_t(where.chunk_id) < head)
+    if (behind_window(where.chunk_id))
     {
         counters.too_old++;
         return;

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <vector>
 
+#include "chunk/chunk_window.h"
 #include "chunk/config.h"
 #include "common/memcpy.h"
 #include "common/thread_pool.h"
@@ -71,6 +72,23 @@ protected:
     virtual void network_stop_hook() {}
     /// Wait for readers to finish and close them; the stream lock must not be held.
     void stop_readers();
+
+    // Where chunks come from and go to.  The defaults use the allocate and
+    // ready callbacks; a group member borrows chunks from its group instead.
+    // All run with the stream lock held, on the thread handling a batch (or
+    // the thread stopping the stream).
+    /// A chunk for a new tail ID (nullptr: none, heaps for it are dropped).
+    virtual chunk *acquire_chunk(std::int64_t chunk_id);
+    /// A chunk leaves the window at its head.
+    virtual void release_chunk(chunk *c);
+    /// The window's head moved to @a head (chunk_window::END once stopped).
+    virtual void head_moved(std::uint64_t head) {}
+
+    /// Release chunks until the window's head is at least @a target (no-op
+    /// once stopped).  Takes the stream lock.
+    void flush_window_until(std::uint64_t target);
+    std::uint64_t *get_batch_stats() { return batch_stats.data(); }
+    std::uintptr_t get_stream_id() const { return stream_id; }
 
 private:
     struct heap_placement
@@ -130,8 +148,7 @@ private:
     std::vector<std::size_t> sub_head;   ///< last used slot per substream
     std::vector<std::int32_t> buckets;
     int bucket_shift;
-    std::vector<chunk *> window;         ///< chunks [head, tail), slot = id % max_chunks
-    std::uint64_t head = 0, tail = 0;
+    chunk_window window;
     std::vector<std::uint64_t> batch_stats;
     batch_counters counters;
     std::size_t batch_packet_count = 0;
@@ -168,9 +185,10 @@ private:
     void copy_payload(const heap_placement &where, const protocol::packet_header &ph);
     void mark_complete(const heap_placement &where);
     void prefetch_next_destination(const live_heap &h, std::uint64_t end, std::uint64_t packet_payload);
-    chunk *chunk_for(std::int64_t chunk_id) const;
-    void advance_window(std::uint64_t chunk_id);
-    void flush_head();
+    bool behind_window(std::int64_t chunk_id) const
+    {
+        return std::uint64_t(chunk_id) < window.get_head();
+    }
     void flush_chunks();
 
     // Stopping

@@ -1,34 +1,24 @@
 #include "chunk/ring_stream.h"
 
 #include <cstring>
+#include <stdexcept>
 
 #include "common/logging.h"
 
 namespace spead2::chunk
 {
 
-chunk_ring_stream::chunk_ring_stream(std::shared_ptr<thread_pool> pool,
-                                     const stream_config &config,
-                                     const chunk_stream_config &chunk_config,
-                                     std::shared_ptr<chunk_ringbuffer> data_ring_,
-                                     std::shared_ptr<chunk_ringbuffer> free_ring_)
-    : chunk_stream(std::move(pool), config, chunk_config,
-                   [this](std::int64_t id, std::uint64_t *) { return take_free(id); },
-                   [this](std::unique_ptr<chunk> &&c, std::uint64_t *) { give_ready(std::move(c)); }),
-      data_ring(std::move(data_ring_)),
-      free_ring(std::move(free_ring_))
+// --------------------------------------------------------------- ring pair
+
+chunk_ring_pair::chunk_ring_pair(std::shared_ptr<chunk_ringbuffer> data_ring_,
+                                 std::shared_ptr<chunk_ringbuffer> free_ring_)
+    : data_ring(std::move(data_ring_)), free_ring(std::move(free_ring_))
 {
     if (!data_ring || !free_ring)
         throw std::invalid_argument("data_ringbuffer and free_ringbuffer must not be None");
-    data_ring->add_producer();
 }
 
-chunk_ring_stream::~chunk_ring_stream()
-{
-    chunk_ring_stream::stop();
-}
-
-std::unique_ptr<chunk> chunk_ring_stream::take_free(std::int64_t)
+std::unique_ptr<chunk> chunk_ring_pair::take_free()
 {
     try
     {
@@ -40,7 +30,7 @@ std::unique_ptr<chunk> chunk_ring_stream::take_free(std::int64_t)
     }
 }
 
-void chunk_ring_stream::give_ready(std::unique_ptr<chunk> &&c)
+void chunk_ring_pair::give_ready(std::unique_ptr<chunk> &&c)
 {
     try
     {
@@ -54,16 +44,14 @@ void chunk_ring_stream::give_ready(std::unique_ptr<chunk> &&c)
     }
 }
 
-void chunk_ring_stream::network_stop_hook()
-{
-    data_ring->remove_producer();
-}
-
-void chunk_ring_stream::stop()
+void chunk_ring_pair::stop_rings()
 {
     free_ring->stop();
     data_ring->stop();
-    chunk_stream::stop();
+}
+
+void chunk_ring_pair::bury_graveyard()
+{
     std::vector<std::unique_ptr<chunk>> dead;
     {
         std::lock_guard<std::mutex> lock(graveyard_mutex);
@@ -71,6 +59,70 @@ void chunk_ring_stream::stop()
     }
     dead.clear();
 }
+
+// ------------------------------------------------------------- ring stream
+
+chunk_ring_stream::chunk_ring_stream(std::shared_ptr<thread_pool> pool,
+                                     const stream_config &config,
+                                     const chunk_stream_config &chunk_config,
+                                     std::shared_ptr<chunk_ringbuffer> data_ring_,
+                                     std::shared_ptr<chunk_ringbuffer> free_ring_)
+    : chunk_ring_pair(std::move(data_ring_), std::move(free_ring_)),
+      chunk_stream(std::move(pool), config, chunk_config, make_allocate(), make_ready())
+{
+    data_ring->add_producer();
+}
+
+chunk_ring_stream::~chunk_ring_stream()
+{
+    chunk_ring_stream::stop();
+}
+
+void chunk_ring_stream::network_stop_hook()
+{
+    data_ring->remove_producer();
+}
+
+void chunk_ring_stream::stop()
+{
+    stop_rings();
+    chunk_stream::stop();
+    bury_graveyard();
+}
+
+// -------------------------------------------------------------- ring group
+
+chunk_ring_group::chunk_ring_group(const chunk_group_config &config,
+                                   std::shared_ptr<chunk_ringbuffer> data_ring_,
+                                   std::shared_ptr<chunk_ringbuffer> free_ring_)
+    : chunk_ring_pair(std::move(data_ring_), std::move(free_ring_)),
+      chunk_group(config, make_allocate(), make_ready())
+{
+}
+
+chunk_ring_group::~chunk_ring_group()
+{
+    chunk_ring_group::stop();
+}
+
+void chunk_ring_group::member_added(chunk_group_member &)
+{
+    data_ring->add_producer();
+}
+
+void chunk_ring_group::member_network_stopped(chunk_group_member &)
+{
+    data_ring->remove_producer();
+}
+
+void chunk_ring_group::stop()
+{
+    stop_rings();
+    chunk_group::stop();
+    bury_graveyard();
+}
+
+// ----------------------------------------------------------------- helpers
 
 void add_free_chunk(chunk_ringbuffer &free_ring, std::unique_ptr<chunk> &&c)
 {

@@ -1,6 +1,7 @@
 """Receiving SPEAD streams into chunks."""
 
 from collections.abc import Mapping as _Mapping
+from collections.abc import Sequence as _Sequence
 
 from .._spead2 import recv as _recv
 
@@ -8,6 +9,8 @@ Chunk = _recv.Chunk
 ChunkRingbuffer = _recv.ChunkRingbuffer
 ChunkRingPair = _recv.ChunkRingPair
 ChunkStreamConfig = _recv.ChunkStreamConfig
+ChunkStreamGroupConfig = _recv.ChunkStreamGroupConfig
+ChunkStreamGroupMember = _recv.ChunkStreamGroupMember
 StreamConfig = _recv.StreamConfig
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
@@ -140,16 +143,56 @@ del _i, _name
 _Mapping.register(StreamStats)
 
 
+def _stats(self) -> StreamStats:
+    """A snapshot of the stream's statistics (a new object on each access)."""
+    return StreamStats(self.config.stats, self._stats_values())
+
+
 class ChunkRingStream(_recv.ChunkRingStream):
     """Stream that writes heaps into chunks taken from and returned to ringbuffers.
 
     See the chunking receiver reference for the parameters.
     """
 
-    @property
-    def stats(self) -> StreamStats:
-        """A snapshot of the stream's statistics (a new object on each access)."""
-        return StreamStats(self.config.stats, self._stats_values())
+    stats = property(_stats)
+
+
+# Members are made by ChunkStreamRingGroup.emplace_back, never by users.
+ChunkStreamGroupMember.stats = property(_stats)
+
+
+class ChunkStreamRingGroup(_recv.ChunkStreamRingGroup):
+    """Several streams (members) filling one sequence of chunks.
+
+    Chunks come from `free_ringbuffer` and completed ones go to
+    `data_ringbuffer`.  Members are added with :meth:`emplace_back`; the group
+    is a sequence of its members.
+    """
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __reversed__(self):
+        for i in range(len(self) - 1, -1, -1):
+            yield self[i]
+
+    def __contains__(self, value):
+        return any(member is value for member in self)
+
+    def count(self, value):
+        return sum(1 for member in self if member is value)
+
+    def index(self, value, start=0, stop=None):
+        n = len(self)
+        start, stop, _ = slice(start, stop).indices(n)
+        for i in range(start, stop):
+            if self[i] is value:
+                return i
+        raise ValueError(f"{value!r} is not in the group")
+
+
+_Sequence.register(ChunkStreamRingGroup)
 
 
 __all__ = [
@@ -158,6 +201,9 @@ __all__ = [
     "ChunkRingPair",
     "ChunkRingStream",
     "ChunkStreamConfig",
+    "ChunkStreamGroupConfig",
+    "ChunkStreamGroupMember",
+    "ChunkStreamRingGroup",
     "StreamConfig",
     "StreamStatConfig",
     "StreamStats",

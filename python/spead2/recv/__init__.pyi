@@ -1,5 +1,5 @@
 import enum
-from typing import Any, Iterator, List, Optional, Tuple, Union, overload
+from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 import spead2
 
@@ -119,17 +119,9 @@ class ChunkRingPair:
     @property
     def free_ringbuffer(self) -> ChunkRingbuffer: ...
 
-class ChunkRingStream(ChunkRingPair):
+class _Stream:
     DEFAULT_UDP_MAX_SIZE: int
     DEFAULT_UDP_BUFFER_SIZE: int
-    def __init__(
-        self,
-        thread_pool: spead2.ThreadPool,
-        config: StreamConfig = ...,
-        chunk_stream_config: ChunkStreamConfig = ...,
-        data_ringbuffer: ChunkRingbuffer = ...,
-        free_ringbuffer: ChunkRingbuffer = ...,
-    ) -> None: ...
     @property
     def config(self) -> StreamConfig: ...
     @property
@@ -150,6 +142,55 @@ class ChunkRingStream(ChunkRingPair):
     def add_udp_reader(self, socket: Any, max_size: int = ...) -> None: ...
     def add_udp_ibv_reader(self, config: UdpIbvConfig) -> None: ...
     def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+class ChunkRingStream(ChunkRingPair, _Stream):
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        config: StreamConfig = ...,
+        chunk_stream_config: ChunkStreamConfig = ...,
+        data_ringbuffer: ChunkRingbuffer = ...,
+        free_ringbuffer: ChunkRingbuffer = ...,
+    ) -> None: ...
+
+class ChunkStreamGroupConfig:
+    class EvictionMode(enum.Enum):
+        LOSSY = ...
+        LOSSLESS = ...
+    DEFAULT_MAX_CHUNKS: int
+    max_chunks: int
+    eviction_mode: ChunkStreamGroupConfig.EvictionMode
+    def __init__(self, *, max_chunks: int = ..., eviction_mode: ChunkStreamGroupConfig.EvictionMode = ...) -> None: ...
+
+class ChunkStreamGroupMember(_Stream):
+    """Not constructible: made by :meth:`ChunkStreamRingGroup.emplace_back`."""
+
+class ChunkStreamRingGroup(ChunkRingPair, Sequence[ChunkStreamGroupMember]):
+    def __init__(
+        self,
+        config: ChunkStreamGroupConfig,
+        data_ringbuffer: ChunkRingbuffer,
+        free_ringbuffer: ChunkRingbuffer,
+    ) -> None: ...
+    @property
+    def config(self) -> ChunkStreamGroupConfig: ...
+    def emplace_back(
+        self,
+        thread_pool: spead2.ThreadPool,
+        config: StreamConfig = ...,
+        chunk_stream_config: ChunkStreamConfig = ...,
+    ) -> ChunkStreamGroupMember: ...
+    def __len__(self) -> int: ...
+    @overload
+    def __getitem__(self, index: int) -> ChunkStreamGroupMember: ...
+    @overload
+    def __getitem__(self, index: slice) -> List[ChunkStreamGroupMember]: ...
+    def __iter__(self) -> Iterator[ChunkStreamGroupMember]: ...
+    def __reversed__(self) -> Iterator[ChunkStreamGroupMember]: ...
+    def __contains__(self, value: object) -> bool: ...
+    def count(self, value: object) -> int: ...
+    def index(self, value: object, start: int = ..., stop: Optional[int] = ...) -> int: ...
     def stop(self) -> None: ...
 
 class UdpIbvConfig:

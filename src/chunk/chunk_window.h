@@ -1,0 +1,131 @@
+// The chunk window: the chunks [head, tail) that are under construction.
+//
+// A window holds at most max_chunks chunk pointers, stored at id % max_chunks.
+// It does not decide where chunks come from or where they go: every
+// operation that moves it takes three callables,
+//   alloc(id) -> chunk *        a chunk for a new tail ID (may be nullptr),
+//   ready(chunk *)              a chunk leaves at the head (never nullptr),
+//   moved(new_head)             the head has advanced.
+// A chunk stream passes its allocate/ready callbacks; a member of a chunk
+// stream group borrows chunks from the group window and reports each head
+// movement to the group, which then releases what every member has left.
+//
+// Not thread-safe: the owner serialises access (stream lock, group mutex).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "chunk/config.h"
+
+namespace spead2::chunk
+{
+
+class chunk_window
+{
+    std::vector<chunk *> slots;
+    std::uint64_t head = 0;
+    std::uint64_t tail = 0;
+
+    chunk *&slot(std::uint64_t id) { return slots[id % slots.size()]; }
+
+public:
+    /// Past every chunk ID: the head of a window that has been flushed for good.
+    static constexpr std::uint64_t END = std::numeric_limits<std::uint64_t>::max();
+
+    explicit chunk_window(std::size_t max_chunks) : slots(max_chunks, nullptr) {}
+    chunk_window(const chunk_window &) = delete;
+    chunk_window &operator=(const chunk_window &) = delete;
+
+    std::size_t max_chunks() const { return slots.size(); }
+    std::uint64_t get_head() const { return head; }
+    std::uint64_t get_tail() const { return tail; }
+    bool empty() const { return head == tail; }
+
+    /// The chunk with this ID if it is in the window (it may be nullptr if
+    /// allocation failed), else nullptr.
+    chunk *get(std::uint64_t id) const
+    {
+        if (id < head || id >= tail)
+            return nullptr;
+        return slots[id % slots.size()];
+    }
+
+    /// Release the oldest chunk (the window must not be empty).
+    template<typename Ready, typename Moved>
+    void flush_head(const Ready &ready, const Moved &moved)
+    {
+        chunk *c = slot(head);
+        slot(head) = nullptr;
+        head++;
+        if (c)
+            ready(c);
+        moved(head);
+    }
+
+    /// Release chunks until the head is at least @a target; a head that
+    /// passes the tail drags the tail along.  @a moved runs once at the end
+    /// if the head moved.
+    template<typename Ready, typename Moved>
+    void flush_until(std::uint64_t target, const Ready &ready, const Moved &moved)
+    {
+        if (head >= target)
+            return;
+        while (head < tail && head < target)
+        {
+            chunk *c = slot(head);
+            slot(head) = nullptr;
+            head++;
+            if (c)
+                ready(c);
+        }
+        if (head < target)
+            head = tail = target;
+        moved(head);
+    }
+
+    /// Make @a id part of the window (id >= head), allocating every chunk
+    /// from the current tail up to @a id and releasing old chunks to make
+    /// room.  After a jump of more than a window, every chunk in the window
+    /// is released and the window restarts at id - max_chunks + 1 (the
+    /// chunks in between are still allocated: "back-fill").
+    template<typename Alloc, typename Ready, typename Moved>
+    void extend_to(std::uint64_t id, std::uintptr_t stream_id,
+                   const Alloc &alloc, const Ready &ready, const Moved &moved)
+    {
+        const std::size_t max = slots.size();
+        if (id >= tail && id - tail >= max)
+        {
+            const std::uint64_t restart = id - (max - 1);
+            const std::uint64_t old_head = head;
+            while (head < tail)
+            {
+                chunk *c = slot(head);
+                slot(head) = nullptr;
+                head++;
+                if (c)
+                    ready(c);
+            }
+            head = tail = restart;
+            if (head != old_head)
+                moved(head);
+        }
+        while (id >= tail)
+        {
+            if (tail - head == max)
+                flush_head(ready, moved);
+            chunk *c = alloc(tail);
+            if (c)
+            {
+                c->chunk_id = std::int64_t(tail);
+                c->stream_id = stream_id;
+            }
+            slot(tail) = c;
+            tail++;
+        }
+    }
+};
+
+} // namespace spead2::chunk
