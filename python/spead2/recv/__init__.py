@@ -11,6 +11,7 @@ ChunkRingPair = _recv.ChunkRingPair
 ChunkStreamConfig = _recv.ChunkStreamConfig
 ChunkStreamGroupConfig = _recv.ChunkStreamGroupConfig
 ChunkStreamGroupMember = _recv.ChunkStreamGroupMember
+_Stream = _recv._Stream  # base of every stream class (readers, stats, start, stop)
 StreamConfig = _recv.StreamConfig
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
