@@ -324,6 +324,9 @@ void register_stream_base(py::module_ &recv)
             py::gil_scoped_release nogil;
             s.start();
         })
+        // Stopping a group member stops its whole group (as in the reference).
+        // The GIL stays held: stopping frees chunks that own Python buffers.
+        .def("stop", [](py_stream &self) { self.get().stop(); })
         .def("add_buffer_reader", [](py_stream &self, py::buffer buffer) {
             auto info = std::make_unique<py::buffer_info>(buffer.request());
             if (!PyBuffer_IsContiguous(info->view(), 'C'))
@@ -652,11 +655,7 @@ void register_recv(py::module_ &m)
                  return self;
              }),
              py::arg("thread_pool"), py::arg("config") = py_stream_config(),
-             py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"))
-        .def("stop", [](py_chunk_ring_stream &self) {
-            if (self.stream)
-                self.stream->stop();
-        });
+             py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"));
 
     // ---- Chunk stream groups
     py::class_<chunk_group_config> group_cfg(recv, "ChunkStreamGroupConfig");
@@ -681,11 +680,7 @@ void register_recv(py::module_ &m)
         .def("__deepcopy__", [](const chunk_group_config &c, py::dict) { return chunk_group_config(c); });
 
     py::class_<py_group_member, py_stream, std::unique_ptr<py_group_member, py::nodelete>>(
-        recv, "ChunkStreamGroupMember")
-        .def("stop", [](py_group_member &self) {
-            // Stopping a member stops the whole group, as in the reference.
-            self.get().stop();
-        });
+        recv, "ChunkStreamGroupMember");
 
     py::class_<py_ring_group, py_ring_pair>(recv, "ChunkStreamRingGroup")
         .def(py::init([](const chunk_group_config &config, py::object data_ringbuffer,
