@@ -577,10 +577,13 @@ def test_asyncio_ringbuffer(place_bias):
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("mode", [LOSSY, LOSSLESS], ids=["lossy", "lossless"])
-def test_buffer_readers(mode, place_bias):
-    """Each member reads one memory buffer (half of the heaps)."""
-    h = Harness(place_bias.llc, n=2, mode=mode, inproc=False)
+def test_buffer_readers(place_bias):
+    """Each member reads one memory buffer (half of the heaps).
+
+    LOSSLESS only: a member reads its whole buffer in one go, so under LOSSY
+    whichever member runs first would legitimately evict the other's chunks.
+    """
+    h = Harness(place_bias.llc, n=2, mode=LOSSLESS, inproc=False)
     positions = range(8 * HEAPS_PER_CHUNK)
     bufs = [b"".join(pkt for p in positions if p % 2 == i for pkt in position_heap(p, p + 1)) for i in range(2)]
     for member, buf in zip(h.members, bufs):

@@ -149,17 +149,15 @@ def _stats(self) -> StreamStats:
     return StreamStats(self.config.stats, self._stats_values())
 
 
+# Every stream class (ChunkRingStream, ChunkStreamGroupMember) has it.
+_Stream.stats = property(_stats)
+
+
 class ChunkRingStream(_recv.ChunkRingStream):
     """Stream that writes heaps into chunks taken from and returned to ringbuffers.
 
     See the chunking receiver reference for the parameters.
     """
-
-    stats = property(_stats)
-
-
-# Members are made by ChunkStreamRingGroup.emplace_back, never by users.
-ChunkStreamGroupMember.stats = property(_stats)
 
 
 class ChunkStreamRingGroup(_recv.ChunkStreamRingGroup):
