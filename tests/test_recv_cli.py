@@ -516,3 +516,95 @@ def test_console_script():
     proc = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=30 * SLOW)
     assert proc.returncode == 0
     assert "--place" in proc.stdout and "--json" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# --streams: a chunk stream group
+
+
+def _split_pcap_by_port(src, dst_a, dst_b):
+    """Split a pcap (Ethernet/IPv4/UDP, as spead2_send writes) by even/odd UDP destination port."""
+    data = src.read_bytes()
+    header, pos = data[:24], 24
+    outs = {0: bytearray(header), 1: bytearray(header)}
+    while pos < len(data):
+        caplen = int.from_bytes(data[pos + 8:pos + 12], "little")
+        record = data[pos:pos + 16 + caplen]
+        port = int.from_bytes(record[16 + 14 + 20 + 2:16 + 14 + 20 + 4], "big")
+        outs[port % 2] += record
+        pos += 16 + caplen
+    dst_a.write_bytes(bytes(outs[0]))
+    dst_b.write_bytes(bytes(outs[1]))
+
+
+def test_streams_captures(capsys, tmp_path):
+    """--streams 2: two captures (the two halves of one stream) replayed into one chunk sequence."""
+    if not _have_send_tool():
+        pytest.skip("spead2.tools.send is not available")
+    pcap = tmp_path / "send.pcap"
+    subprocess.run([sys.executable, "-m", "spead2.tools.send", "--pcap", str(pcap), "127.0.0.1:8888",
+                    "127.0.0.1:8889", "--heaps", "64", "--timestamp-step", "10"],
+                   check=True, timeout=60, capture_output=True)
+    a, b = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    _split_pcap_by_port(pcap, a, b)
+    status, out, err = run_main(capsys, [str(a), str(b), "--streams", "2", "--eviction", "lossless",
+                                         "--verify", "--json", "--timestamp-step", "10",
+                                         "--heaps-per-chunk", "8"])
+    assert status == 0, err
+    chunks, summary = json_lines(out)
+    assert [c["chunk_id"] for c in chunks] == list(range(8))
+    assert all(c["present"] == "1" * 8 for c in chunks)
+    assert summary["verified_heaps"] == 64 and summary["corrupt_heaps"] == 0
+    members = summary["member_stats"]
+    assert len(members) == 2
+    assert [m["heaps"] for m in members] == [32, 32]
+    assert summary["stats"]["heaps"] == 64
+
+
+def test_streams_text_summary(capsys, tmp_path):
+    capture = "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), *layout_args(manifest_for(capture)),
+                                         "--streams", "1", "--quiet"])
+    assert status == 0, err
+    assert re.search(r"^\s+total\s+stream 0$", out, re.M)
+    assert re.search(r"^\s+heaps\s+33\s+33$", out, re.M)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["8000", "8001", "--streams", "3"], "--streams 3 needs at least 3 sources"),
+    (["8000", "--streams", "0"], "must be positive"),
+    (["8000", "--cores", "1"], "--cores needs --streams"),
+    (["8000", "8001", "--streams", "2", "--cores", "1"], "one core per stream"),
+    (["8000", "--streams", "1", "--cores", "x"], "not a comma-separated list"),
+    (["8000", "--streams", "1", "--eviction", "sometimes"], "invalid choice"),
+])
+def test_streams_bad_arguments(capsys, argv, message):
+    status, out, err = run_main(capsys, argv)
+    assert status == 2
+    assert message in err
+
+
+def test_streams_udp_two_ports():
+    """--streams 2 on two UDP ports, fed by spead2_send to both."""
+    if not _have_send_tool():
+        pytest.skip("spead2.tools.send is not available")
+    ports = [free_port(), free_port()]
+    proc = subprocess.Popen([*RECV, *(f"127.0.0.1:{p}" for p in ports), "--streams", "2", "--eviction",
+                             "lossless", "--verify", "--json", "--heaps-per-chunk", "8", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_line(proc, "with 2 streams")
+        subprocess.run([sys.executable, "-m", "spead2.tools.send", *(f"127.0.0.1:{p}" for p in ports),
+                        "--heaps", "64", "--rate", "0.05"], check=True, timeout=60 * SLOW, capture_output=True)
+        out, err = proc.communicate(timeout=60 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    chunks, summary = json_lines(out)
+    # Each member stops at the end-of-stream heap sent to it; the group ends
+    # when both have.
+    assert summary["stopped_by"] == "end of stream"
+    assert summary["verified_heaps"] == 64 and summary["corrupt_heaps"] == 0
+    assert [m["heaps"] for m in summary["member_stats"]] == [32, 32]

@@ -360,7 +360,7 @@ class Report:
             self._progress_shown = False
 
     # -- summary
-    def summary(self, stats, stopped_by, sources):
+    def summary(self, stats, stopped_by, sources, per_member=None):
         self._clear_progress()
         elapsed = time.monotonic() - self.start
         names = list(stats.keys()) if stats is not None else []
@@ -379,6 +379,8 @@ class Report:
                 "sources": sources,
                 "stats": values,
             }
+            if per_member is not None:
+                record["member_stats"] = [{name: int(m[name]) for name in m.keys()} for m in per_member]
             if self.verify:
                 record["verified_heaps"] = self.verified
                 record["corrupt_heaps"] = self.corrupt
@@ -398,7 +400,14 @@ class Report:
             lines.append(f"  verified heaps   {self.verified} ({self.corrupt} corrupt)")
         lines.append("Stream statistics:")
         width = max((len(n) for n in names), default=0)
-        lines.extend(f"  {name:<{width}}  {values[name]}" for name in names)
+        if per_member is None:
+            lines.extend(f"  {name:<{width}}  {values[name]}" for name in names)
+        else:
+            header = "".join(f"  {'stream ' + str(i):>12}" for i in range(len(per_member)))
+            lines.append(f"  {'':<{width}}  {'total':>12}{header}")
+            for name in names:
+                cells = "".join(f"  {int(m[name]):>12}" for m in per_member)
+                lines.append(f"  {name:<{width}}  {values[name]:>12}{cells}")
         if values.get("rejected_heaps", 0) and not self.heaps_placed:
             lines.append(f"note: every heap was rejected by the placement: check --place, --heap-size "
                          f"({self.layout.heap_size}) and the item IDs / steps")
@@ -459,27 +468,83 @@ class StopRequest:
         os.close(self._write_fd)
 
 
+def _add_free_chunks(target, layout: Layout, n_chunks: int):
+    hpc = layout.heaps_per_chunk
+    for _ in range(n_chunks):
+        target.add_free_chunk(spead2.recv.Chunk(
+            present=np.zeros(hpc, np.uint8),
+            data=np.zeros(hpc * layout.heap_size, np.uint8),
+            extra=np.zeros(hpc, np.int64)))
+
+
+def _rings(args, members=1):
+    ring_depth = args.ring if args.ring else args.max_chunks
+    # The window, the data ring, one chunk being consumed and one being
+    # allocated per member.
+    n_chunks = args.max_chunks + ring_depth + 1 + members
+    return spead2.recv.ChunkRingbuffer(ring_depth), spead2.recv.ChunkRingbuffer(n_chunks), n_chunks
+
+
 def build_stream(layout: Layout, args, place):
     pool = spead2.ThreadPool(args.threads)
     config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
     chunk_config = spead2.recv.ChunkStreamConfig(
         items=layout.items, max_chunks=args.max_chunks, place=place, max_heap_extra=8)
-    ring_depth = args.ring if args.ring else args.max_chunks
-    n_chunks = args.max_chunks + ring_depth + 2
-    stream = spead2.recv.ChunkRingStream(
-        pool, config, chunk_config,
-        spead2.recv.ChunkRingbuffer(ring_depth), spead2.recv.ChunkRingbuffer(n_chunks))
-    hpc = layout.heaps_per_chunk
-    for _ in range(n_chunks):
-        stream.add_free_chunk(spead2.recv.Chunk(
-            present=np.zeros(hpc, np.uint8),
-            data=np.zeros(hpc * layout.heap_size, np.uint8),
-            extra=np.zeros(hpc, np.int64)))
+    data_ring, free_ring, n_chunks = _rings(args)
+    stream = spead2.recv.ChunkRingStream(pool, config, chunk_config, data_ring, free_ring)
+    _add_free_chunks(stream, layout, n_chunks)
     return stream
+
+
+class GroupReceiver:
+    """A ChunkStreamRingGroup of ``--streams`` members, each on its own thread
+    pool, seen by the rest of this tool as one stream."""
+
+    def __init__(self, layout: Layout, args, place):
+        mode = spead2.recv.ChunkStreamGroupConfig.EvictionMode
+        config = spead2.recv.ChunkStreamGroupConfig(
+            max_chunks=args.max_chunks,
+            eviction_mode=mode.LOSSLESS if args.eviction == "lossless" else mode.LOSSY)
+        data_ring, free_ring, n_chunks = _rings(args, args.streams)
+        self.group = spead2.recv.ChunkStreamRingGroup(config, data_ring, free_ring)
+        chunk_config = spead2.recv.ChunkStreamConfig(
+            items=layout.items, max_chunks=args.max_chunks, place=place, max_heap_extra=8)
+        for i in range(args.streams):
+            pool = spead2.ThreadPool(args.threads, [args.cores[i]]) if args.cores else spead2.ThreadPool(args.threads)
+            self.group.emplace_back(pool, spead2.recv.StreamConfig(max_heaps=args.max_heaps, stream_id=i),
+                                    chunk_config)
+        _add_free_chunks(self.group, layout, n_chunks)
+
+    @property
+    def members(self):
+        return list(self.group)
+
+    @property
+    def data_ringbuffer(self):
+        return self.group.data_ringbuffer
+
+    def add_free_chunk(self, chunk):
+        self.group.add_free_chunk(chunk)
+
+    def stop(self):
+        self.group.stop()
+
+    @property
+    def stats(self):
+        """The members' statistics added together."""
+        stats = [m.stats for m in self.group]
+        return sum(stats[1:], stats[0])
+
+
+def split(items, n):
+    """Deal ``items`` round-robin into ``n`` lists."""
+    return [items[i::n] for i in range(n)]
 
 
 def add_network_readers(stream, sources, args):
     udp = [s for s in sources if s.kind != "file"]
+    if not udp:
+        return
     if args.ibv:
         config_cls = getattr(spead2.recv, "UdpIbvConfig", None)
         if config_cls is None or not hasattr(stream, "add_udp_ibv_reader"):
@@ -563,7 +628,23 @@ def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=
     files = [s for s in sources if s.kind == "file"]
     total = None
     stopped_by = "end of stream"
-    if files:
+    if args.streams:
+        # One group: source i goes to member i % N, all at once.
+        receiver = GroupReceiver(layout, args, place)
+        for member, part in zip(receiver.members, split(sources, args.streams)):
+            for s in part:
+                if s.kind == "file":
+                    member.add_udp_pcap_file_reader(s.path, args.filter)
+            add_network_readers(member, [s for s in part if s.kind != "file"], args)
+        if not args.quiet and not files:
+            print(f"{PROG}: receiving from {', '.join(s.text for s in sources)} with {args.streams} streams "
+                  "(Ctrl-C to stop)", file=err, flush=True)
+        stopped_by = run_stream(receiver, report, stop, deadline)
+        receiver.stop()
+        total = receiver.stats
+        per_member = [m.stats for m in receiver.members]
+    elif files:
+        per_member = None
         for s in files:
             stream = build_stream(layout, args, place)
             stream.add_udp_pcap_file_reader(s.path, args.filter)
@@ -573,6 +654,7 @@ def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=
             if stopped_by != "end of stream":
                 break
     else:
+        per_member = None
         stream = build_stream(layout, args, place)
         add_network_readers(stream, sources, args)
         if not args.quiet:
@@ -581,7 +663,7 @@ def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=
         stopped_by = run_stream(stream, report, stop, deadline)
         stream.stop()
         total = stream.stats
-    report.summary(total, stopped_by, [s.text for s in sources])
+    report.summary(total, stopped_by, [s.text for s in sources], per_member)
     return 0
 
 
@@ -608,6 +690,16 @@ def _item_id(text):
     if not 0 < value < 1 << 23:
         raise argparse.ArgumentTypeError(f"not a valid item ID: {text}")
     return value
+
+
+def _core_list(text):
+    try:
+        cores = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of core numbers: {text}") from None
+    if any(c < 0 for c in cores):
+        raise argparse.ArgumentTypeError(f"core numbers must not be negative: {text}")
+    return cores
 
 
 def _duration(text):
@@ -662,7 +754,14 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--ring", type=_positive_int, default=None, metavar="N",
                         help="depth of the ring of finished chunks [--max-chunks]")
     stream.add_argument("--threads", type=_positive_int, default=1, metavar="N",
-                        help="worker threads [%(default)s]")
+                        help="worker threads (per stream with --streams) [%(default)s]")
+    stream.add_argument("--streams", type=_positive_int, default=None, metavar="N",
+                        help="receive with a chunk stream group of N streams, each on its own thread pool; "
+                             "source i goes to stream i %% N, capture files are replayed together")
+    stream.add_argument("--eviction", choices=["lossy", "lossless"], default="lossy",
+                        help="with --streams: what happens to a stream that falls behind [%(default)s]")
+    stream.add_argument("--cores", type=_core_list, default=None, metavar="LIST",
+                        help="with --streams: pin stream i's thread to the i-th core of LIST (e.g. 2,3)")
 
     net = parser.add_argument_group("network")
     net.add_argument("--max-size", type=_positive_int, default=None, metavar="BYTES",
@@ -726,6 +825,11 @@ def main(argv=None) -> int:
         parser.error("capture files and network sources cannot be mixed")
     if args.ibv and any(s.kind == "file" for s in sources):
         parser.error("--ibv applies to network sources only")
+    if args.streams is not None and args.streams > len(sources):
+        parser.error(f"--streams {args.streams} needs at least {args.streams} sources "
+                     "(a stream without a source would hold back the others)")
+    if args.cores is not None and (args.streams is None or len(args.cores) < args.streams):
+        parser.error("--cores needs --streams and one core per stream")
 
     logging.basicConfig(format=f"{PROG}: %(name)s %(levelname)s: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
