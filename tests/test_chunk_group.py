@@ -695,3 +695,13 @@ def test_interpreter_exit(mode, order):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "exiting" in proc.stdout
+
+
+def test_example_two_ports():
+    """examples/group_two_ports.py, shown in doc/recv-group.rst, runs and delivers every heap."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "group_two_ports.py")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "64 heaps delivered in chunks" in proc.stdout
+    assert "stream 0: 32 heaps" in proc.stdout and "stream 1: 32 heaps" in proc.stdout
