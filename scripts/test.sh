@@ -20,9 +20,11 @@ if [ "${SPEAD2_SKIP_ASAN:-0}" != "1" ]; then
   echo "== 2/3 test suite under AddressSanitizer + UndefinedBehaviorSanitizer"
   pybind_dir=$($PY -m pybind11 --cmakedir)
   cmake -S . -B build/asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPEAD2_SANITIZE=ON \
-        -Dpybind11_DIR="$pybind_dir" -DPython_EXECUTABLE="$(command -v $PY)" \
+        -DSPEAD2_CPP_TESTS=ON -Dpybind11_DIR="$pybind_dir" -DPython_EXECUTABLE="$(command -v $PY)" \
         -DSKBUILD_PROJECT_VERSION=asan >/dev/null
   cmake --build build/asan -j2
+  echo "== C++ unit tests of the chunk core's parts (ASAN+UBSAN)"
+  (cd build/asan && ctest --output-on-failure)
   rm -rf build/asan-pkg && mkdir -p build/asan-pkg
   cp -r python/spead2 build/asan-pkg/
   cp build/asan/_spead2*.so build/asan-pkg/spead2/

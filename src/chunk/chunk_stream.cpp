@@ -16,11 +16,6 @@ using protocol::packet_header;
 namespace
 {
 
-// Fibonacci hashing multiplier (2^64 / golden ratio).
-constexpr std::uint64_t HASH_MULTIPLIER = 11400714819323198485ULL;
-// Hash buckets per live-heap slot (kept sparse so chains stay short).
-constexpr std::size_t BUCKETS_PER_SLOT = 4;
-constexpr std::size_t MIN_HASH_SLOTS = 4;
 // How much of the next packet's payload to prefetch while handling a packet.
 constexpr std::size_t PREFETCH_BYTES = 2048;
 // Which later packet of a multi-packet heap has its destination prefetched.
@@ -32,22 +27,6 @@ constexpr std::uint64_t DEST_PREFETCH_PACKETS = 2;
 // packets no difference, 8 KiB packets 7-9% slower (and more receiver CPU per
 // packet over kernel UDP).
 constexpr std::uint64_t DEST_PREFETCH_MAX_PAYLOAD = 4096;
-
-std::size_t next_pow2(std::size_t x)
-{
-    std::size_t p = 1;
-    while (p < x)
-        p <<= 1;
-    return p;
-}
-
-int log2_exact(std::size_t x)
-{
-    int s = 0;
-    while ((std::size_t(1) << s) < x)
-        s++;
-    return s;
-}
 
 stream_config effective_config(const stream_config &user)
 {
@@ -77,6 +56,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       allow_out_of_order(user_config.get_allow_out_of_order()),
       stop_on_stop_item(user_config.get_stop_on_stop_item()),
       stream_id(user_config.get_stream_id()),
+      heaps(max_heaps, substreams),
       window(chunk_config.get_max_chunks()),
       started(!user_config.get_explicit_start())
 {
@@ -87,13 +67,6 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
     if (!this->allocate || !this->ready)
         throw std::invalid_argument("allocate and ready callbacks must be set");
     first_chunk_stat = config.get_stat_index(CHUNK_STAT_NAMES[0]);
-
-    const std::size_t n_slots = max_heaps * substreams;
-    heaps.resize(n_slots);
-    sub_head.assign(substreams, 0);
-    const std::size_t n_buckets = BUCKETS_PER_SLOT * next_pow2(std::max(MIN_HASH_SLOTS, n_slots));
-    buckets.assign(n_buckets, -1);
-    bucket_shift = 64 - log2_exact(n_buckets);
 
     stats.assign(config.get_stats().size(), 0);
     batch_stats.assign(stats.size(), 0);
@@ -281,55 +254,14 @@ void chunk_stream::batch_end(bool end_of_stream)
 
 // ------------------------------------------------------------ heap assembly
 
-std::size_t chunk_stream::hash(std::int64_t cnt) const
-{
-    return std::size_t((std::uint64_t(cnt) * HASH_MULTIPLIER) >> bucket_shift);
-}
-
-std::int32_t chunk_stream::find_heap(std::int64_t cnt)
-{
-    // search_dist counts as the reference does: one per chain entry looked
-    // at, plus one for a miss (so an empty chain costs 1).
-    std::uint64_t dist = 1;
-    for (std::int32_t i = buckets[hash(cnt)]; i >= 0; i = heaps[i].hash_next, dist++)
-    {
-        if (heaps[i].cnt == cnt)
-        {
-            counters.search_dist += dist;
-            return i;
-        }
-    }
-    counters.search_dist += dist;
-    return -1;
-}
-
-void chunk_stream::unlink_heap(std::size_t slot)
-{
-    std::int32_t *link = &buckets[hash(heaps[slot].cnt)];
-    while (*link >= 0)
-    {
-        if (std::size_t(*link) == slot)
-        {
-            *link = heaps[slot].hash_next;
-            break;
-        }
-        link = &heaps[*link].hash_next;
-    }
-    heaps[slot].hash_next = -1;
-    heaps[slot].cnt = -1;
-}
-
 std::size_t chunk_stream::claim_slot(std::int64_t cnt)
 {
-    const std::size_t sub = std::size_t(std::uint64_t(cnt) % substreams);
-    std::size_t &pos = sub_head[sub];
-    pos = (pos + 1 == max_heaps) ? 0 : pos + 1;
-    const std::size_t slot = sub * max_heaps + pos;
+    const std::size_t slot = heaps.next_slot(cnt);
     live_heap &h = heaps[slot];
     if (h.cnt >= 0)
     {
         // FIFO eviction: the oldest heap of this substream makes room.
-        unlink_heap(slot);
+        heaps.unlink(slot);
         counters.evicted++;
         heap_done(h, false);
     }
@@ -349,9 +281,7 @@ std::size_t chunk_stream::new_heap(const packet_header &ph)
     h.placed = false;
     h.where = heap_placement();
     h.ranges.clear();
-    const std::size_t b = hash(ph.heap_cnt);
-    h.hash_next = buckets[b];
-    buckets[b] = std::int32_t(slot);
+    heaps.link(slot);
     return slot;
 }
 
@@ -390,7 +320,7 @@ void chunk_stream::process_packet(const packet_header &ph)
         return;
     }
 
-    std::int32_t found = find_heap(ph.heap_cnt);
+    std::int32_t found = heaps.find(ph.heap_cnt, counters.search_dist);
     if (found < 0)
     {
         if (!allow_out_of_order && ph.payload_offset != 0)
@@ -443,44 +373,18 @@ void chunk_stream::process_packet(const packet_header &ph)
     }
     else if (ph.payload_length > 0)
     {
-        // Sorted, disjoint, merged ranges of received payload.
-        auto &r = h.ranges;
-        auto it = std::upper_bound(r.begin(), r.end(), std::make_pair(start, std::uint64_t(-1)));
-        // it: first range with begin > start
-        if (it != r.begin())
+        switch (h.ranges.insert(start, end))
         {
-            auto prev = std::prev(it);
-            if (prev->first == start && prev->second == end)
-            {
-                log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
-                return;
-            }
-            if (prev->second > start)
-            {
-                log_warning("dropped packet of heap %lld: overlaps data already received",
-                            (long long) ph.heap_cnt);
-                return;
-            }
-        }
-        if (it != r.end() && it->first < end)
-        {
+        case range_set::result::added:
+            break;
+        case range_set::result::duplicate:
+            log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
+            return;
+        case range_set::result::overlap:
             log_warning("dropped packet of heap %lld: overlaps data already received",
                         (long long) ph.heap_cnt);
             return;
         }
-        bool merge_prev = it != r.begin() && std::prev(it)->second == start;
-        bool merge_next = it != r.end() && it->first == end;
-        if (merge_prev && merge_next)
-        {
-            std::prev(it)->second = it->second;
-            r.erase(it);
-        }
-        else if (merge_prev)
-            std::prev(it)->second = end;
-        else if (merge_next)
-            it->first = start;
-        else
-            r.insert(it, {start, end});
     }
 
     // Accepted
@@ -499,7 +403,7 @@ void chunk_stream::process_packet(const packet_header &ph)
         prefetch_next_destination(h, end, std::uint64_t(ph.payload_length));
     if (complete)
     {
-        unlink_heap(found);
+        heaps.unlink(found);
         if (!(h.stop_item && stop_on_stop_item))
             heap_done(h, true);
     }
@@ -550,10 +454,8 @@ void chunk_stream::process_single(const packet_header &ph)
         h.where = where;
         h.ranges.clear();
         if (allow_out_of_order && ph.payload_length > 0)
-            h.ranges.emplace_back(0, std::uint64_t(ph.payload_length));
-        const std::size_t b = hash(ph.heap_cnt);
-        h.hash_next = buckets[b];
-        buckets[b] = std::int32_t(slot);
+            h.ranges.insert(0, std::uint64_t(ph.payload_length));
+        heaps.link(slot);
     }
     if (stop)
         stop_received();
@@ -568,16 +470,12 @@ void chunk_stream::heap_done(live_heap &h, bool complete)
 
 void chunk_stream::flush_heaps()
 {
-    for (std::size_t slot = 0; slot < heaps.size(); slot++)
-    {
+    heaps.for_each_live([this](std::size_t slot) {
         live_heap &h = heaps[slot];
-        if (h.cnt >= 0)
-        {
-            unlink_heap(slot);
-            counters.flushed++;
-            heap_done(h, false);
-        }
-    }
+        heaps.unlink(slot);
+        counters.flushed++;
+        heap_done(h, false);
+    });
 }
 
 // ----------------------------------------------------------------- placement
@@ -609,7 +507,7 @@ void chunk_stream::flush_window_until(std::uint64_t target)
                        [this](std::uint64_t h) { head_moved(h); });
 }
 
-chunk_stream::heap_placement chunk_stream::place(const packet_header &ph)
+heap_placement chunk_stream::place(const packet_header &ph)
 {
     heap_placement result;
     // Requested immediate items, from every pointer of the packet (specials included).

@@ -20,6 +20,7 @@
 
 #include "chunk/chunk_window.h"
 #include "chunk/config.h"
+#include "chunk/heap_table.h"
 #include "common/memcpy.h"
 #include "common/thread_pool.h"
 #include "protocol/spead.h"
@@ -91,28 +92,6 @@ protected:
     std::uintptr_t get_stream_id() const { return stream_id; }
 
 private:
-    struct heap_placement
-    {
-        std::int64_t chunk_id = -1;   ///< -1: not placed (rejected, too old, out of range, no chunk)
-        std::size_t heap_index = 0;
-        std::size_t heap_offset = 0;
-        chunk *target = nullptr;      ///< valid while chunk_id >= head (the chunk is in the window)
-    };
-
-    struct live_heap
-    {
-        std::int64_t cnt = -1;         ///< -1 marks an empty slot
-        std::int64_t heap_length = 0;
-        std::uint64_t received = 0;
-        std::uint64_t min_length = 0;
-        int heap_address_bits = 0;
-        bool stop_item = false;
-        bool placed = false;
-        heap_placement where;
-        std::int32_t hash_next = -1;
-        std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;  ///< out-of-order mode only
-    };
-
     /// Per-batch counters, merged into the stream statistics at batch end.
     struct batch_counters
     {
@@ -144,10 +123,7 @@ private:
 
     // Guarded by queue_mutex
     std::mutex queue_mutex;
-    std::vector<live_heap> heaps;        ///< max_heaps × substreams slots
-    std::vector<std::size_t> sub_head;   ///< last used slot per substream
-    std::vector<std::int32_t> buckets;
-    int bucket_shift;
+    heap_table heaps;
     chunk_window window;
     std::vector<std::uint64_t> batch_stats;
     batch_counters counters;
@@ -171,9 +147,6 @@ private:
     // Heap assembly
     void process_packet(const protocol::packet_header &ph);
     void process_single(const protocol::packet_header &ph);
-    std::int32_t find_heap(std::int64_t cnt);
-    std::size_t hash(std::int64_t cnt) const;
-    void unlink_heap(std::size_t slot);
     std::size_t claim_slot(std::int64_t cnt);   ///< next slot of the substream, evicting its heap
     std::size_t new_heap(const protocol::packet_header &ph);
     void heap_done(live_heap &h, bool complete);
