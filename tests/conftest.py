@@ -274,3 +274,20 @@ def make_place_capture(callbacks):
 @pytest.fixture
 def thread_pool():
     return spead2.ThreadPool()
+
+
+class Received:
+    """A copy of a chunk as it came out of the data ring."""
+
+    def __init__(self, chunk):
+        self.chunk_id = chunk.chunk_id
+        self.stream_id = chunk.stream_id
+        self.present = np.array(chunk.present, copy=True)
+        self.data = np.array(chunk.data, copy=True)
+        self.extra = None if chunk.extra is None else np.array(chunk.extra, copy=True)
+
+    def heap(self, index, size=HEAP_PAYLOAD_SIZE):
+        return self.data[index * size:(index + 1) * size].tobytes()
+
+    def __repr__(self):
+        return f"Received(chunk_id={self.chunk_id}, present={self.present.tolist()})"

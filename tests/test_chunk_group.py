@@ -27,6 +27,7 @@ import spead2.recv.asyncio
 pytest.importorskip("numba")
 pytest.importorskip("scipy")
 
+from conftest import Received  # noqa: E402
 from spead_builder import (  # noqa: E402
     CHUNK_PAYLOAD_SIZE,
     HEAP_PAYLOAD_SIZE,
@@ -47,15 +48,6 @@ N_CHUNK_OBJECTS = 12
 LOSSY = spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSY
 LOSSLESS = spead2.recv.ChunkStreamGroupConfig.EvictionMode.LOSSLESS
 ITEMS = [POSITION_ID, spead2.HEAP_LENGTH_ID]
-
-
-class Received:
-    def __init__(self, chunk):
-        self.chunk_id = chunk.chunk_id
-        self.stream_id = chunk.stream_id
-        self.present = np.array(chunk.present, copy=True)
-        self.data = np.array(chunk.data, copy=True)
-        self.extra = None if chunk.extra is None else np.array(chunk.extra, copy=True)
 
 
 def make_chunk(extra=False):
@@ -705,3 +697,33 @@ def test_example_two_ports():
     assert proc.returncode == 0, proc.stderr
     assert "64 heaps delivered in chunks" in proc.stdout
     assert "stream 0: 32 heaps" in proc.stdout and "stream 1: 32 heaps" in proc.stdout
+
+
+def test_explicit_start(place_bias):
+    """Members with explicit_start receive nothing until start(); readers cannot be added after it."""
+    config = spead2.recv.ChunkStreamGroupConfig(max_chunks=4, eviction_mode=LOSSLESS)
+    data_ring = spead2.recv.ChunkRingbuffer(8)
+    group = spead2.recv.ChunkStreamRingGroup(config, data_ring, spead2.recv.ChunkRingbuffer(8))
+    queues = [spead2.InprocQueue(), spead2.InprocQueue()]
+    members = []
+    for q in queues:
+        m = group.emplace_back(spead2.ThreadPool(1), spead2.recv.StreamConfig(explicit_start=True),
+                               spead2.recv.ChunkStreamConfig(items=ITEMS, max_chunks=4, place=place_bias.llc))
+        m.add_inproc_reader(q)
+        members.append(m)
+    for _ in range(8):
+        group.add_free_chunk(make_chunk())
+    for p in range(2 * HEAPS_PER_CHUNK):
+        for pkt in position_heap(p, p + 1):
+            queues[p % 2].add_packet(pkt)
+    for q in queues:
+        q.stop()
+    time.sleep(0.1)
+    assert all(m.stats["packets"] == 0 for m in members)
+    for m in members:
+        m.start()
+    with pytest.raises(RuntimeError, match="after explicit start"):
+        members[0].add_inproc_reader(spead2.InprocQueue())
+    chunks = [Received(c) for c in data_ring]
+    check_chunks([c for c in chunks if c.present.any()], range(2 * HEAPS_PER_CHUNK))
+    assert [m.config.explicit_start for m in members] == [True, True]

@@ -19,7 +19,7 @@ import spead2.recv
 pytest.importorskip("numba")
 pytest.importorskip("scipy")
 
-from conftest import DIRECT_EXTRA_BYTE, DIRECT_ITEMS  # noqa: E402
+from conftest import DIRECT_EXTRA_BYTE, DIRECT_ITEMS, Received  # noqa: E402
 from spead_builder import (  # noqa: E402
     CHUNK_PAYLOAD_SIZE,
     DATA_ID,
@@ -43,23 +43,6 @@ pytestmark = pytest.mark.timeout(30)
 
 STANDARD_ITEMS = [POSITION_ID, spead2.HEAP_LENGTH_ID, EXTRA_ID]
 GUARD_BYTE = 0xEE
-
-
-class Received:
-    """A copy of a chunk as it came out of the data ring."""
-
-    def __init__(self, chunk):
-        self.chunk_id = chunk.chunk_id
-        self.stream_id = chunk.stream_id
-        self.present = np.array(chunk.present, copy=True)
-        self.data = np.array(chunk.data, copy=True)
-        self.extra = None if chunk.extra is None else np.array(chunk.extra, copy=True)
-
-    def heap(self, index, size=HEAP_PAYLOAD_SIZE):
-        return self.data[index * size:(index + 1) * size].tobytes()
-
-    def __repr__(self):
-        return f"Received(chunk_id={self.chunk_id}, present={self.present.tolist()})"
 
 
 class Harness:
