@@ -716,14 +716,14 @@ def test_explicit_start(place_bias):
     for p in range(2 * HEAPS_PER_CHUNK):
         for pkt in position_heap(p, p + 1):
             queues[p % 2].add_packet(pkt)
-    for q in queues:
-        q.stop()
     time.sleep(0.1)
     assert all(m.stats["packets"] == 0 for m in members)
     for m in members:
         m.start()
     with pytest.raises(RuntimeError, match="after explicit start"):
         members[0].add_inproc_reader(spead2.InprocQueue())
+    for q in queues:
+        q.stop()
     chunks = [Received(c) for c in data_ring]
     check_chunks([c for c in chunks if c.present.any()], range(2 * HEAPS_PER_CHUNK))
     assert [m.config.explicit_start for m in members] == [True, True]
