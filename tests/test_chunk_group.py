@@ -727,3 +727,24 @@ def test_explicit_start(place_bias):
     chunks = [Received(c) for c in data_ring]
     check_chunks([c for c in chunks if c.present.any()], range(2 * HEAPS_PER_CHUNK))
     assert [m.config.explicit_start for m in members] == [True, True]
+
+
+@pytest.mark.parametrize("mode", [LOSSY, LOSSLESS], ids=["lossy", "lossless"])
+def test_pool_stopped_first(mode, place_bias):
+    """A thread pool stopped while its member waits for the group: neither
+    ThreadPool.stop() nor group.stop() may hang."""
+    # Rings big enough that nobody blocks on them (a member blocked pushing
+    # to a full data ring holds the group: only group.stop() releases that).
+    h = Harness(place_bias.llc, mode=mode, n=2, n_chunks=20, data_capacity=20)
+    # Member 1 is silent; member 0 runs ahead and (LOSSLESS) waits for it.
+    h.feed([p for p in range(10 * HEAPS_PER_CHUNK) if p % 2 == 0], stop=False, member_of=lambda p: 0)
+    time.sleep(0.3)
+    for pool in (h.pools[1], h.pools[0]):
+        stopper = threading.Thread(target=pool.stop)
+        stopper.start()
+        stopper.join(10)
+        assert not stopper.is_alive()
+    stopper = threading.Thread(target=h.group.stop)
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive()

@@ -1,10 +1,16 @@
 #include "chunk/chunk_group.h"
 
 #include <algorithm>
+#include <chrono>
 #include <stdexcept>
 
 namespace spead2::chunk
 {
+
+namespace
+{
+constexpr auto POOL_CHECK_INTERVAL = std::chrono::milliseconds(50);
+}
 
 chunk_group_config &chunk_group_config::set_max_chunks(std::size_t v)
 {
@@ -129,7 +135,15 @@ chunk *chunk_group::get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, 
                 m->request_flush_until(target);
             last_flush_until = target;
         }
-        head_advanced.wait(lock, [&] { return window.get_head() >= target || stopping; });
+        // Poll now and then for a member whose thread pool has been stopped:
+        // its flush requests would never run, and neither could this
+        // member's pool be stopped while its thread waits here.
+        while (!(window.get_head() >= target || stopping))
+        {
+            if (head_advanced.wait_for(lock, POOL_CHECK_INTERVAL) == std::cv_status::timeout
+                && any_pool_stopped())
+                return nullptr;
+        }
     }
     // While the group stops, no new chunks: a member waiting above must not
     // wait for others that may never move again.
@@ -141,6 +155,14 @@ chunk *chunk_group::get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, 
         [&](chunk *c) { ready(std::unique_ptr<chunk>(c), batch_stats); },   // unreachable after the wait
         [](std::uint64_t) {});
     return window.get(chunk_id);
+}
+
+bool chunk_group::any_pool_stopped() const
+{
+    for (const auto &m : members)
+        if (m->flush_worker.is_stopped())
+            return true;
+    return false;
 }
 
 void chunk_group::member_head_moved(std::size_t index, std::uint64_t head, std::uint64_t *batch_stats)

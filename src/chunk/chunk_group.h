@@ -107,6 +107,8 @@ class chunk_group
 
     /// A chunk for a member (called with the member's lock held).
     chunk *get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, std::uint64_t *batch_stats);
+    /// Whether a member's thread pool has been stopped (group mutex held).
+    bool any_pool_stopped() const;
     /// A member's window head moved (called with the member's lock held).
     void member_head_moved(std::size_t index, std::uint64_t head, std::uint64_t *batch_stats);
 
