@@ -1,0 +1,286 @@
+"""Driver of the differential test: builds the place callback, runs jobs
+through both packages, compares.
+
+Used by ``test_differential.py``, and runnable by hand for long runs::
+
+    PYTHONPATH=/path/to/our/package python3 tests/diff_harness.py \
+        --seeds 10000 [--start 0] [--transports inproc,buffer,pcap] [--batch 500]
+
+which prints a summary of every discrepancy class (with its smallest seeds)
+and can dump one job's full outputs (``--show inproc:123``).
+
+Our side runs ``diff_runner.py`` with ``sys.executable`` and the current
+environment (so PYTHONPATH decides which ``spead2`` is tested); the reference
+side runs it with the reference's virtualenv (:mod:`refvenv`), a cleaned
+environment and cwd ``/``.  Both read the same job file.
+"""
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import diff_gen
+import refvenv
+
+HERE = pathlib.Path(__file__).resolve().parent
+PLACE_SOURCE = HERE / "diff_place.c"
+RUNNER = HERE / "diff_runner.py"
+
+#: Statistics that only our package has (deliberate, documented in doc/stats.rst).
+OURS_ONLY_STATS = {"out_of_range_heaps", "malformed_packets"}
+
+
+def compile_place():
+    """Compile diff_place.c once per source hash; returns the .so path."""
+    source = PLACE_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:16]
+    out_dir = pathlib.Path(tempfile.gettempdir()) / f"spead2-diff-place-{os.getuid()}"
+    out_dir.mkdir(exist_ok=True)
+    so = out_dir / f"diff_place-{digest}.so"
+    if not so.exists():
+        tmp = out_dir / f"diff_place-{digest}.{os.getpid()}.tmp.so"
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(PLACE_SOURCE)],
+                       check=True, capture_output=True, timeout=120)
+        os.replace(tmp, so)
+    return str(so)
+
+
+class Side:
+    """How to run the runner for one package."""
+
+    def __init__(self, name, python, env, cwd, args=()):
+        self.name = name
+        self.python = python
+        self.env = env
+        self.cwd = cwd
+        self.args = list(args)
+
+    def start(self, job_file, so):
+        return subprocess.Popen(
+            [self.python, str(RUNNER), job_file, so, *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=self.env, cwd=self.cwd, text=True,
+        )
+
+
+def ours_side():
+    return Side("ours", sys.executable, dict(os.environ), str(HERE))
+
+
+def reference_side():
+    python = refvenv.reference_python()
+    if python is None:
+        return None
+    return Side("ref", python, refvenv.clean_env(), "/", ["--slack"])
+
+
+def _collect(proc, keys, timeout):
+    """Read the runner's output; returns (results, unfinished key or None, stderr)."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        timed_out = True
+    results = {}
+    current = None
+    for line in out.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if "begin" in obj:
+            current = obj["begin"]
+        elif "key" in obj:
+            results[obj["key"]] = obj
+            current = None
+    if current is None and (proc.returncode != 0 or timed_out):
+        # died before or after a job: blame the next unfinished one
+        pending = [k for k in keys if k not in results]
+        current = pending[0] if pending else None
+        if current is None:
+            return results, None, err
+    if current is not None:
+        why = "timeout" if timed_out else f"exit {proc.returncode}"
+        results[current] = {"key": current, "crash": why, "stderr": err[-3000:]}
+    return results, current, err
+
+
+def run_jobs(jobs, sides, so, *, timeout_per_job=20.0, workdir=None):
+    """Run every job on every side: {side name: {key: result}}.
+
+    The sides run in parallel (one process each).  A crash or hang is pinned
+    on the job that was running; the remaining jobs are run again in a fresh
+    process.
+    """
+    results = {side.name: {} for side in sides}
+    with tempfile.TemporaryDirectory(prefix="spead2-diff-", dir=workdir) as tmp:
+        todo = {side.name: list(jobs) for side in sides}
+        round_no = 0
+        while any(todo.values()):
+            procs = []
+            for side in sides:
+                pending = todo[side.name]
+                if not pending:
+                    continue
+                job_file = os.path.join(tmp, f"jobs-{side.name}-{round_no}.jsonl")
+                with open(job_file, "w") as f:
+                    for job in pending:
+                        f.write(json.dumps(job) + "\n")
+                procs.append((side, side.start(job_file, so), pending))
+            round_no += 1
+            for side, proc, pending in procs:
+                keys = [j["key"] for j in pending]
+                got, _, _ = _collect(proc, keys, timeout_per_job * len(pending) + 30)
+                results[side.name].update(got)
+                todo[side.name] = [j for j in pending if j["key"] not in results[side.name]]
+                if len(todo[side.name]) == len(pending):  # no progress at all
+                    for j in todo[side.name]:
+                        results[side.name][j["key"]] = {"key": j["key"], "crash": "no output"}
+                    todo[side.name] = []
+    return results
+
+
+# ----------------------------------------------------------------------
+# Comparison
+
+def compare(job, ours, ref):
+    """A sorted list of difference tags, and a list of human-readable details."""
+    tags = set()
+    details = []
+    for name, res in (("ours", ours), ("ref", ref)):
+        if "crash" in res:
+            tags.add(f"crash.{name}")
+            details.append(f"{name} crashed ({res['crash']}): {res.get('stderr', '')[-500:]}")
+    if tags:
+        return sorted(tags), details
+    if "error" in ours or "error" in ref:
+        if ours.get("error") != ref.get("error"):
+            tags.add("error")
+            details.append(f"error: ours={ours.get('error')!r} ref={ref.get('error')!r}")
+        return sorted(tags), details
+
+    ostats = dict(ours["stats"])
+    rstats = dict(ref["stats"])
+    for name in sorted(set(ostats) | set(rstats)):
+        if name in OURS_ONLY_STATS:
+            continue
+        if name not in ostats or name not in rstats:
+            tags.add(f"stat_missing.{name}")
+            details.append(f"stat {name}: ours={ostats.get(name)} ref={rstats.get(name)}")
+        elif ostats[name] != rstats[name]:
+            tags.add(f"stats.{name}")
+            details.append(f"stat {name}: ours={ostats[name]} ref={rstats[name]}")
+    oorder = [n for n, _ in ours["stats"] if n not in OURS_ONLY_STATS]
+    rorder = [n for n, _ in ref["stats"]]
+    if oorder != rorder:
+        tags.add("stat_order")
+        details.append(f"stat order: ours={oorder} ref={rorder}")
+
+    oc, rc = ours["chunks"], ref["chunks"]
+    if [c["id"] for c in oc] != [c["id"] for c in rc]:
+        tags.add("chunks.ids")
+        details.append(f"chunk ids: ours={[c['id'] for c in oc]} ref={[c['id'] for c in rc]}")
+    rmap = {}
+    for c in rc:
+        rmap.setdefault(c["id"], c)
+    for c in oc:
+        r = rmap.get(c["id"])
+        if r is None:
+            continue
+        for field in ("sid", "present", "data", "extra"):
+            if c.get(field) != r.get(field):
+                tags.add(f"chunks.{field}")
+                extra = ""
+                if field == "data" and "slots" in c:
+                    bad = [i for i, (a, b) in enumerate(zip(c["slots"], r["slots"])) if a != b]
+                    extra = f" (slots {bad})"
+                details.append(f"chunk {c['id']} {field}: ours={c.get(field)} ref={r.get(field)}{extra}")
+    return sorted(tags), details
+
+
+def classify(job, tags):
+    return f"{job['transport']}: " + " ".join(tags)
+
+
+def differential(jobs, so, ref, ours=None, **kwargs):
+    """Run and compare; returns {key: (tags, details)} for the jobs that differ."""
+    ours = ours or ours_side()
+    results = run_jobs(jobs, [ours, ref], so, **kwargs)
+    diffs = {}
+    for job in jobs:
+        key = job["key"]
+        tags, details = compare(job, results["ours"][key], results["ref"][key])
+        if tags:
+            diffs[key] = (tags, details)
+    return diffs, results
+
+
+# ----------------------------------------------------------------------
+# Command line
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=100)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--transports", default=",".join(diff_gen.TRANSPORTS))
+    ap.add_argument("--batch", type=int, default=500, help="jobs per runner process")
+    ap.add_argument("--show", action="append", default=[], help="print full outputs of KEY (transport:seed)")
+    ap.add_argument("--json", help="write the per-seed differences here")
+    args = ap.parse_args()
+    ref = reference_side()
+    if ref is None:
+        sys.exit(f"reference unavailable: {refvenv.unavailable_reason()}")
+    so = compile_place()
+    if args.show:
+        for key in args.show:
+            transport, seed = key.split(":")
+            job = diff_gen.generate(int(seed), transport)
+            print("job:", json.dumps({k: v for k, v in job.items() if k not in ("packets", "blob", "pcap")}))
+            ours = ours_side()
+            ours.args.append("--full")
+            if "--full" not in ref.args:
+                ref.args.append("--full")
+            res = run_jobs([job], [ours, ref], so)
+            tags, details = compare(job, res["ours"][key], res["ref"][key])
+            for name in ("ours", "ref"):
+                print(f"--- {name}:", json.dumps(res[name][key]))
+            print("tags:", tags)
+            print("\n".join(details))
+        return
+    transports = args.transports.split(",")
+    classes = collections.defaultdict(list)
+    all_diffs = {}
+    t0 = time.monotonic()
+    seeds = list(range(args.start, args.start + args.seeds))
+    total = 0
+    for transport in transports:
+        for i in range(0, len(seeds), args.batch):
+            jobs = [diff_gen.generate(s, transport) for s in seeds[i:i + args.batch]]
+            diffs, _ = differential(jobs, so, ref)
+            total += len(jobs)
+            for key, (tags, details) in diffs.items():
+                job = next(j for j in jobs if j["key"] == key)
+                classes[classify(job, tags)].append(job["seed"])
+                all_diffs[key] = {"tags": tags, "details": details[:20], "features": job["features"]}
+            print(f"[{time.monotonic() - t0:7.1f} s] {transport} seeds {seeds[i]}..{seeds[min(i + args.batch, len(seeds)) - 1]}:"
+                  f" {len(diffs)} differ", flush=True)
+    print(f"\n{total} jobs in {time.monotonic() - t0:.1f} s; {len(all_diffs)} differ")
+    for cls, seeds_ in sorted(classes.items(), key=lambda kv: -len(kv[1])):
+        print(f"{len(seeds_):6d}  {cls}  e.g. seeds {sorted(seeds_)[:8]}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_diffs, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
