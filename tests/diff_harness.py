@@ -181,7 +181,7 @@ def compare(job, ours, ref):
             tags.add(f"stats.{name}")
             details.append(f"stat {name}: ours={ostats[name]} ref={rstats[name]}")
     oorder = [n for n, _ in ours["stats"] if n not in OURS_ONLY_STATS]
-    rorder = [n for n, _ in ref["stats"]]
+    rorder = [n for n, _ in ref["stats"] if n not in OURS_ONLY_STATS]
     if oorder != rorder:
         tags.add("stat_order")
         details.append(f"stat order: ours={oorder} ref={rorder}")
@@ -212,17 +212,178 @@ def classify(job, tags):
     return f"{job['transport']}: " + " ".join(tags)
 
 
+# ----------------------------------------------------------------------
+# Known differences.  Each is checked precisely, by adjusting the outputs
+# for exactly the effect described and comparing again; a job only counts
+# as "known" if nothing else differs.
+
+#: Differences between ours and the reference that the suite tolerates for
+#: now, with the reason.  Remove an entry when the core is fixed (run with
+#: SPEAD2_DIFF_STRICT=1 to see which seeds still hit each).
+KNOWN_DIFFERENCES = {
+    "poke_chunk_stat": (
+        "The place callback incremented batch_stats[i] where i is the index of "
+        "too_old_heaps or rejected_heaps.  The reference merges every entry from "
+        "index 9 on (its chunk statistics are ordinary custom statistics "
+        "appended after the user's), so the poke is added to the statistic; "
+        "ours ignores writes to the chunk statistics (doc/stats.rst).  Checked "
+        "exactly: ref[stat] - ours[stat] == number of callback calls."),
+    "oor_too_old": (
+        "A heap placed out of range (dropped by us, counted in "
+        "out_of_range_heaps) completed after its chunk had left the window.  "
+        "The reference counts it in too_old_heaps (it does not know the placement "
+        "was bad); ours does not.  Checked: 0 < ref - ours <= ours' "
+        "out_of_range_heaps and nothing else differs."),
+    "pcap_filtered_frames_batch": (
+        "The capture holds frames that the reference's BPF filter "
+        "('ip proto \\udp and ip[6:2] & 0x3fff = 0') removes before its "
+        "reader sees them (ARP, IPv6, TCP, IPv4 fragments).  The reference "
+        "reads 64 frames *that pass the filter* per batch; ours counts the "
+        "filtered frames against the 64 too, so batches/max_batch differ.  "
+        "Checked exactly: ours, run on the capture with those frames removed, "
+        "gives the reference's batches and max_batch (and everything else)."),
+    "pcap_truncated_frames_batch": (
+        "The capture holds truncated frames (captured length < original "
+        "length).  Both readers skip them, but the reference counts them "
+        "against its 64 frames per batch (they come out of pcap_next_ex) and "
+        "ours does not, so batches/max_batch differ.  Checked exactly: ours, "
+        "run on the capture with each truncated frame replaced by a complete "
+        "non-SPEAD UDP frame, gives the reference's batches and max_batch."),
+}
+
+CHUNK_STATS = ("too_old_heaps", "rejected_heaps")
+
+
+def bpf_passes(link, frame):
+    """Whether the reference's filter 'ip proto \\udp and ip[6:2] & 0x3fff = 0' keeps a frame."""
+    off = 14 if link == 1 else 16
+    if len(frame) < off + 20 or frame[off - 2:off] != b"\x08\x00":
+        return False
+    if frame[off] >> 4 != 4:
+        return False
+    if frame[off + 9] != 17:
+        return False
+    return (int.from_bytes(frame[off + 6:off + 8], "big") & 0x3FFF) == 0
+
+
+def batch_equivalent(job):
+    """The pcap job rewritten so that our reader should batch it as the reference batches the original.
+
+    Frames that the reference's BPF filter drops are removed, and truncated
+    frames (captured length < original length) are replaced by a complete
+    UDP frame whose payload is not SPEAD.  Returns (job, names of the known
+    differences involved), or (None, []) if nothing needed rewriting.
+    """
+    import base64
+
+    link = job["link"]
+    records = []
+    names = set()
+    for data64, orig in job["records"]:
+        data = base64.b64decode(data64)
+        if not bpf_passes(link, data):
+            names.add("pcap_filtered_frames_batch")
+            continue
+        if len(data) < orig:
+            names.add("pcap_truncated_frames_batch")
+            frame = diff_gen._frame(link, diff_gen._ipv4_udp(b"\0" * 8))
+            records.append([base64.b64encode(frame).decode(), len(frame)])
+            continue
+        records.append([data64, orig])
+    if not names:
+        return None, []
+    new = dict(job)
+    new["records"] = records
+    new["key"] = job["key"] + "#bpf"
+    return new, sorted(names)
+
+
+def _with_stats(res, changes):
+    stats = [[n, changes.get(n, v)] for n, v in res["stats"]]
+    return dict(res, stats=stats)
+
+
+def analyse(job, ours, ref, ours_bpf=None, bpf_names=()):
+    """compare(), then try the known differences.
+
+    Returns (tags, details, known): tags/details of what is left unexplained,
+    and the names of the known differences that explained something.
+    """
+    tags, details = compare(job, ours, ref)
+    if not tags or any(t.startswith(("crash", "error")) for t in tags):
+        return tags, details, []
+    known = []
+    o = dict(ours["stats"])
+    r = dict(ref["stats"])
+    radj = {}
+    poke = job.get("poke")
+    if poke in CHUNK_STATS and "diff.calls" in o and r[poke] - o[poke] == o["diff.calls"] > 0:
+        radj[poke] = r[poke] - o["diff.calls"]
+        known.append("poke_chunk_stat")
+    too_old = radj.get("too_old_heaps", r["too_old_heaps"])
+    if o["too_old_heaps"] < too_old <= o["too_old_heaps"] + o.get("out_of_range_heaps", 0):
+        radj["too_old_heaps"] = o["too_old_heaps"]
+        known.append("oor_too_old")
+    ours2 = ours
+    if ours_bpf is not None and "stats" in ours_bpf and \
+            {"stats.batches", "stats.max_batch"} & set(tags):
+        b = dict(ours_bpf["stats"])
+        ours2 = _with_stats(ours, {"batches": b["batches"], "max_batch": b["max_batch"]})
+        # the rerun must agree with ours on everything but the batching
+        if compare(job, ours2, ours_bpf)[0] == []:
+            known.extend(bpf_names)
+        else:
+            ours2 = ours
+    if not known:
+        return tags, details, []
+    tags2, details2 = compare(job, ours2, _with_stats(ref, radj))
+    # keep only the known differences that were needed
+    used = []
+    for name in known:
+        if name == "poke_chunk_stat" and f"stats.{poke}" in tags:
+            used.append(name)
+        elif name == "oor_too_old" and "stats.too_old_heaps" in tags:
+            used.append(name)
+        elif name.startswith("pcap_"):
+            used.append(name)
+    return tags2, details2, used
+
+
 def differential(jobs, so, ref, ours=None, **kwargs):
-    """Run and compare; returns {key: (tags, details)} for the jobs that differ."""
+    """Run and compare.
+
+    Returns (diffs, known, results): diffs maps key -> (tags, details) for
+    the jobs with unexplained differences; known maps key -> names of the
+    KNOWN_DIFFERENCES that explained all their differences.
+    """
     ours = ours or ours_side()
     results = run_jobs(jobs, [ours, ref], so, **kwargs)
-    diffs = {}
+    first = {}
+    bpf_jobs = []
+    bpf_names = {}
     for job in jobs:
         key = job["key"]
         tags, details = compare(job, results["ours"][key], results["ref"][key])
+        first[key] = (tags, details)
+        if job["transport"] == "pcap" and {"stats.batches", "stats.max_batch"} & set(tags):
+            pj, names = batch_equivalent(job)
+            if pj is not None:
+                bpf_jobs.append(pj)
+                bpf_names[key] = names
+    bpf = run_jobs(bpf_jobs, [ours], so, **kwargs)["ours"] if bpf_jobs else {}
+    diffs = {}
+    known = {}
+    for job in jobs:
+        key = job["key"]
+        if not first[key][0]:
+            continue
+        tags, details, used = analyse(job, results["ours"][key], results["ref"][key], bpf.get(key + "#bpf"),
+                                      bpf_names.get(key, ()))
         if tags:
             diffs[key] = (tags, details)
-    return diffs, results
+        elif used:
+            known[key] = used
+    return diffs, known, results
 
 
 # ----------------------------------------------------------------------
@@ -259,6 +420,7 @@ def main():
         return
     transports = args.transports.split(",")
     classes = collections.defaultdict(list)
+    known_seeds = collections.defaultdict(list)
     all_diffs = {}
     t0 = time.monotonic()
     seeds = list(range(args.start, args.start + args.seeds))
@@ -266,17 +428,28 @@ def main():
     for transport in transports:
         for i in range(0, len(seeds), args.batch):
             jobs = [diff_gen.generate(s, transport) for s in seeds[i:i + args.batch]]
-            diffs, _ = differential(jobs, so, ref)
+            diffs, known, _ = differential(jobs, so, ref)
             total += len(jobs)
+            for key, names in known.items():
+                for name in names:
+                    known_seeds[f"{transport}: {name}"].append(int(key.split(":")[1]))
             for key, (tags, details) in diffs.items():
                 job = next(j for j in jobs if j["key"] == key)
                 classes[classify(job, tags)].append(job["seed"])
                 all_diffs[key] = {"tags": tags, "details": details[:20], "features": job["features"]}
             print(f"[{time.monotonic() - t0:7.1f} s] {transport} seeds {seeds[i]}..{seeds[min(i + args.batch, len(seeds)) - 1]}:"
                   f" {len(diffs)} differ", flush=True)
-    print(f"\n{total} jobs in {time.monotonic() - t0:.1f} s; {len(all_diffs)} differ")
+    print(f"\n{total} jobs in {time.monotonic() - t0:.1f} s; {len(all_diffs)} differ unexplained")
+    for name, seeds_ in sorted(known_seeds.items()):
+        print(f"{len(seeds_):6d}  known {name}  e.g. seeds {sorted(seeds_)[:8]}")
     for cls, seeds_ in sorted(classes.items(), key=lambda kv: -len(kv[1])):
+        transport = cls.split(":")[0]
+        common = None
+        for s in seeds_:
+            f = set(all_diffs[f"{transport}:{s}"]["features"])
+            common = f if common is None else common & f
         print(f"{len(seeds_):6d}  {cls}  e.g. seeds {sorted(seeds_)[:8]}")
+        print(f"        features of all: {sorted(common)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_diffs, f, indent=1)

@@ -59,6 +59,7 @@ struct diff_params
     int64_t stat_max;        /* MAXIMUM: largest heap length seen */
     int64_t stat_reject;     /* COUNTER: heaps this callback rejected */
     int64_t stat_poke;       /* any index: incremented for every call (core/chunk stats) */
+    int64_t stat_calls;      /* COUNTER: every call (to account for stat_poke) */
 };
 
 static int64_t item(const struct chunk_place_data *d, int64_t idx)
@@ -87,6 +88,7 @@ void diff_place(void *data_ptr, size_t data_size, void *user)
     (void) data_size;
 
     bump(d->batch_stats, p->stat_poke, 1);
+    bump(d->batch_stats, p->stat_calls, 1);
 
     int64_t pos = item(d, p->pos_from_cnt ? p->idx_cnt : p->idx_pos);
     int64_t len = item(d, p->idx_len);

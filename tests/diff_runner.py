@@ -32,6 +32,7 @@ import faulthandler
 import hashlib
 import json
 import os
+import struct
 import sys
 import tempfile
 import zlib
@@ -49,7 +50,7 @@ PARAM_FIELDS = [
     "heaps_per_chunk", "slot_size", "flags_per_slot", "bias", "data_size", "present_size",
     "extra_total", "extra_per_heap", "extra_size", "presence_payload",
     "reject_mod", "reject_rem", "oor_mod", "oor_rem", "overflow_oor", "max_len", "pos_from_cnt",
-    "stat_counter", "stat_max", "stat_reject", "stat_poke",
+    "stat_counter", "stat_max", "stat_reject", "stat_poke", "stat_calls",
 ]
 
 
@@ -80,6 +81,15 @@ def make_place(lib, params):
     return (capsule, params, lib)
 
 
+def pcap_file(link, records):
+    """A classic pcap file: records are (captured bytes, original length)."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, link)]
+    for i, (data, orig) in enumerate(records):
+        out.append(struct.pack("<IIII", 1_700_000_000 + i // 1000, (i % 1000) * 1000, len(data), orig))
+        out.append(data)
+    return b"".join(out)
+
+
 def _mode(name):
     return getattr(spead2.recv.StreamStatConfig.Mode, name)
 
@@ -107,6 +117,7 @@ def run_job(job, lib, slack, full, tmpdir):
     params.stat_counter = roles.get("counter", -1)
     params.stat_max = roles.get("max", -1)
     params.stat_reject = roles.get("reject", -1)
+    params.stat_calls = roles.get("calls", -1)
     poke = job.get("poke")
     if poke is None:
         params.stat_poke = -1
@@ -153,12 +164,13 @@ def run_job(job, lib, slack, full, tmpdir):
         queue.stop()
         stream.add_inproc_reader(queue)
     elif transport == "buffer":
-        blob = np.frombuffer(base64.b64decode(job["blob"]), np.uint8).copy()
+        blob = b"".join(base64.b64decode(p) for p in job["packets"])
+        blob = np.frombuffer(blob, np.uint8).copy()
         stream.add_buffer_reader(blob)
     elif transport == "pcap":
         path = os.path.join(tmpdir, "job.pcap")
         with open(path, "wb") as f:
-            f.write(base64.b64decode(job["pcap"]))
+            f.write(pcap_file(job["link"], [(base64.b64decode(d), orig) for d, orig in job["records"]]))
         stream.add_udp_pcap_file_reader(path)
     else:
         raise ValueError(f"unknown transport {transport!r}")
