@@ -37,6 +37,10 @@ import spead_builder as sb
 
 TRANSPORTS = ("inproc", "buffer", "pcap")
 
+#: Bump when a change makes old seeds generate different jobs (the
+#: regression seed lists in test_differential.py are for this version).
+GENERATOR_VERSION = 1
+
 HEAP_CNT_ID = sb.HEAP_CNT_ID
 HEAP_LENGTH_ID = sb.HEAP_LENGTH_ID
 PAYLOAD_OFFSET_ID = sb.PAYLOAD_OFFSET_ID
@@ -116,6 +120,8 @@ class Gen:
             "allow_out_of_order": self.chance(0.5),
             "stop_on_stop_item": self.chance(0.85),
             "stream_id": r.choice([0, 0, r.randint(1, 1 << 40)]),
+            "memcpy": r.choice([0, 0, 1]),            # MEMCPY_STD / MEMCPY_NONTEMPORAL
+            "explicit_start": self.chance(0.2),
         }
         if self.stream["substreams"] > 1:
             self.feat("substreams")
@@ -404,11 +410,13 @@ class Gen:
             if j == conflict_at:
                 specials[1] = (HEAP_LENGTH_ID, min(maxval, length + r.choice([1, 8, slot])), True)
             if kind == "special_dup":
-                which = r.choice([0, 1])
+                which = r.choice([0, 1, 2])
                 if which == 0:  # HEAP_LENGTH repeated with the same value
                     specials.append((HEAP_LENGTH_ID, length, True))
-                else:  # an earlier HEAP_CNT that the later one overrides
+                elif which == 1:  # an earlier HEAP_CNT that the later one overrides
                     specials.insert(0, (HEAP_CNT_ID, min(maxval, cnt + 1000), True))
+                else:  # an earlier, different HEAP_LENGTH that the later one overrides
+                    specials.insert(0, (HEAP_LENGTH_ID, min(maxval, length + 5), True))
             if self.chance(0.1):
                 r.shuffle(specials)
             ptrs = list(specials)
@@ -419,6 +427,11 @@ class Gen:
                 ptrs.append((fl.pos_id, pos, True))
             if j == stop_at:
                 ptrs.append((STREAM_CTRL_ID, sb.CTRL_STREAM_STOP, True))
+            if kind == "pos_dup" and self.chance(0.3):
+                ptrs.append((fl.pos_id, r.randint(0, pos + 5), False))  # address mode: not a value
+            if self.chance(0.03):
+                r.shuffle(ptrs)  # specials no longer leading
+                self.feat("shuffled_pointers")
             phab = hab
             if j == flavour_at:
                 phab = 40 if hab != 40 else 48
@@ -447,6 +460,7 @@ class Gen:
         kinds = sb.MALFORMED_KINDS + EXTRA_MALFORMED_KINDS
         kind = r.choice(kinds)
         self.feat("malformed")
+        live_packets = [p for p in live_packets if len(p) >= 16]
         real = r.choice(live_packets) if live_packets else None
         cnt = r.randint(0, 200)
         if kind == "empty" and self.transport == "inproc":
@@ -663,3 +677,59 @@ def _frame(link, ip, *, ethertype=0x0800, pad=False):
         return frame
     # Linux cooked capture (SLL)
     return struct.pack(">HHH8sH", 0, 772, 6, b"\0" * 8, ethertype) + ip
+
+
+def manual_job(key, packets, *, transport="inproc", hab=48, max_chunks=2, heaps_per_chunk=2, slot=16,
+               max_heaps=4, substreams=1, allow_out_of_order=False, presence=0, max_heap_extra=0,
+               bias=0, custom_stats=(("diff.placed", "COUNTER", "counter"), ("diff.max_len", "MAXIMUM", "max")),
+               poke=None, data_ring=2):
+    """A job (as generate() makes) for hand-written packets.
+
+    The callback reads the position from item Flavour(hab).pos_id and
+    HEAP_LENGTH; heap ``pos`` goes to chunk ``pos // heaps_per_chunk + bias``,
+    slot ``pos % heaps_per_chunk`` of ``slot`` bytes.
+    """
+    fl = Flavour(hab)
+    items = [fl.pos_id, HEAP_LENGTH_ID]
+    flags_per_slot = -(-slot // presence) if presence else 1
+    params = {
+        "idx_pos": 0, "idx_len": 1, "idx_plen": -1, "idx_cnt": -1, "idx_extra": -1, "n_items": 2,
+        "heaps_per_chunk": heaps_per_chunk, "slot_size": slot, "flags_per_slot": flags_per_slot,
+        "bias": bias, "data_size": heaps_per_chunk * slot, "present_size": heaps_per_chunk * flags_per_slot,
+        "extra_total": 0, "extra_per_heap": 0, "extra_size": 0, "presence_payload": presence,
+        "reject_mod": 0, "reject_rem": 0, "oor_mod": 0, "oor_rem": 0, "overflow_oor": 0,
+        "max_len": -1, "pos_from_cnt": 0,
+    }
+    job = {
+        "key": key, "seed": -1, "transport": transport,
+        "stream": {"max_heaps": max_heaps, "substreams": substreams, "allow_out_of_order": allow_out_of_order,
+                   "stop_on_stop_item": True, "stream_id": 0},
+        "chunk": {"max_chunks": max_chunks, "max_heap_extra": max_heap_extra, "presence": presence,
+                  "items": items},
+        "layout": {"heaps_per_chunk": heaps_per_chunk, "slot_size": slot, "flags_per_slot": flags_per_slot,
+                   "data_size": params["data_size"], "present_size": params["present_size"],
+                   "extra_total": 0, "with_extra": False},
+        "params": params,
+        "custom_stats": [list(s) for s in custom_stats],
+        "poke": poke,
+        "data_ring": data_ring,
+        "n_packets": len(packets),
+        "features": ["manual"],
+    }
+    if transport == "pcap":
+        job["link"] = 1
+        job["records"] = []
+        for p in packets:
+            frame = _frame(1, _ipv4_udp(p))
+            job["records"].append([base64.b64encode(frame).decode(), len(frame)])
+    else:
+        job["packets"] = [base64.b64encode(p).decode() for p in packets]
+    return job
+
+
+def position_packet(cnt, pos, length, offset, payload, *, hab=48, extra_pointers=()):
+    """One packet of heap ``cnt`` (position ``pos``) carrying payload[offset:offset+len]."""
+    fl = Flavour(hab)
+    ptrs = [(HEAP_CNT_ID, cnt, True), (HEAP_LENGTH_ID, length, True), (PAYLOAD_OFFSET_ID, offset, True),
+            (PAYLOAD_LENGTH_ID, len(payload), True), (fl.pos_id, pos, True), *extra_pointers]
+    return build_packet(hab, ptrs, payload)

@@ -47,8 +47,9 @@ def compile_place():
     if not so.exists():
         tmp = out_dir / f"diff_place-{digest}.{os.getpid()}.tmp.so"
         cc = os.environ.get("CC", "cc")
+        env = refvenv.clean_env()  # no LD_PRELOAD of sanitizer runtimes into the compiler
         subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(PLACE_SOURCE)],
-                       check=True, capture_output=True, timeout=120)
+                       check=True, capture_output=True, timeout=120, env=env)
         os.replace(tmp, so)
     return str(so)
 
@@ -317,8 +318,11 @@ def analyse(job, ours, ref, ours_bpf=None, bpf_names=()):
     r = dict(ref["stats"])
     radj = {}
     poke = job.get("poke")
-    if poke in CHUNK_STATS and "diff.calls" in o and r[poke] - o[poke] == o["diff.calls"] > 0:
-        radj[poke] = r[poke] - o["diff.calls"]
+    calls = o.get("diff.calls", 0)
+    if poke in CHUNK_STATS and calls > 0 and (
+            r[poke] - o[poke] == calls
+            or (poke == "too_old_heaps" and r[poke] - o[poke] > calls)):  # plus oor_too_old below
+        radj[poke] = r[poke] - calls
         known.append("poke_chunk_stat")
     too_old = radj.get("too_old_heaps", r["too_old_heaps"])
     if o["too_old_heaps"] < too_old <= o["too_old_heaps"] + o.get("out_of_range_heaps", 0):
@@ -421,6 +425,7 @@ def main():
     transports = args.transports.split(",")
     classes = collections.defaultdict(list)
     known_seeds = collections.defaultdict(list)
+    all_known = {}
     all_diffs = {}
     t0 = time.monotonic()
     seeds = list(range(args.start, args.start + args.seeds))
@@ -431,6 +436,7 @@ def main():
             diffs, known, _ = differential(jobs, so, ref)
             total += len(jobs)
             for key, names in known.items():
+                all_known[key] = names
                 for name in names:
                     known_seeds[f"{transport}: {name}"].append(int(key.split(":")[1]))
             for key, (tags, details) in diffs.items():
@@ -450,6 +456,28 @@ def main():
             common = f if common is None else common & f
         print(f"{len(seeds_):6d}  {cls}  e.g. seeds {sorted(seeds_)[:8]}")
         print(f"        features of all: {sorted(common)}")
+    # Suggested lists for test_differential.py
+    regression = collections.defaultdict(set)
+    for cls, seeds_ in classes.items():
+        regression[cls.split(":")[0]].update(sorted(seeds_)[:10])
+    exact = collections.defaultdict(list)
+    for key, names in all_known.items():
+        if len(names) == 1:
+            exact[names[0]].append(key)
+        for name in names:
+            regression[key.split(":")[0]].update(
+                [int(key.split(":")[1])] if int(key.split(":")[1]) in
+                sorted(known_seeds[f"{key.split(':')[0]}: {name}"])[:5] else [])
+    print(f"\nREGRESSION_SEEDS (generator version {diff_gen.GENERATOR_VERSION}):")
+    print(json.dumps({t: sorted(v) for t, v in sorted(regression.items())}))
+    print("KNOWN_DIFFERENCE_SEEDS:")
+    out = {}
+    for name, keys in sorted(exact.items()):
+        by_transport = collections.defaultdict(list)
+        for k in keys:
+            by_transport[k.split(":")[0]].append(k)
+        out[name] = [k for t in sorted(by_transport) for k in sorted(by_transport[t], key=lambda k: int(k.split(":")[1]))[:3]]
+    print(json.dumps(out))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_diffs, f, indent=1)

@@ -103,6 +103,8 @@ def run_job(job, lib, slack, full, tmpdir):
         allow_out_of_order=sc["allow_out_of_order"],
         stop_on_stop_item=sc["stop_on_stop_item"],
         stream_id=sc["stream_id"],
+        memcpy=sc.get("memcpy", 0),
+        explicit_start=sc.get("explicit_start", False),
     )
     roles = {}
     for name, mode, role in job["custom_stats"]:
@@ -174,6 +176,9 @@ def run_job(job, lib, slack, full, tmpdir):
         stream.add_udp_pcap_file_reader(path)
     else:
         raise ValueError(f"unknown transport {transport!r}")
+
+    if sc.get("explicit_start", False):
+        stream.start()
 
     slot = layout["slot_size"]
     hpc = layout["heaps_per_chunk"]
