@@ -421,6 +421,8 @@ def main():
                 print(f"--- {name}:", json.dumps(res[name][key]))
             print("tags:", tags)
             print("\n".join(details))
+            diffs, known, _ = differential([job], so, reference_side())
+            print("after known differences:", diffs.get(key, ([], []))[0], "known:", known.get(key, []))
         return
     transports = args.transports.split(",")
     classes = collections.defaultdict(list)
