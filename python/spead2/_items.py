@@ -527,6 +527,10 @@ class Item(Descriptor):
 
     @value.setter
     def value(self, new_value):
+        # As in the reference: None is never a value (an item without one
+        # starts out as None, but cannot be set back to it).
+        if new_value is None:
+            raise ValueError("Item value cannot be set to None")
         self._value = new_value
         self.version += 1
 

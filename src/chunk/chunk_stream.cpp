@@ -184,7 +184,11 @@ void chunk_stream::merge_batch()
     stats[first_chunk_stat + 1] += counters.rejected;
     stats[first_chunk_stat + 2] += counters.out_of_range;
     stats[first_chunk_stat + 3] += counters.malformed;
-    for (std::size_t i = stat_index::custom; i < first_chunk_stat; i++)
+    // Every statistic from the first custom one on is merged from batch_stats,
+    // the chunk statistics included: as in the reference (where they are
+    // ordinary statistics appended after the user's), a place callback that
+    // writes to their index adds to them.
+    for (std::size_t i = stat_index::custom; i < stats.size(); i++)
         stats[i] = cfg[i].combine(stats[i], batch_stats[i]);
     counters = batch_counters();
     std::fill(batch_stats.begin(), batch_stats.end(), 0);
@@ -584,6 +588,10 @@ heap_placement chunk_stream::place(const packet_header &ph)
                         d.heap_index, d.heap_offset, (unsigned long long) length,
                         d.extra_offset, d.extra_size);
         counters.out_of_range++;
+        // The heap keeps its chunk ID (so a completion after the chunk has
+        // left the window still counts as too old, as in the reference) but
+        // has no target: nothing of it is written.
+        result.chunk_id = d.chunk_id;
         return result;
     }
     if (d.extra_size > 0)
@@ -597,8 +605,8 @@ heap_placement chunk_stream::place(const packet_header &ph)
 
 void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
 {
-    if (where.chunk_id < 0 || ph.payload_length <= 0 || behind_window(where.chunk_id))
-        return;   // not placed, or the chunk has left the window
+    if (!where.target || ph.payload_length <= 0 || behind_window(where.chunk_id))
+        return;   // not placed (or out of range), or the chunk has left the window
     chunk *c = where.target;
     copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
     if (presence_payload_size)
@@ -614,7 +622,7 @@ void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t e
     const heap_placement &where = h.where;
     if (packet_payload >= DEST_PREFETCH_MAX_PAYLOAD)
         return;
-    if (where.chunk_id < 0 || behind_window(where.chunk_id))
+    if (!where.target || behind_window(where.chunk_id))
         return;
     const std::uint64_t length = std::uint64_t(h.heap_length);
     const std::uint64_t first = end + (DEST_PREFETCH_PACKETS - 1) * packet_payload;
@@ -633,6 +641,8 @@ void chunk_stream::mark_complete(const heap_placement &where)
         counters.too_old++;
         return;
     }
+    if (!where.target)
+        return;   // placed out of range: dropped
     if (!presence_payload_size)
         where.target->present[where.heap_index] = 1;
 }

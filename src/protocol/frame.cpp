@@ -75,7 +75,62 @@ frame_status after_ethertype(udp_frame &out, const std::uint8_t *data, std::size
     }
 }
 
+// Offset of the IPv4 header after the ethertype at data[pos], or 0 if the
+// frame is not IPv4 (or too short to tell).
+std::size_t ipv4_start(const std::uint8_t *data, std::size_t size, std::size_t pos)
+{
+    for (;;)
+    {
+        if (pos + 2 > size)
+            return 0;
+        const std::uint16_t ethertype = load_be16(data + pos);
+        if (ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ || ethertype == ETHERTYPE_QINQ_OLD)
+        {
+            pos += VLAN_TAG_SIZE;
+            continue;
+        }
+        return ethertype == ETHERTYPE_IPV4 ? pos + 2 : 0;
+    }
+}
+
 } // anonymous namespace
+
+bool passes_udp_filter(link_type link, const std::uint8_t *data, std::size_t size)
+{
+    std::size_t ip = 0;
+    switch (link)
+    {
+    case link_type::ethernet:
+        ip = ipv4_start(data, size, 12);
+        break;
+    case link_type::linux_sll:
+        ip = ipv4_start(data, size, 14);
+        break;
+    case link_type::linux_sll2:
+        if (size < SLL2_HEADER_SIZE)
+            return false;
+        {
+            const std::uint16_t protocol = load_be16(data);
+            if (protocol == ETHERTYPE_IPV4)
+                ip = SLL2_HEADER_SIZE;
+            else if (protocol == ETHERTYPE_VLAN || protocol == ETHERTYPE_QINQ || protocol == ETHERTYPE_QINQ_OLD)
+                ip = ipv4_start(data, size, SLL2_HEADER_SIZE + 2);   // as decode_frame
+            else
+                return false;
+        }
+        break;
+    case link_type::raw_ipv4:
+        if (size < 1 || (data[0] >> 4) != 4)
+            return false;
+        ip = 0;
+        break;
+    }
+    if (link != link_type::raw_ipv4 && ip == 0)
+        return false;
+    if (ip + 10 > size)
+        return false;   // BPF rejects a frame too short for the fields it reads
+    return data[ip + 9] == IPPROTO_UDP_NUMBER && (load_be16(data + ip + 6) & 0x3fff) == 0;
+}
 
 frame_status decode_frame(udp_frame &out, link_type link, const std::uint8_t *data, std::size_t size)
 {

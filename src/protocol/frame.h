@@ -62,6 +62,13 @@ struct udp_frame
 /// @a out if it holds an unfragmented IPv4 UDP datagram.
 frame_status decode_frame(udp_frame &out, link_type link, const std::uint8_t *data, std::size_t size);
 
+/// Whether a frame is one that the reference's capture filter
+/// ("ip proto \udp and ip[6:2] & 0x3fff = 0") lets through to its reader:
+/// IPv4 (802.1Q tags skipped: we decode those frames too), protocol UDP, not
+/// a fragment, judged from the captured bytes only (so a frame cut short by
+/// the snapshot length can pass).  Only the pcap reader's batching uses it.
+bool passes_udp_filter(link_type link, const std::uint8_t *data, std::size_t size);
+
 /// Decode an IPv4 packet (starting at the IP header).
 frame_status decode_ipv4_udp(udp_frame &out, const std::uint8_t *data, std::size_t size);
 

@@ -404,18 +404,6 @@ bool pcap_file::accept(const interface_info &iface, const std::uint8_t *frame,
         }
         return false;
     }
-    if (caplen < orig_len)
-    {
-        n_snapped++;
-        if (!warned_snapped)
-        {
-            warned_snapped = true;
-            log_warning("capture file %s: skipping packets that were cut short by the capture's snapshot length "
-                        "(first one: %zu of %zu bytes captured)",
-                        name.c_str(), caplen, orig_len);
-        }
-        return false;
-    }
     if (!iface.filter_error.empty())
     {
         // Only possible for interfaces that appear after the first packet.
@@ -445,6 +433,21 @@ bool pcap_file::accept(const interface_info &iface, const std::uint8_t *frame,
     out.data = frame;
     out.size = caplen;
     out.link = iface.link;
+    out.snapped = caplen < orig_len;
+    if (out.snapped)
+    {
+        // Returned all the same (the reader counts it in its batch, as the
+        // reference does), but never decoded.
+        n_snapped++;
+        if (!warned_snapped)
+        {
+            warned_snapped = true;
+            log_warning("capture file %s: skipping packets that were cut short by the capture's snapshot length "
+                        "(first one: %zu of %zu bytes captured)",
+                        name.c_str(), caplen, orig_len);
+        }
+        return true;
+    }
     n_frames++;
     return true;
 }

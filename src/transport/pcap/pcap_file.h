@@ -45,8 +45,9 @@ namespace spead2::transport
 struct pcap_frame
 {
     const std::uint8_t *data = nullptr;
-    std::size_t size = 0;                               ///< captured (= original) length
+    std::size_t size = 0;                               ///< captured length
     protocol::link_type link = protocol::link_type::ethernet;
+    bool snapped = false;   ///< cut short by the snapshot length (captured < original): not to be decoded
 };
 
 class pcap_file

@@ -50,7 +50,10 @@ void pcap_reader::run_batch()
         protocol::packet_header headers[1];
         std::size_t n_headers = 0;
         bool at_eof = false;
-        for (std::size_t i = 0; i < BATCH_FRAMES; i++)
+        // A batch is BATCH_FRAMES frames of IPv4 UDP (as the reference, whose
+        // capture filter removes other frames before its reader sees them);
+        // frames cut short by the snapshot length count, and are skipped.
+        for (std::size_t i = 0; i < BATCH_FRAMES;)
         {
             pcap_frame frame;
             if (!file.next(frame))
@@ -60,6 +63,11 @@ void pcap_reader::run_batch()
             }
             // Records follow each other in the mapping: fetch the next ones early.
             prefetch_ahead(frame.data + frame.size, frame.size + PCAP_RECORD_OVERHEAD, file.end());
+            const bool counted = protocol::passes_udp_filter(frame.link, frame.data, frame.size);
+            if (counted)
+                i++;
+            if (frame.snapped)
+                continue;
             protocol::udp_frame udp;
             if (protocol::decode_frame(udp, frame.link, frame.data, frame.size) != protocol::frame_status::ok)
             {
