@@ -7,14 +7,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-PY=${PYTHON:-python3}
+VENV=${SPEAD2_VENV:-$PWD/.venv}
+export PATH="$VENV/bin:$PATH"   # the package's commands, and its Python first
+PY="$VENV/bin/python"
 root=$(pwd)
+
+mkdir -p build
+echo "== the README's demo, with only Debian's Python on PATH"
+env -i HOME="$HOME" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    SPEAD2_VENV="$VENV" bash scripts/demo.sh > build/demo.log 2>&1 \
+  || { cat build/demo.log; echo "demo failed"; exit 1; }
+tail -n 3 build/demo.log
 
 echo "== documentation (Sphinx, warnings are errors)"
 $PY -m sphinx -E -W -q -b html doc build/doc-html
 
 echo "== 1/3 test suite (installed package)"
-(cd tests && $PY -m pytest -q -p no:cacheprovider "$root/tests")
+(cd tests && SPEAD2_EXPECT_IBV=1 $PY -m pytest -q -p no:cacheprovider "$root/tests")
 
 if [ "${SPEAD2_SKIP_ASAN:-0}" != "1" ]; then
   echo "== 2/3 test suite under AddressSanitizer + UndefinedBehaviorSanitizer"

@@ -6,6 +6,7 @@ numba or scipy are missing; modules that do need them skip cleanly.
 """
 
 import ctypes
+import os
 
 import numpy as np
 import pytest
@@ -291,3 +292,16 @@ class Received:
 
     def __repr__(self):
         return f"Received(chunk_id={self.chunk_id}, present={self.present.tolist()})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With SPEAD2_EXPECT_IBV=1 (as scripts/test.sh sets), a skipped ibverbs
+    test is a failure: CI must not pass because the emulated device or the
+    ibverbs build went missing."""
+    outcome = yield
+    report = outcome.get_result()
+    if (os.environ.get("SPEAD2_EXPECT_IBV") == "1" and report.skipped
+            and item.nodeid.split("::")[0].endswith("test_ibv.py")):
+        report.outcome = "failed"
+        report.longrepr = f"ibverbs test skipped although SPEAD2_EXPECT_IBV=1: {report.longrepr}"
