@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -1475,6 +1476,18 @@ def _find_emulator_source():
     return None
 
 
+def _cmake_source(out):
+    """The source directory of the cmake build in ``out``/cmake-build, if there is one."""
+    try:
+        with open(os.path.join(out, "cmake-build", "CMakeCache.txt")) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                    return os.path.realpath(line.split("=", 1)[1].strip())
+    except OSError:
+        pass
+    return None
+
+
 def cache_dir():
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "spead2-bench")
@@ -1554,6 +1567,11 @@ class Context:
             source = _find_emulator_source()
         build = os.path.join(source, "build.sh") if source else None
         out = os.path.join(cache_dir(), "ibv_emulator")
+        if build and _cmake_source(out) not in (None, os.path.realpath(source)):
+            # Built from another source tree (say another git worktree): cmake
+            # refuses to reuse that build directory, so this tree gets its own.
+            tag = hashlib.sha1(os.path.realpath(source).encode()).hexdigest()[:12]
+            out = os.path.join(cache_dir(), f"ibv_emulator-{tag}")
         lib = os.path.join(out, "libspead2_ibv_emulator.so")
         if not build or not os.path.exists(build):
             if not given and os.path.exists(lib):
