@@ -380,6 +380,8 @@ def test_groups_rounds_and_reference(tmp_path):
         ["--eviction-mode", "sometimes"],
         ["--rounds", "0"],
         ["--pin", "maybe"],
+        ["--pin", "-1"],
+        ["--pin", "0,4096"],  # not a CPU this process may use
     ],
 )
 def test_bad_group_arguments_exit_2(argv, capsys):
@@ -401,6 +403,15 @@ def test_streams_parsing():
     args = bench.build_parser().parse_args([])
     bench._finish_args(bench.build_parser(), args)
     assert args.stream_list == [None]  # the plain ChunkRingStream by default
+
+
+def test_pin_parsing():
+    assert bench._pin("on") is True and bench._pin("off") is False
+    assert bench._pin("0") == [0] and bench._pin("1,0") == [1, 0]
+    cpu = min(os.sched_getaffinity(0))
+    args = bench.build_parser().parse_args(["--pin", str(cpu)])
+    bench._finish_args(bench.build_parser(), args)
+    assert args.pin == [cpu]
 
 
 def test_member_share():
@@ -476,6 +487,6 @@ def test_format_table_groups():
     }
     text = bench.format_table(report)
     assert "12/12" in text  # per-member CPU in ms
-    assert "LOSSLESS" in text and "CPU 0,1" in text
+    assert "LOSSLESS" in text and "CPUs 0,1 in turn" in text
     assert "group overhead" in text and "1.05 (1.00-1.10)" in text
     assert "3 rounds" in text

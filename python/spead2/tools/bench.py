@@ -23,6 +23,15 @@ timestamp and frequency items, ``channels`` heaps per timestamp):
     "ibverbs (emulated)"), whose wire is a UDP socket carrying one Ethernet
     frame per datagram.
 
+With ``--streams N`` the receiver is a ``ChunkStreamRingGroup`` of N members
+instead of one ``ChunkRingStream``: heap i goes to member i mod N (N memory
+buffers, N capture files, N UDP ports, N ibverbs endpoints), each member on a
+``ThreadPool(1)`` of its own, pinned to a CPU (``--pin``).  ``--streams
+plain,1,2,4`` measures the plain stream and each group size in turn, and adds
+a table of each group against the plain stream (the cost of the group).
+``--rounds`` repeats everything, ours and the reference taking turns, and
+reports the spread.
+
 Every measurement runs in a worker subprocess (so the receiver's CPU time is
 its own and ibverbs can be set up through environment variables); the live
 transports get their packets from a sender subprocess that replays the
@@ -574,8 +583,9 @@ class _Worker:
         return have[:n]
 
     def receiver(self, t, req):
-        return _Receiver(self, t, streams=req.get("streams"), lossless=req.get("lossless", True),
-                         cpus=self.cpus if req.get("pin", True) else ())
+        pin = req.get("pin", True)
+        cpus = self.cpus if pin is True else (pin or ())
+        return _Receiver(self, t, streams=req.get("streams"), lossless=req.get("lossless", True), cpus=cpus)
 
     def buffer_sources(self, t, path, streams):
         """The packets of ``path``: one buffer, or one per member (heap i in buffer i mod N)."""
@@ -1910,7 +1920,7 @@ def run_all(args, progress):
             "quick": args.quick, "compare_reference": args.compare_reference,
             "ibv_interface": args.ibv_interface,
             "streams": args.stream_list, "rounds": args.rounds, "eviction_mode": args.eviction_mode,
-            "pin": args.pin, "cpus": ours_info.get("cpus", []) if args.pin else [],
+            "pin": args.pin, "cpus": ours_info.get("cpus", []) if args.pin is True else (args.pin or []),
         },
         "results": rows,
         "group_overhead": overhead,
@@ -2006,8 +2016,12 @@ def format_table(report):
                f"on a {report['machine']['description']}")
     if groups:
         cpus = cfg.get("cpus") or []
-        pin = (f"stream i's thread pinned to CPU {','.join(map(str, cpus))}[i mod {len(cpus)}]" if cpus
-               else "threads not pinned")
+        if not cpus:
+            pin = "threads not pinned"
+        elif len(cpus) == 1:
+            pin = f"every thread pinned to CPU {cpus[0]}"
+        else:
+            pin = f"stream i's thread pinned to CPUs {','.join(map(str, cpus))} in turn (i mod {len(cpus)})"
         out.append(f"streams: plain = one ChunkRingStream, N = a ChunkStreamRingGroup of N members "
                    f"({cfg.get('eviction_mode', 'lossless').upper()}), heap i to member i mod N; "
                    f"each on a ThreadPool(1), {pin}")
@@ -2190,6 +2204,19 @@ def _on_off(text):
     raise argparse.ArgumentTypeError(f"{text!r}: give on or off")
 
 
+def _pin(text):
+    """on (True), off (False) or a list of CPU numbers (so "0" is CPU 0, not off)."""
+    if not text.strip().replace(",", "").replace(" ", "").isdigit():
+        return _on_off(text)
+    try:
+        cpus = _int_list(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give on, off or a list of CPU numbers") from None
+    if min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPU numbers are not negative")
+    return cpus
+
+
 def _endpoint(text):
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
@@ -2240,9 +2267,9 @@ def build_parser():
                         "ChunkRingStream, the default; a list such as plain,1,2,4 measures each in turn")
     g.add_argument("--eviction-mode", choices=("lossless", "lossy"), default="lossless", type=str.lower,
                    help="the groups' eviction mode [lossless]")
-    g.add_argument("--pin", type=_on_off, default=True, metavar="on|off",
-                   help="pin the thread of stream (member) i to the i-th CPU the benchmark may use, "
-                        "cyclically; a plain stream gets the first [on]")
+    g.add_argument("--pin", type=_pin, default=True, metavar="on|off|CPU[,CPU...]",
+                   help="pin the thread of stream (member) i to the i-th CPU the benchmark may use, or of "
+                        "the list given, cyclically; a plain stream gets the first [on]")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON (- for standard output)")
     o.add_argument("--plot", metavar="FILE.png",
@@ -2292,6 +2319,15 @@ def _finish_args(parser, args):
     if args.reps is None:
         args.reps = 1 if q else 5
     args.stream_list = args.streams or [None]
+    if isinstance(args.pin, list):
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            allowed = set(args.pin)
+        bad = [c for c in args.pin if c not in allowed]
+        if bad:
+            parser.error(f"--pin: CPU {', '.join(map(str, bad))} is not one this process may run on "
+                         f"({', '.join(map(str, sorted(allowed)))})")
     if not args.rate_tolerance < 1:
         parser.error("--rate-tolerance must be below 1")
     for size in args.packet_sizes:
