@@ -276,6 +276,8 @@ def check_group(m, transport, streams):
             assert isinstance(member[key], int) and member[key] >= 0, (key, member[key])
         assert member["heaps_complete"] + member["heaps_lost"] == member["heaps_sent"]
         assert member["cpu_seconds"] is None or member["cpu_seconds"] >= 0
+        switches = member["context_switches"]
+        assert switches is None or (len(switches) == 2 and min(switches) >= 0)
         assert isinstance(member["stats"], dict) and "packets" in member["stats"]
     # Heap i is for member i mod N: the shares differ by at most one heap.
     sent = [member["heaps_sent"] for member in members]

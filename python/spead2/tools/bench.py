@@ -364,6 +364,39 @@ def _thread_cpu(tids):
     return total
 
 
+def _thread_switches(tids):
+    """[voluntary, involuntary] context switches so far of the threads ``tids``, or None.
+
+    A voluntary switch is a thread going to sleep: a group member waiting
+    for the others (LOSSLESS) or for a free chunk, a reader waiting for data."""
+    if not tids:
+        return None
+    total = [0, 0]
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total[0] += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        total[1] += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
+def _cpu_diff(a, b):
+    """What happened between two :meth:`_Receiver.cpu` readings."""
+    def sub(x, y):
+        if x is None or y is None:
+            return None
+        if isinstance(x, list):
+            return [q - p for p, q in zip(x, y)]
+        return y - x
+
+    return (b[0] - a[0], [sub(x, y) for x, y in zip(a[1], b[1])], [sub(x, y) for x, y in zip(a[2], b[2])])
+
+
 def _add_stats(stats_list):
     """The statistics of several streams, combined as the package combines them
     (``StreamStats + StreamStats``: counters add, maxima take the larger value)."""
@@ -456,8 +489,10 @@ class _Receiver:
         return sum(int(s.stats["packets"]) for s in self.streams)
 
     def cpu(self):
-        """(process CPU seconds, [CPU seconds of each stream's thread, or None])."""
-        return _rusage_cpu(), [_thread_cpu(t) for t in self.thread_ids]
+        """(process CPU seconds, [CPU seconds of each stream's thread, or None],
+        [[voluntary, involuntary] context switches of each stream's thread, or None])."""
+        return (_rusage_cpu(), [_thread_cpu(t) for t in self.thread_ids],
+                [_thread_switches(t) for t in self.thread_ids])
 
     def consume(self):
         np = self.np
@@ -510,8 +545,9 @@ class _Receiver:
         if packets is None:
             packets = total.get("packets", 0)
         seconds = max(seconds, 1e-9)
-        process_cpu, thread_cpu = cpu
+        process_cpu, thread_cpu, switches = cpu
         rx_cpu = None if None in thread_cpu else sum(thread_cpu)
+        rx_switches = None if None in switches else [sum(x[0] for x in switches), sum(x[1] for x in switches)]
         out = {
             "seconds": seconds,
             "cpu_seconds": process_cpu,
@@ -528,6 +564,7 @@ class _Receiver:
             "streams": self.n_streams,
             "receiver_cpu_seconds": rx_cpu,
             "receiver_cpu_s_per_mpkt": None if rx_cpu is None else rx_cpu / max(packets, 1) * 1e6,
+            "receiver_context_switches": rx_switches,
             "cores": self.cores,
             "stats": total,
             "error": self.error or (f"{self.payload_errors} heap(s) with the wrong payload or in the wrong place"
@@ -536,7 +573,7 @@ class _Receiver:
         if self.n_streams is not None:
             n = self.n_streams
             members = []
-            for m, (st, c) in enumerate(zip(per_stream, thread_cpu)):
+            for m, (st, c, sw) in enumerate(zip(per_stream, thread_cpu, switches)):
                 sent = _member_share(heaps_sent, n, m)
                 p = st.get("packets", 0)
                 members.append({
@@ -547,6 +584,7 @@ class _Receiver:
                     "heaps_lost": max(0, sent - self.member_complete[m]),
                     "cpu_seconds": c,
                     "cpu_s_per_mpkt": None if c is None else c / max(p, 1) * 1e6,
+                    "context_switches": sw,
                     "stats": st,
                 })
             out["members"] = members
@@ -651,7 +689,7 @@ class _Worker:
             cpu1 = rx.cpu()
             # Statistics are complete only after stop().
             stats = rx.stop()
-            cpu = (cpu1[0] - cpu0[0], [None if a is None or b is None else b - a for a, b in zip(cpu0[1], cpu1[1])])
+            cpu = _cpu_diff(cpu0, cpu1)
             runs.append(rx.result(seconds, cpu, stats))
             del rx
         best = min(runs, key=lambda r: r["seconds"])
@@ -712,8 +750,7 @@ class _Worker:
                 last = packets
                 last_change = t_end = now
         cpu1 = rx.cpu()
-        rx.cpu_used = (cpu1[0] - rx.cpu0[0],
-                       [None if a is None or b is None else b - a for a, b in zip(rx.cpu0[1], cpu1[1])])
+        rx.cpu_used = _cpu_diff(rx.cpu0, cpu1)
         rx.seconds = t_end - req["t_send_start"]
         rx.data_packets = last  # the end-of-stream packets come later
         rx.expected = expected
@@ -1753,7 +1790,8 @@ def _ratio(a, b):
 RATIO_KEYS = ("packets_per_s", "payload_gbps", "cpu_s_per_mpkt", "receiver_cpu_s_per_mpkt")
 #: What each round keeps, with --rounds.
 ROUND_KEYS = ("seconds", "packets_per_s", "payload_gbps", "cpu_seconds", "cpu_s_per_mpkt",
-              "receiver_cpu_seconds", "receiver_cpu_s_per_mpkt", "heaps_sent", "heaps_complete", "heaps_lost")
+              "receiver_cpu_seconds", "receiver_cpu_s_per_mpkt", "heaps_sent", "heaps_complete", "heaps_lost",
+              "receiver_context_switches")
 #: Their spread (lowest, median, highest), with --rounds.
 SPREAD_KEYS = ("packets_per_s", "payload_gbps", "cpu_s_per_mpkt", "receiver_cpu_s_per_mpkt")
 
