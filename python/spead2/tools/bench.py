@@ -23,6 +23,15 @@ timestamp and frequency items, ``channels`` heaps per timestamp):
     "ibverbs (emulated)"), whose wire is a UDP socket carrying one Ethernet
     frame per datagram.
 
+With ``--streams N`` the receiver is a ``ChunkStreamRingGroup`` of N members
+instead of one ``ChunkRingStream``: heap i goes to member i mod N (N memory
+buffers, N capture files, N UDP ports, N ibverbs endpoints), each member on a
+``ThreadPool(1)`` of its own, pinned to a CPU (``--pin``).  ``--streams
+plain,1,2,4`` measures the plain stream and each group size in turn, and adds
+a table of each group against the plain stream (the cost of the group).
+``--rounds`` repeats everything, ours and the reference taking turns, and
+reports the spread.
+
 Every measurement runs in a worker subprocess (so the receiver's CPU time is
 its own and ibverbs can be set up through environment variables); the live
 transports get their packets from a sender subprocess that replays the
@@ -42,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -95,7 +105,7 @@ REF_REQUIREMENTS = (f"spead2=={REF_VERSION}", "numpy", "numba", "scipy")
 TRANSPORT_NAMES = ("buffer", "pcap", "udp", "ibverbs")
 #: Replies from workers start with this, so that stray output is ignored.
 REPLY_PREFIX = "@@spead2_bench "
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Traffic:
@@ -175,9 +185,9 @@ def fill_byte(heap_index):
     return (heap_index + 1) % 251
 
 
-def _frame(packet, seq):
+def _frame(packet, seq, dst_port=FRAME_DST_PORT):
     """``packet`` in an Ethernet/IPv4/UDP frame, as in the generated pcap file."""
-    udp = struct.pack(">HHHH", FRAME_SRC_PORT, FRAME_DST_PORT, 8 + len(packet), 0)
+    udp = struct.pack(">HHHH", FRAME_SRC_PORT, dst_port, 8 + len(packet), 0)
     ip = bytearray(struct.pack(">BBHHHBBH4s4s", 0x45, 0, 28 + len(packet), seq & 0xFFFF, 0x4000, 64, 17, 0,
                                FRAME_IP, FRAME_IP))
     total = sum(struct.unpack(">10H", bytes(ip)))
@@ -296,6 +306,23 @@ def generate(traffic, directory, progress=None):
     return paths
 
 
+def split_pcap(traffic, path, n):
+    """Split the capture ``path`` of ``traffic`` into ``n`` files, heap i in
+    file i mod n (records unchanged, so each file is in time order)."""
+    import numpy as np
+
+    base = path[:-len(".pcap")] if path.endswith(".pcap") else path
+    out = [f"{base}.{m}of{n}.pcap" for m in range(n)]
+    data = np.fromfile(path, np.uint8)
+    header, heaps = data[:24], data[24:].reshape(traffic.heaps, -1)
+    for m, name in enumerate(out):
+        with open(name + ".tmp", "wb") as f:
+            header.tofile(f)
+            np.ascontiguousarray(heaps[m::n]).tofile(f)
+        os.replace(name + ".tmp", name)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Worker: the receiving side of one measurement (runs under ours or the reference)
 
@@ -305,12 +332,106 @@ def _rusage_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def _thread_ids():
+    """The kernel thread IDs of this process (empty where /proc is missing)."""
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:
+        return set()
+
+
+def _thread_cpu(tids):
+    """CPU seconds used so far by the threads ``tids`` of this process, or None.
+
+    From ``/proc/self/task/TID/schedstat`` (nanoseconds), else from the
+    user and system ticks of ``/proc/self/task/TID/stat`` (1/100 s)."""
+    if not tids:
+        return None
+    total = 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+            continue
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
+def _thread_switches(tids):
+    """[voluntary, involuntary] context switches so far of the threads ``tids``, or None.
+
+    A voluntary switch is a thread going to sleep: a group member waiting
+    for the others (LOSSLESS) or for a free chunk, a reader waiting for data."""
+    if not tids:
+        return None
+    total = [0, 0]
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total[0] += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        total[1] += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return total
+
+
+def _cpu_diff(a, b):
+    """What happened between two :meth:`_Receiver.cpu` readings."""
+    def sub(x, y):
+        if x is None or y is None:
+            return None
+        if isinstance(x, list):
+            return [q - p for p, q in zip(x, y)]
+        return y - x
+
+    return (b[0] - a[0], [sub(x, y) for x, y in zip(a[1], b[1])], [sub(x, y) for x, y in zip(a[2], b[2])])
+
+
+def _add_stats(stats_list):
+    """The statistics of several streams, combined as the package combines them
+    (``StreamStats + StreamStats``: counters add, maxima take the larger value)."""
+    total = stats_list[0]
+    try:
+        for s in stats_list[1:]:
+            total = total + s
+        return {k: int(v) for k, v in total.items()}
+    except TypeError:  # pragma: no cover - a package without StreamStats.__add__
+        out = {}
+        for s in stats_list:
+            for k, v in s.items():
+                out[k] = max(out.get(k, 0), int(v)) if k.startswith("max_") else out.get(k, 0) + int(v)
+        return out
+
+
+def _member_share(total, n, m):
+    """How many of items 0 .. total-1 have index m modulo n."""
+    return max(0, (total - m + n - 1) // n)
+
+
 class _Receiver:
-    """A ChunkRingStream with the benchmark's placement, plus a consumer."""
+    """The benchmark's placement, plus a consumer.
+
+    ``streams`` None: one ChunkRingStream.  ``streams`` N: a
+    ChunkStreamRingGroup of N members (heap i is for member i mod N), in
+    ``lossless`` (or LOSSY) eviction mode.  Every stream has a ThreadPool(1)
+    of its own; with ``cpus``, stream i's thread is pinned to
+    ``cpus[i % len(cpus)]``.  The thread IDs of the pools are recorded so
+    that the CPU time of each stream can be read.
+    """
 
     N_FREE = 4
 
-    def __init__(self, worker, traffic, max_chunks=4):
+    def __init__(self, worker, traffic, streams=None, lossless=True, cpus=(), max_chunks=4):
         import numpy as np
         import spead2
         import spead2.recv
@@ -318,33 +439,66 @@ class _Receiver:
         self.np = np
         self.spead2 = spead2
         self.traffic = traffic
+        self.n_streams = streams
         self.place = worker.place_for(traffic)
         n_chunks = max_chunks + self.N_FREE
         self.data_ring = spead2.recv.ChunkRingbuffer(n_chunks)
         self.free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
-        self.stream = spead2.recv.ChunkRingStream(
-            spead2.ThreadPool(1),
-            spead2.recv.StreamConfig(max_heaps=4),
-            spead2.recv.ChunkStreamConfig(
+        self.thread_ids = []
+        self.cores = []
+        self.pools = []
+
+        def pool(i):
+            core = [cpus[i % len(cpus)]] if cpus else []
+            before = _thread_ids()
+            p = spead2.ThreadPool(1, core)
+            self.thread_ids.append(sorted(_thread_ids() - before))
+            self.cores.append(core[0] if core else None)
+            self.pools.append(p)
+            return p
+
+        def chunk_config():
+            return spead2.recv.ChunkStreamConfig(
                 items=[spead2.HEAP_LENGTH_ID, TIMESTAMP_ID, FREQUENCY_ID],
                 max_chunks=max_chunks,
                 place=self.place,
-            ),
-            self.data_ring,
-            self.free_ring,
-        )
+            )
+
+        if streams is None:
+            self.owner = spead2.recv.ChunkRingStream(
+                pool(0), spead2.recv.StreamConfig(max_heaps=4), chunk_config(), self.data_ring, self.free_ring)
+            self.streams = [self.owner]
+        else:
+            modes = spead2.recv.ChunkStreamGroupConfig.EvictionMode
+            group_config = spead2.recv.ChunkStreamGroupConfig(
+                max_chunks=max_chunks, eviction_mode=modes.LOSSLESS if lossless else modes.LOSSY)
+            self.owner = spead2.recv.ChunkStreamRingGroup(group_config, self.data_ring, self.free_ring)
+            self.streams = [self.owner.emplace_back(pool(i), spead2.recv.StreamConfig(max_heaps=4), chunk_config())
+                            for i in range(streams)]
         for present, data in worker.chunk_memory(traffic, n_chunks):
-            self.stream.add_free_chunk(spead2.recv.Chunk(present=present, data=data))
+            self.owner.add_free_chunk(spead2.recv.Chunk(present=present, data=data))
         self.complete = 0
+        self.member_complete = [0] * len(self.streams)
         self.chunks = 0
         self.payload_errors = 0
         self.error = None
         self.thread = None
 
+    def packets(self):
+        """Packets received so far, by all streams."""
+        return sum(int(s.stats["packets"]) for s in self.streams)
+
+    def cpu(self):
+        """(process CPU seconds, [CPU seconds of each stream's thread, or None],
+        [[voluntary, involuntary] context switches of each stream's thread, or None])."""
+        return (_rusage_cpu(), [_thread_cpu(t) for t in self.thread_ids],
+                [_thread_switches(t) for t in self.thread_ids])
+
     def consume(self):
         np = self.np
         t = self.traffic
         hpc = t.heaps_per_chunk
+        n = len(self.streams)
         try:
             for chunk in self.data_ring:
                 present = np.asarray(chunk.present)
@@ -353,11 +507,17 @@ class _Receiver:
                 self.chunks += 1
                 if len(idx):
                     data = np.asarray(chunk.data).reshape(hpc, t.heap_size)
-                    expect = ((chunk.chunk_id * hpc + idx + 1) % 251).astype(np.uint8)
+                    heap = chunk.chunk_id * hpc + idx  # the heap's number in the traffic
+                    expect = ((heap + 1) % 251).astype(np.uint8)
                     self.payload_errors += int(np.count_nonzero(data[idx, 0] != expect))
                     self.payload_errors += int(np.count_nonzero(data[idx, -1] != expect))
+                    if n > 1:
+                        for m, c in enumerate(np.bincount(heap % n, minlength=n)):
+                            self.member_complete[m] += int(c)
+                    else:
+                        self.member_complete[0] += len(idx)
                 try:
-                    self.stream.add_free_chunk(chunk)
+                    self.owner.add_free_chunk(chunk)
                 except Exception:  # the stream is stopping
                     pass
         except Exception as exc:  # pragma: no cover - reported to the driver
@@ -368,22 +528,29 @@ class _Receiver:
         self.thread.start()
 
     def stop(self):
-        self.stream.stop()
+        """Stop; the statistics of each stream (complete only after stop())."""
+        self.owner.stop()
         if self.thread is not None:
             self.thread.join(30)
-        stats = {k: int(v) for k, v in self.stream.stats.items()}
-        return stats
+        return [s.stats for s in self.streams]
 
     def result(self, seconds, cpu, stats, packets_sent=None, heaps_sent=None, packets=None):
+        """The measurement.  ``cpu``: the difference of two :meth:`cpu` readings;
+        ``stats``: what :meth:`stop` returned."""
         t = self.traffic
+        per_stream = [{k: int(v) for k, v in s.items()} for s in stats]
+        total = _add_stats(stats) if len(stats) > 1 else per_stream[0]
         packets_sent = t.n_packets if packets_sent is None else packets_sent
         heaps_sent = t.heaps if heaps_sent is None else heaps_sent
         if packets is None:
-            packets = stats.get("packets", 0)
+            packets = total.get("packets", 0)
         seconds = max(seconds, 1e-9)
-        return {
+        process_cpu, thread_cpu, switches = cpu
+        rx_cpu = None if None in thread_cpu else sum(thread_cpu)
+        rx_switches = None if None in switches else [sum(x[0] for x in switches), sum(x[1] for x in switches)]
+        out = {
             "seconds": seconds,
-            "cpu_seconds": cpu,
+            "cpu_seconds": process_cpu,
             "packets_sent": packets_sent,
             "packets_received": packets,
             "heaps_sent": heaps_sent,
@@ -393,11 +560,35 @@ class _Receiver:
             "chunks": self.chunks,
             "packets_per_s": packets / seconds,
             "payload_gbps": self.complete * t.heap_size * 8 / seconds / 1e9,
-            "cpu_s_per_mpkt": cpu / max(packets, 1) * 1e6,
-            "stats": stats,
+            "cpu_s_per_mpkt": process_cpu / max(packets, 1) * 1e6,
+            "streams": self.n_streams,
+            "receiver_cpu_seconds": rx_cpu,
+            "receiver_cpu_s_per_mpkt": None if rx_cpu is None else rx_cpu / max(packets, 1) * 1e6,
+            "receiver_context_switches": rx_switches,
+            "cores": self.cores,
+            "stats": total,
             "error": self.error or (f"{self.payload_errors} heap(s) with the wrong payload or in the wrong place"
                                     if self.payload_errors else None),
         }
+        if self.n_streams is not None:
+            n = self.n_streams
+            members = []
+            for m, (st, c, sw) in enumerate(zip(per_stream, thread_cpu, switches)):
+                sent = _member_share(heaps_sent, n, m)
+                p = st.get("packets", 0)
+                members.append({
+                    "core": self.cores[m],
+                    "packets": p,
+                    "heaps_sent": sent,
+                    "heaps_complete": self.member_complete[m],
+                    "heaps_lost": max(0, sent - self.member_complete[m]),
+                    "cpu_seconds": c,
+                    "cpu_s_per_mpkt": None if c is None else c / max(p, 1) * 1e6,
+                    "context_switches": sw,
+                    "stats": st,
+                })
+            out["members"] = members
+        return out
 
 
 class _Worker:
@@ -406,6 +597,10 @@ class _Worker:
         self.memory = {}
         self.buffers = {}
         self.live = None
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            self.cpus = []
 
     def place_for(self, t):
         key = (t.heap_size, t.channels, t.freq_step, t.ts_step, t.t_per_chunk)
@@ -425,77 +620,109 @@ class _Worker:
         self.memory = {key: have}
         return have[:n]
 
+    def receiver(self, t, req):
+        pin = req.get("pin", True)
+        cpus = self.cpus if pin is True else (pin or ())
+        return _Receiver(self, t, streams=req.get("streams"), lossless=req.get("lossless", True), cpus=cpus)
+
+    def buffer_sources(self, t, path, streams):
+        """The packets of ``path``: one buffer, or one per member (heap i in buffer i mod N)."""
+        import numpy as np
+
+        key = (path, streams or 1)
+        if key not in self.buffers:
+            # Only one traffic pattern at a time.
+            self.buffers = {k: v for k, v in self.buffers.items() if k[0] == path}
+            whole = self.buffers.get((path, 1))
+            if whole is None:
+                with open(path, "rb") as f:
+                    whole = [f.read()]
+                self.buffers[(path, 1)] = whole
+            if key[1] > 1:
+                heaps = np.frombuffer(whole[0], np.uint8).reshape(t.heaps, -1)
+                self.buffers[key] = [heaps[m::key[1]].tobytes() for m in range(key[1])]
+        return self.buffers[key]
+
     # Commands -------------------------------------------------------------
 
     def cmd_hello(self, req):
         import spead2
         import spead2.recv
 
-        cls = spead2.recv.ChunkRingStream
+        def readers(cls):
+            return sorted(a for a in dir(cls) if a.startswith("add_") and a.endswith("_reader"))
+
+        member = getattr(spead2.recv, "ChunkStreamGroupMember", None)
         return {
             "version": spead2.__version__,
             "file": os.path.realpath(spead2.__file__),
             "python": sys.executable,
-            "readers": sorted(a for a in dir(cls) if a.startswith("add_") and a.endswith("_reader")),
+            "readers": readers(spead2.recv.ChunkRingStream),
+            "groups": hasattr(spead2.recv, "ChunkStreamRingGroup") and member is not None,
+            "group_readers": readers(member) if member is not None else [],
+            "cpus": self.cpus,
         }
 
     def cmd_offline(self, req):
         """buffer or pcap: ``reps`` runs over the whole traffic; the fastest is returned."""
         t = Traffic.from_dict(req["traffic"])
         transport = req["transport"]
-        source = None
+        streams = req.get("streams")
         if transport == "buffer":
-            path = req["files"]["raw"]
-            if path not in self.buffers:
-                self.buffers.clear()
-                with open(path, "rb") as f:
-                    self.buffers[path] = f.read()
-            source = self.buffers[path]
+            sources = self.buffer_sources(t, req["files"]["raw"], streams)
+        elif streams and streams > 1:
+            sources = req["files"]["pcap_parts"]
+        else:
+            sources = [req["files"]["pcap"]]
         runs = []
         for _ in range(max(1, req.get("reps", 1))):
-            rx = _Receiver(self, t)
-            cpu0 = _rusage_cpu()
+            rx = self.receiver(t, req)
+            cpu0 = rx.cpu()
             start = time.perf_counter()
-            if source is not None:
-                rx.stream.add_buffer_reader(source)
-            else:
-                rx.stream.add_udp_pcap_file_reader(req["files"]["pcap"])
+            for stream, source in zip(rx.streams, sources):
+                if transport == "buffer":
+                    stream.add_buffer_reader(source)
+                else:
+                    stream.add_udp_pcap_file_reader(source)
             rx.consume()
             seconds = time.perf_counter() - start
-            cpu = _rusage_cpu() - cpu0
+            cpu1 = rx.cpu()
             # Statistics are complete only after stop().
             stats = rx.stop()
+            cpu = _cpu_diff(cpu0, cpu1)
             runs.append(rx.result(seconds, cpu, stats))
             del rx
         best = min(runs, key=lambda r: r["seconds"])
         best = dict(best)
-        best["runs"] = [{"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"]} for r in runs]
+        best["runs"] = [{"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
+                         "receiver_cpu_seconds": r["receiver_cpu_seconds"]} for r in runs]
         return best
 
     def cmd_live_start(self, req):
-        """udp or ibverbs: set up the stream and wait for the sender."""
+        """udp or ibverbs: set up the stream(s) and wait for the sender."""
         import spead2.recv
 
         if self.live is not None:
             self.live.stop()
             self.live = None
         t = Traffic.from_dict(req["traffic"])
-        rx = _Receiver(self, t)
+        rx = self.receiver(t, req)
         max_size = max(t.packet_size + 64, 9200)
-        if req["transport"] == "udp":
-            rx.stream.add_udp_reader(req["port"], max_size=max_size, buffer_size=req["buffer_size"],
-                                     bind_hostname=req["bind"])
-        else:
-            config = spead2.recv.UdpIbvConfig(
-                endpoints=[tuple(e) for e in req["endpoints"]],
-                interface_address=req["interface"],
-                max_size=max_size + FRAME_OVERHEAD,
-                buffer_size=req["buffer_size"],
-                comp_vector=req.get("comp_vector", 0),
-            )
-            rx.stream.add_udp_ibv_reader(config)
+        for m, stream in enumerate(rx.streams):
+            if req["transport"] == "udp":
+                stream.add_udp_reader(req["ports"][m], max_size=max_size, buffer_size=req["buffer_size"],
+                                      bind_hostname=req["bind"])
+            else:
+                config = spead2.recv.UdpIbvConfig(
+                    endpoints=[tuple(e) for e in req["endpoints"][m]],
+                    interface_address=req["interface"],
+                    max_size=max_size + FRAME_OVERHEAD,
+                    buffer_size=req["buffer_size"],
+                    comp_vector=req.get("comp_vector", 0),
+                )
+                stream.add_udp_ibv_reader(config)
         rx.start_consumer()
-        rx.cpu0 = _rusage_cpu()
+        rx.cpu0 = rx.cpu()
         self.live = rx
         return {"ready": True}
 
@@ -504,7 +731,7 @@ class _Worker:
 
         Chunks reach the data ring only when the stream ends by itself (user
         stop() discards those in flight, in both packages), so the driver
-        then has an end-of-stream heap sent (:meth:`cmd_live_finish`)."""
+        then has an end-of-stream heap sent to every stream (:meth:`cmd_live_finish`)."""
         rx = self.live
         expected = req["packets_sent"]
         idle = req.get("idle", 0.25)
@@ -513,23 +740,24 @@ class _Worker:
         # Packets that arrived before this request count as arriving by the
         # time the sender finished; later ones at the time they are seen.
         t_end = req["t_send_end"]
-        last = rx.stream.stats["packets"]
+        last = rx.packets()
         last_change = now
         while last < expected and now - last_change <= idle and now < deadline:
             time.sleep(0.002)
             now = time.monotonic()
-            packets = rx.stream.stats["packets"]
+            packets = rx.packets()
             if packets != last:
                 last = packets
                 last_change = t_end = now
-        rx.cpu = _rusage_cpu() - rx.cpu0
+        cpu1 = rx.cpu()
+        rx.cpu_used = _cpu_diff(rx.cpu0, cpu1)
         rx.seconds = t_end - req["t_send_start"]
-        rx.data_packets = last  # the end-of-stream packet comes later
+        rx.data_packets = last  # the end-of-stream packets come later
         rx.expected = expected
         return {"packets": last}
 
     def cmd_live_finish(self, req):
-        """Wait for the end-of-stream heap (``force``: give up and stop); report."""
+        """Wait for the end-of-stream heaps (``force``: give up and stop); report."""
         rx = self.live
         if rx is None:
             raise RuntimeError("no live stream")
@@ -539,10 +767,10 @@ class _Worker:
         self.live = None
         stats = rx.stop()
         if not hasattr(rx, "seconds"):
-            return {"stopped": False, "stats": stats}
+            return {"stopped": False, "stats": _add_stats(stats)}
         if req.get("force") and rx.error is None:
             rx.error = "the end-of-stream heap never arrived (chunks in flight were dropped)"
-        result = rx.result(rx.seconds, rx.cpu, stats, packets_sent=rx.expected,
+        result = rx.result(rx.seconds, rx.cpu_used, stats, packets_sent=rx.expected,
                            heaps_sent=rx.expected // rx.traffic.packets_per_heap,
                            packets=min(rx.data_packets, rx.expected))
         result["stopped"] = True
@@ -618,14 +846,20 @@ class _Sender:
         self.loaded = {}
         self.gso = hasattr(socket.socket, "sendmsg") and sys.platform.startswith("linux")
 
-    def _load(self, files, mode):
-        """Packets (mode "udp") or Ethernet frames (mode "frames"), back to back, and
-        the batches that can go out in one GSO send: (offset, nbytes, seg, count)."""
+    def _load(self, files, mode, n_dest=1, packets_per_heap=1):
+        """The traffic for each of ``n_dest`` destinations (heap i for
+        destination i mod n_dest): a list of (data, lengths, batches), where
+        data holds the packets (mode "udp") or Ethernet frames (mode
+        "frames") back to back and batches are the runs that can go out in
+        one GSO send: (offset, nbytes, seg, count).  In frames mode the
+        frames for destination m have UDP destination port FRAME_DST_PORT + m.
+        """
         import numpy as np
 
-        key = (files["raw"], mode)
+        key = (files["raw"], mode, n_dest)
         if key in self.loaded:
             return self.loaded[key]
+        self.loaded = {}  # one at a time: the traffic may be large
         lengths = np.load(files["lengths"]).astype(np.int64)
         if mode == "udp":
             with open(files["raw"], "rb") as f:
@@ -638,32 +872,66 @@ class _Sender:
             keep[:24] = False
             keep[(rec_start[:, None] + np.arange(16)).ravel()] = False
             data = pcap[keep].tobytes()
+            del pcap, keep
             lengths = frame_len
-        batches = []
-        offsets = np.concatenate(([0], np.cumsum(lengths)))
-        ls = lengths.tolist()
-        i, n = 0, len(ls)
-        while i < n:
-            seg = ls[i]
-            j = i + 1
-            total = seg
-            while j < n and j - i < GSO_MAX_SEGMENTS and total + ls[j] <= GSO_MAX_BYTES and ls[j] == seg:
-                total += ls[j]
-                j += 1
-            # GSO allows the last segment to be shorter.
-            if j < n and j - i < GSO_MAX_SEGMENTS and total + ls[j] <= GSO_MAX_BYTES and ls[j] < seg:
-                total += ls[j]
-                j += 1
-            batches.append((int(offsets[i]), total, seg, j - i))
-            i = j
-        self.loaded = {key: (data, ls, batches)}
-        return self.loaded[key]
+        parts = []
+        if n_dest == 1:
+            parts.append((data, lengths))
+        else:
+            k = packets_per_heap
+            heaps = len(lengths) // k
+            heap_lengths = lengths[:k]
+            per_heap = np.frombuffer(data, np.uint8).reshape(heaps, int(heap_lengths.sum()))
+            frame_starts = np.concatenate(([0], np.cumsum(heap_lengths)[:-1]))
+            for m in range(n_dest):
+                part = np.ascontiguousarray(per_heap[m::n_dest])
+                if mode == "frames":
+                    port = FRAME_DST_PORT + m
+                    # UDP destination port (checksum 0: nothing else to fix)
+                    part[:, frame_starts + 36] = port >> 8
+                    part[:, frame_starts + 37] = port & 0xFF
+                parts.append((part.tobytes(), np.tile(heap_lengths, part.shape[0])))
+            del per_heap
+        out = []
+        for part, part_lengths in parts:
+            batches = []
+            offsets = np.concatenate(([0], np.cumsum(part_lengths)))
+            ls = part_lengths.tolist()
+            i, n = 0, len(ls)
+            while i < n:
+                seg = ls[i]
+                j = i + 1
+                total = seg
+                while j < n and j - i < GSO_MAX_SEGMENTS and total + ls[j] <= GSO_MAX_BYTES and ls[j] == seg:
+                    total += ls[j]
+                    j += 1
+                # GSO allows the last segment to be shorter.
+                if j < n and j - i < GSO_MAX_SEGMENTS and total + ls[j] <= GSO_MAX_BYTES and ls[j] < seg:
+                    total += ls[j]
+                    j += 1
+                batches.append((int(offsets[i]), total, seg, j - i))
+                i = j
+            out.append((part, ls, batches))
+        self.loaded = {key: out}
+        return out
 
     def cmd_send(self, req):
-        data, lengths, batches = self._load(req["files"], req["mode"])
-        n_packets = min(req["n_packets"], len(lengths))
+        """Send the first ``n_packets`` packets (whole heaps) of the traffic.
+
+        With several destinations (``dests``), heap i goes to destination
+        i mod N; the destinations take turns batch by batch (a batch is at
+        most one GSO send), so each gets its packets in order and all of
+        them keep pace."""
+        dests = [tuple(d) for d in req["dests"]]
+        n_dest = len(dests)
+        ppp = req.get("packets_per_heap", 1)
+        parts = self._load(req["files"], req["mode"], n_dest, ppp)
+        n_packets = min(req["n_packets"], sum(len(p[1]) for p in parts))
+        if n_dest == 1:
+            limits = [n_packets]
+        else:
+            limits = [_member_share(n_packets // ppp, n_dest, m) * ppp for m in range(n_dest)]
         rate = req.get("rate_pps") or 0.0
-        dest = tuple(req["dest"])
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -673,79 +941,89 @@ class _Sender:
                     sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(req["bind"]))
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            view = memoryview(data)
+            views = [memoryview(p[0]) for p in parts]
             # Rate-limited: small bursts (about 100 us each).
             burst = GSO_MAX_SEGMENTS if not rate else max(1, min(GSO_MAX_SEGMENTS, int(rate * 100e-6)))
             use_gso = self.gso and req.get("gso", True)
             sent = 0
+            member_sent = [0] * n_dest
             nbytes = 0
             errors = 0
             sleep = time.sleep
             clock = time.monotonic
+            n_rounds = max(len(p[2]) for p in parts)
             t_start = clock()
-            for offset, total, seg, count in batches:
-                if sent >= n_packets:
+            for b in range(n_rounds):
+                if sent >= sum(limits):
                     break
-                count = min(count, n_packets - sent)
-                pos = offset
-                while count > 0:
-                    c = min(count, burst)
-                    size = min(c * seg, offset + total - pos)
-                    if rate:
-                        due = t_start + sent / rate
-                        delay = due - clock()
-                        if delay > 20e-6:
-                            sleep(delay)
-                    try:
-                        if c == 1 or not use_gso:
-                            if c == 1:
-                                sock.sendto(view[pos:pos + size], dest)
+                for m in range(n_dest):
+                    view, lengths, batches = views[m], parts[m][1], parts[m][2]
+                    if b >= len(batches) or member_sent[m] >= limits[m]:
+                        continue
+                    offset, total, seg, count = batches[b]
+                    dest = dests[m]
+                    count = min(count, limits[m] - member_sent[m])
+                    pos = offset
+                    while count > 0:
+                        c = min(count, burst)
+                        size = min(c * seg, offset + total - pos)
+                        if rate:
+                            due = t_start + sent / rate
+                            delay = due - clock()
+                            if delay > 20e-6:
+                                sleep(delay)
+                        try:
+                            if c == 1 or not use_gso:
+                                if c == 1:
+                                    sock.sendto(view[pos:pos + size], dest)
+                                else:
+                                    p = pos
+                                    for k in range(c):
+                                        ln = lengths[member_sent[m] + k]
+                                        sock.sendto(view[p:p + ln], dest)
+                                        p += ln
                             else:
-                                p = pos
-                                for k in range(c):
-                                    ln = lengths[sent + k]
-                                    sock.sendto(view[p:p + ln], dest)
-                                    p += ln
-                        else:
-                            sock.sendmsg([view[pos:pos + size]],
-                                         [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))], 0, dest)
-                    except OSError as exc:
-                        if exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS, errno.EAGAIN):
-                            errors += 1  # the packets are lost, as on a busy network
-                        elif use_gso and c > 1:
-                            use_gso = False  # no UDP GSO here: one datagram per packet
-                            self.gso = False
-                            continue
-                        else:
-                            raise
-                    sent += c
-                    nbytes += size
-                    pos += size
-                    count -= c
+                                sock.sendmsg([view[pos:pos + size]],
+                                             [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", seg))], 0, dest)
+                        except OSError as exc:
+                            if exc.errno in (errno.ECONNREFUSED, errno.ENOBUFS, errno.EAGAIN):
+                                errors += 1  # the packets are lost, as on a busy network
+                            elif use_gso and c > 1:
+                                use_gso = False  # no UDP GSO here: one datagram per packet
+                                self.gso = False
+                                continue
+                            else:
+                                raise
+                        sent += c
+                        member_sent[m] += c
+                        nbytes += size
+                        pos += size
+                        count -= c
             t_end = clock()
         finally:
             sock.close()
         return {"t_send_start": t_start, "t_send_end": t_end, "packets_sent": sent, "bytes": nbytes,
-                "send_errors": errors, "gso": use_gso,
+                "member_packets_sent": member_sent, "send_errors": errors, "gso": use_gso,
                 "send_rate_pps": sent / max(t_end - t_start, 1e-9)}
 
     def cmd_send_stop(self, req):
-        """One end-of-stream heap (a single packet with the stream-control item)."""
+        """One end-of-stream heap (a single packet with the stream-control item)
+        to each destination (in frames mode, to UDP port FRAME_DST_PORT + m)."""
         bits = req["addr_bits"]
         words = [_pointer(HEAP_CNT_ID, req["heap_cnt"], bits), _pointer(HEAP_LENGTH_ID, 0, bits),
                  _pointer(PAYLOAD_OFFSET_ID, 0, bits), _pointer(PAYLOAD_LENGTH_ID, 0, bits),
                  _pointer(STREAM_CTRL_ID, CTRL_STREAM_STOP, bits)]
         packet = struct.pack(">BBBBHH", 0x53, 4, (64 - bits) // 8, bits // 8, 0, len(words))
         packet += struct.pack(f">{len(words)}Q", *words)
-        if req["mode"] == "frames":
-            packet = _frame(packet, 0)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             if req.get("bind"):
                 sock.bind((req["bind"], 0))
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
-            with contextlib.suppress(ConnectionRefusedError):
-                sock.sendto(packet, tuple(req["dest"]))
+            for m, dest in enumerate(req["dests"]):
+                data = _frame(packet, 0, FRAME_DST_PORT + m) if req["mode"] == "frames" else packet
+                with contextlib.suppress(ConnectionRefusedError):
+                    sock.sendto(data, tuple(dest))
         return {}
 
     def serve(self):
@@ -897,14 +1175,21 @@ class Transport:
     name = ""
     label = ""
     live = False
-    #: The ChunkRingStream method it needs.
+    #: The ChunkRingStream (and ChunkStreamGroupMember) method it needs.
     reader = ""
 
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def available(self, impl):
-        """None if the transport can run under ``impl``, else the reason it cannot."""
+    def available(self, impl, streams=None):
+        """None if the transport can run under ``impl`` (into ``streams``
+        group members, or one ChunkRingStream for None), else the reason it cannot."""
+        if streams is not None:
+            if not impl.info.get("groups"):
+                return f"this spead2 ({impl.name}, {impl.info['version']}) has no ChunkStreamRingGroup"
+            if self.reader and self.reader not in impl.info.get("group_readers", []):
+                return (f"this spead2 ({impl.name}, {impl.info['version']}) has no "
+                        f"ChunkStreamGroupMember.{self.reader}")
         if self.reader and self.reader not in impl.info["readers"]:
             return f"this spead2 ({impl.name}, {impl.info['version']}) has no {self.reader}"
         return None
@@ -916,7 +1201,12 @@ class Transport:
     def session(self, impl):
         return self.ctx.session(impl, self)
 
-    def run(self, impl, traffic, rate=None, n_packets=None):
+    def receiver_args(self, streams):
+        """The request fields that describe the receiver (stream or group)."""
+        args = self.ctx.args
+        return {"streams": streams, "lossless": args.eviction_mode == "lossless", "pin": args.pin}
+
+    def run(self, impl, traffic, rate=None, n_packets=None, streams=None):
         """One measurement; returns the result dictionary."""
         raise NotImplementedError
 
@@ -930,12 +1220,14 @@ def register(cls):
 
 
 class OfflineTransport(Transport):
-    def run(self, impl, traffic, rate=None, n_packets=None):
-        files = self.ctx.traffic_files(traffic)
-        return self.session(impl).request(
-            {"op": "offline", "transport": self.name, "traffic": traffic.as_dict(), "files": files,
-             "reps": self.ctx.args.reps},
-            timeout=60 + traffic.n_packets * 1e-4 * self.ctx.args.reps)
+    def run(self, impl, traffic, rate=None, n_packets=None, streams=None):
+        files = dict(self.ctx.traffic_files(traffic))
+        if self.name == "pcap" and streams and streams > 1:
+            files["pcap_parts"] = self.ctx.pcap_parts(traffic, streams)
+        req = {"op": "offline", "transport": self.name, "traffic": traffic.as_dict(), "files": files,
+               "reps": self.ctx.args.reps}
+        req.update(self.receiver_args(streams))
+        return self.session(impl).request(req, timeout=60 + traffic.n_packets * 1e-4 * self.ctx.args.reps)
 
 
 @register
@@ -956,25 +1248,31 @@ class LiveTransport(Transport):
     live = True
     send_mode = "udp"
 
-    def start_args(self, impl):
+    def start_args(self, impl, n):
+        """Request fields for ``n`` receiving streams."""
         raise NotImplementedError
 
-    def destination(self):
+    def destinations(self, n):
+        """Where the sender sends the packets of stream 0 .. n-1."""
         raise NotImplementedError
 
-    def run(self, impl, traffic, rate=None, n_packets=None):
+    def run(self, impl, traffic, rate=None, n_packets=None, streams=None):
         ctx = self.ctx
+        n = streams or 1
         files = ctx.traffic_files(traffic)
         n_packets = traffic.n_packets if n_packets is None else n_packets
         worker = self.session(impl)
         sender = ctx.sender()
         req = {"op": "live_start", "transport": self.name, "traffic": traffic.as_dict()}
-        req.update(self.start_args(impl))
+        req.update(self.receiver_args(streams))
+        req.update(self.start_args(impl, n))
         worker.request(req, timeout=60)
-        target = {"mode": self.send_mode, "dest": list(self.destination()), "bind": ctx.args.send_interface or ""}
+        target = {"mode": self.send_mode, "dests": [list(d) for d in self.destinations(n)],
+                  "bind": ctx.args.send_interface or ""}
         try:
             sent = sender.request(
-                dict(target, op="send", files=files, rate_pps=rate or 0, n_packets=n_packets),
+                dict(target, op="send", files=files, rate_pps=rate or 0, n_packets=n_packets,
+                     packets_per_heap=traffic.packets_per_heap),
                 timeout=120 + (n_packets / rate if rate else 0))
             worker.request({"op": "live_wait", "packets_sent": sent["packets_sent"],
                             "t_send_start": sent["t_send_start"], "t_send_end": sent["t_send_end"],
@@ -995,13 +1293,25 @@ class LiveTransport(Transport):
         result["send_errors"] = sent["send_errors"]
         result["requested_rate_pps"] = rate
         result["sender_gso"] = sent["gso"]
+        if streams is not None:
+            for member, count in zip(result["members"], sent["member_packets_sent"]):
+                member["packets_sent"] = count
         return result
 
 
+def _free_udp_ports(n):
+    """``n`` different free UDP ports on 127.0.0.1."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
 def _free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_udp_ports(1)[0]
 
 
 def _udp_buffer_size():
@@ -1021,10 +1331,10 @@ class UdpTransport(LiveTransport):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        self.port = None
+        self.ports = []
 
-    def available(self, impl):
-        reason = super().available(impl)
+    def available(self, impl, streams=None):
+        reason = super().available(impl, streams)
         if reason:
             return reason
         try:
@@ -1034,13 +1344,13 @@ class UdpTransport(LiveTransport):
             return f"cannot bind a UDP socket on 127.0.0.1: {exc}"
         return None
 
-    def start_args(self, impl):
-        # A fresh port for every run: a lingering socket cannot steal packets.
-        self.port = _free_udp_port()
-        return {"port": self.port, "bind": "127.0.0.1", "buffer_size": _udp_buffer_size()}
+    def start_args(self, impl, n):
+        # Fresh ports for every run: a lingering socket cannot steal packets.
+        self.ports = _free_udp_ports(n)
+        return {"ports": self.ports, "bind": "127.0.0.1", "buffer_size": _udp_buffer_size()}
 
-    def destination(self):
-        return ("127.0.0.1", self.port)
+    def destinations(self, n):
+        return [("127.0.0.1", port) for port in self.ports[:n]]
 
 
 @register
@@ -1066,8 +1376,8 @@ class IbvTransport(LiveTransport):
             self.endpoint = ("127.0.0.1", FRAME_DST_PORT)
             self.send_mode = "frames"
 
-    def available(self, impl):
-        reason = super().available(impl)
+    def available(self, impl, streams=None):
+        reason = super().available(impl, streams)
         if reason or self.real:
             return reason
         if impl.name != "ours":
@@ -1087,21 +1397,27 @@ class IbvTransport(LiveTransport):
             "SPEAD2_EMU_WIRE": f"udp:127.0.0.1:{self.wire_port}",
         }
 
-    def start_args(self, impl):
-        return {"endpoints": [list(self.endpoint)], "interface": self.interface,
+    def endpoints(self, n):
+        """Stream m listens on the endpoint's port + m (the emulated wire's
+        frames for stream m carry that UDP destination port)."""
+        host, port = self.endpoint
+        return [(host, port + m) for m in range(n)]
+
+    def start_args(self, impl, n):
+        return {"endpoints": [[list(e)] for e in self.endpoints(n)], "interface": self.interface,
                 "buffer_size": self.ctx.args.ibv_buffer_size}
 
-    def destination(self):
+    def destinations(self, n):
         if self.real:
-            return tuple(self.endpoint)
-        return ("127.0.0.1", self.wire_port)
+            return self.endpoints(n)
+        return [("127.0.0.1", self.wire_port)] * n
 
 
 # ---------------------------------------------------------------------------
 # Lossless rate search
 
 
-def rate_search(transport, impl, traffic, first, args, progress):
+def rate_search(transport, impl, traffic, first, args, progress, streams=None):
     """Highest rate (packets/s) at which the transport loses nothing.
 
     ``first`` is the measurement with the sender at full speed.  If it lost
@@ -1124,7 +1440,7 @@ def rate_search(transport, impl, traffic, first, args, progress):
                  f"{traffic.packet_size} B: rate search step "
                  f"{i + 1}/{args.rate_steps} at {guess / 1e3:.0f} kpkt/s")
         n = traffic.packets_for(args.step_time, guess)
-        r = transport.run(impl, traffic, rate=guess, n_packets=n)
+        r = transport.run(impl, traffic, rate=guess, n_packets=n, streams=streams)
         ok = _lossless(r)
         achieved = min(guess, r["send_rate_pps"])
         steps.append({"rate_pps": guess, "send_rate_pps": r["send_rate_pps"], "packets": n,
@@ -1207,6 +1523,18 @@ def _find_emulator_source():
     return None
 
 
+def _cmake_source(out):
+    """The source directory of the cmake build in ``out``/cmake-build, if there is one."""
+    try:
+        with open(os.path.join(out, "cmake-build", "CMakeCache.txt")) as f:
+            for line in f:
+                if line.startswith("CMAKE_HOME_DIRECTORY:"):
+                    return os.path.realpath(line.split("=", 1)[1].strip())
+    except OSError:
+        pass
+    return None
+
+
 def cache_dir():
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "spead2-bench")
@@ -1219,6 +1547,7 @@ class Context:
         self.sessions = {}
         self._sender = None
         self.files = {}
+        self.parts = {}
         self.step = 0
         self.total = 0
         self.tmp = tempfile.mkdtemp(prefix="spead2-bench-", dir=args.tmpdir)
@@ -1231,10 +1560,20 @@ class Context:
             self.files[key] = generate(traffic, self.tmp, self.progress)
         return self.files[key]
 
+    def pcap_parts(self, traffic, n):
+        """The pcap file split into ``n`` capture files (heap i in file i mod n)."""
+        key = (traffic.key(), n)
+        if key not in self.parts:
+            self.progress(f"splitting the {traffic.packet_size}-byte capture into {n} files")
+            self.parts[key] = split_pcap(traffic, self.traffic_files(traffic)["pcap"], n)
+        return self.parts[key]
+
     def drop_traffic(self, traffic):
-        paths = self.files.pop(traffic.key(), None)
-        if paths and not self.args.keep_traffic:
-            for path in paths.values():
+        paths = list(self.files.pop(traffic.key(), {}).values())
+        for key in [k for k in self.parts if k[0] == traffic.key()]:
+            paths += self.parts.pop(key)
+        if not self.args.keep_traffic:
+            for path in paths:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 
@@ -1275,6 +1614,11 @@ class Context:
             source = _find_emulator_source()
         build = os.path.join(source, "build.sh") if source else None
         out = os.path.join(cache_dir(), "ibv_emulator")
+        if build and _cmake_source(out) not in (None, os.path.realpath(source)):
+            # Built from another source tree (say another git worktree): cmake
+            # refuses to reuse that build directory, so this tree gets its own.
+            tag = hashlib.sha1(os.path.realpath(source).encode()).hexdigest()[:12]
+            out = os.path.join(cache_dir(), f"ibv_emulator-{tag}")
         lib = os.path.join(out, "libspead2_ibv_emulator.so")
         if not build or not os.path.exists(build):
             if not given and os.path.exists(lib):
@@ -1399,22 +1743,31 @@ def machine_info():
             "python": platform.python_version(), "description": f"{cpus}-core {kind}"}
 
 
-def _measure(ctx, transport, impl, traffic):
-    """Measurement plus (for live transports) the lossless rate, or an n/a entry."""
+def _streams_text(streams):
+    """How the receiver is made, for labels: "" (one ChunkRingStream) or "group of N"."""
+    if streams is None:
+        return "plain stream"
+    return "group of 1 member" if streams == 1 else f"group of {streams} members"
+
+
+def _measure(ctx, transport, impl, traffic, streams=None, search=True):
+    """Measurement plus (for live transports, with ``search``) the lossless
+    rate, or an n/a entry."""
     args = ctx.args
-    reason = transport.available(impl)
+    reason = transport.available(impl, streams)
     if reason:
         return {"available": False, "reason": reason}
     ctx.step += 1
-    ctx.progress(f"[{ctx.step}/{ctx.total}] {transport.label} [{impl.name}] {traffic.packet_size} B: measuring")
+    what = f"{transport.label} [{impl.name}, {_streams_text(streams)}]"
+    ctx.progress(f"[{ctx.step}/{ctx.total}] {what} {traffic.packet_size} B: measuring")
     try:
-        result = transport.run(impl, traffic)
+        result = transport.run(impl, traffic, streams=streams)
         result["available"] = True
         result["reason"] = None
         if transport.live:
             result["lossless"] = None
-            if args.rate_search:
-                lossless = rate_search(transport, impl, traffic, result, args, ctx.progress)
+            if args.rate_search and search:
+                lossless = rate_search(transport, impl, traffic, result, args, ctx.progress, streams=streams)
                 lossless["payload_gbps"] = (lossless["packets_per_s"] * traffic.payload_bytes_per_packet()
                                             * 8 / 1e9)
                 result["lossless"] = lossless
@@ -1422,7 +1775,7 @@ def _measure(ctx, transport, impl, traffic):
             raise BenchError(result["error"])
         return result
     except BenchError as exc:
-        ctx.progress.note(f"{transport.label} [{impl.name}] failed: {exc}")
+        ctx.progress.note(f"{what} failed: {exc}")
         ctx.close_session(impl, transport)
         return {"available": False, "reason": f"failed: {exc}", "failed": True}
 
@@ -1433,17 +1786,101 @@ def _ratio(a, b):
     return a / b
 
 
+#: Ratios (ours / reference) in the report.
+RATIO_KEYS = ("packets_per_s", "payload_gbps", "cpu_s_per_mpkt", "receiver_cpu_s_per_mpkt")
+#: What each round keeps, with --rounds.
+ROUND_KEYS = ("seconds", "packets_per_s", "payload_gbps", "cpu_seconds", "cpu_s_per_mpkt",
+              "receiver_cpu_seconds", "receiver_cpu_s_per_mpkt", "heaps_sent", "heaps_complete", "heaps_lost",
+              "receiver_context_switches")
+#: Their spread (lowest, median, highest), with --rounds.
+SPREAD_KEYS = ("packets_per_s", "payload_gbps", "cpu_s_per_mpkt", "receiver_cpu_s_per_mpkt")
+
+
 def _ratios(ours, ref):
     if not (ours.get("available") and ref.get("available")):
         return None
-    out = {
-        "packets_per_s": _ratio(ours["packets_per_s"], ref["packets_per_s"]),
-        "payload_gbps": _ratio(ours["payload_gbps"], ref["payload_gbps"]),
-        "cpu_s_per_mpkt": _ratio(ours["cpu_s_per_mpkt"], ref["cpu_s_per_mpkt"]),
-    }
+    out = {key: _ratio(ours.get(key), ref.get(key)) for key in RATIO_KEYS}
     if ours.get("lossless") and ref.get("lossless"):
         out["lossless_packets_per_s"] = _ratio(ours["lossless"]["packets_per_s"],
                                                ref["lossless"]["packets_per_s"])
+    return out
+
+
+def _spread(values):
+    """{"min", "median", "max"} of the values that are not None (None if none are)."""
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    n = len(values)
+    median = values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2
+    return {"min": values[0], "median": median, "max": values[-1]}
+
+
+def _combine_rounds(ms):
+    """One measurement from the rounds of one row: the round with the median
+    packet rate, plus every round's numbers ("rounds") and their spread."""
+    if len(ms) == 1:
+        return ms[0]
+    for m in ms:
+        if not m.get("available"):
+            return m  # a failure (or n/a) in any round decides
+    order = sorted(range(len(ms)), key=lambda i: ms[i]["packets_per_s"])
+    pick = order[(len(ms) - 1) // 2]
+    out = dict(ms[pick])
+    out["round"] = pick
+    out["rounds"] = []
+    for m in ms:
+        r = {k: m.get(k) for k in ROUND_KEYS}
+        if "members" in m:
+            r["member_cpu_seconds"] = [x["cpu_seconds"] for x in m["members"]]
+            r["member_heaps_lost"] = [x["heaps_lost"] for x in m["members"]]
+        out["rounds"].append(r)
+    out["spread"] = {k: _spread([m.get(k) for m in ms]) for k in SPREAD_KEYS}
+    out["heaps_lost_all_rounds"] = sum(m["heaps_lost"] for m in ms)
+    if ms[0].get("lossless") is not None:
+        out["lossless"] = ms[0]["lossless"]  # the rate search runs in the first round only
+    return out
+
+
+def _round_ratios(ours, ref):
+    """Ratios ours / reference, round by round (each pair measured one after
+    the other); with several rounds, the median and the spread of them."""
+    per_round = [_ratios(o, r) for o, r in zip(ours, ref)]
+    if not per_round or None in per_round:
+        return None
+    if len(per_round) == 1:
+        return per_round[0]
+    out = {}
+    spread = {}
+    for key in RATIO_KEYS:
+        spread[key] = _spread([r.get(key) for r in per_round])
+        out[key] = spread[key]["median"] if spread[key] else None
+    if "lossless_packets_per_s" in per_round[0]:
+        out["lossless_packets_per_s"] = per_round[0]["lossless_packets_per_s"]
+    out["spread"] = spread
+    out["rounds"] = per_round
+    return out
+
+
+def _group_overhead(transport, traffic, per, impls):
+    """Each group against the plain ChunkRingStream on the same traffic, round by round."""
+    out = []
+    if None not in per:
+        return out
+    for impl in impls:
+        base = per[None][impl.name]
+        for streams, by_impl in per.items():
+            if streams is None:
+                continue
+            group = by_impl[impl.name]
+            if not all(m.get("available") for m in base + group):
+                continue
+            entry = {"transport": transport.name, "label": transport.label, "packet_size": traffic.packet_size,
+                     "impl": impl.name, "streams": streams, "rounds": len(group)}
+            for key, name in (("receiver_cpu_s_per_mpkt", "receiver_cpu_per_packet"),
+                              ("cpu_s_per_mpkt", "cpu_per_packet"), ("packets_per_s", "packets_per_s")):
+                entry[name] = _spread([_ratio(g.get(key), b.get(key)) for g, b in zip(group, base)])
+            out.append(entry)
     return out
 
 
@@ -1476,21 +1913,32 @@ def run_all(args, progress):
                     raise BenchError(f"the reference interpreter has spead2 {ref_info['version']}, "
                                      f"not {REF_VERSION}")
         rows = []
+        overhead = []
         scenarios = [Traffic(args.heap_size, p, args.heaps, args.flavour, args.channels)
                      for p in args.packet_sizes]
-        ctx.total = len(scenarios) * len(transports) * len(impls)
+        ctx.total = len(scenarios) * len(transports) * len(impls) * len(args.stream_list) * args.rounds
         # Scenario by scenario (the traffic files of one at a time); the
-        # workers stay up from one scenario to the next.
+        # workers stay up from one scenario to the next.  Within a transport:
+        # round by round, each receiver (plain stream, groups) in turn, ours
+        # then the reference, so that what is compared was measured close together.
         for traffic in scenarios:
             ctx.traffic_files(traffic)
             for transport in transports:
-                row = {"transport": transport.name, "label": transport.label, "live": transport.live,
-                       "packet_size": traffic.packet_size, "traffic": traffic.as_dict()}
-                for impl in impls:
-                    row[impl.name] = _measure(ctx, transport, impl, traffic)
-                if len(impls) > 1:
-                    row["ratio"] = _ratios(row["ours"], row["reference"])
-                rows.append(row)
+                per = {s: {impl.name: [] for impl in impls} for s in args.stream_list}
+                for rnd in range(args.rounds):
+                    for streams in args.stream_list:
+                        for impl in impls:
+                            per[streams][impl.name].append(
+                                _measure(ctx, transport, impl, traffic, streams, search=(rnd == 0)))
+                for streams in args.stream_list:
+                    row = {"transport": transport.name, "label": transport.label, "live": transport.live,
+                           "packet_size": traffic.packet_size, "streams": streams, "traffic": traffic.as_dict()}
+                    for impl in impls:
+                        row[impl.name] = _combine_rounds(per[streams][impl.name])
+                    if len(impls) > 1:
+                        row["ratio"] = _round_ratios(per[streams]["ours"], per[streams]["reference"])
+                    rows.append(row)
+                overhead.extend(_group_overhead(transport, traffic, per, impls))
             ctx.drop_traffic(traffic)
     finally:
         progress.clear()
@@ -1509,8 +1957,11 @@ def run_all(args, progress):
             "step_time": args.step_time, "rate_tolerance": args.rate_tolerance, "reps": args.reps,
             "quick": args.quick, "compare_reference": args.compare_reference,
             "ibv_interface": args.ibv_interface,
+            "streams": args.stream_list, "rounds": args.rounds, "eviction_mode": args.eviction_mode,
+            "pin": args.pin, "cpus": ours_info.get("cpus", []) if args.pin is True else (args.pin or []),
         },
         "results": rows,
+        "group_overhead": overhead,
     }
 
 
@@ -1536,53 +1987,117 @@ def _lossless_text(m):
     return (">=" + text) if ll["sender_limited"] else text
 
 
+def _ratio_text(ratio, key):
+    """A ratio, with the lowest and highest round in brackets when there were several."""
+    text = _fmt(ratio.get(key))
+    spread = (ratio.get("spread") or {}).get(key)
+    if spread and spread["min"] != spread["max"]:
+        text += f" ({_fmt(spread['min'])}-{_fmt(spread['max'])})"
+    return text
+
+
+def _streams_cell(streams):
+    return "plain" if streams is None else str(streams)
+
+
+def _member_cpu_text(m):
+    members = m.get("members")
+    if not members:
+        return "-"
+    return "/".join("-" if x["cpu_seconds"] is None else f"{x['cpu_seconds'] * 1e3:.0f}" for x in members)
+
+
 def format_table(report):
     """The results as a plain-text table."""
     compare = report["reference"] is not None
-    head = ["transport", "packet", "Mpkt/s", "Gb/s", "CPU s/Mpkt", "heaps ok/sent", "lossless Gb/s"]
+    groups = any(r.get("streams") is not None for r in report["results"])
+    cfg = report["config"]
+    rounds = cfg.get("rounds", 1)
+    head = ["transport", "packet"]
+    if groups:
+        head.append("streams")
+    head += ["Mpkt/s", "Gb/s", "CPU s/Mpkt"]
+    if groups:
+        head += ["rx CPU s/Mpkt", "member CPU ms"]
+    head += ["heaps ok/sent", "lossless Gb/s"]
     if compare:
         head += ["ref Mpkt/s", "x", "ref CPU", "x", "ref lossless", "x"]
     rows = []
     notes = []
     for r in report["results"]:
         o = r["ours"]
+        what = r["label"] if not groups else f"{r['label']}, {_streams_text(r.get('streams'))}"
         line = [r["label"], str(r["packet_size"])]
+        if groups:
+            line.append(_streams_cell(r.get("streams")))
         if o["available"]:
-            line += [_fmt(o["packets_per_s"] / 1e6), _fmt(o["payload_gbps"]), _fmt(o["cpu_s_per_mpkt"]),
-                     f"{o['heaps_complete']}/{o['heaps_sent']}", _lossless_text(o)]
+            line += [_fmt(o["packets_per_s"] / 1e6), _fmt(o["payload_gbps"]), _fmt(o["cpu_s_per_mpkt"])]
+            if groups:
+                line += [_fmt(o.get("receiver_cpu_s_per_mpkt")), _member_cpu_text(o)]
+            line += [f"{o['heaps_complete']}/{o['heaps_sent']}", _lossless_text(o)]
         else:
-            line += ["n/a", "", "", "", ""]
-            notes.append(f"{r['label']}: {o['reason']}")
+            line += ["n/a", "", ""] + (["", ""] if groups else []) + ["", ""]
+            notes.append(f"{what}: {o['reason']}")
         if compare:
             f = r["reference"]
             ratio = r.get("ratio") or {}
             if f["available"]:
-                line += [_fmt(f["packets_per_s"] / 1e6), _fmt(ratio.get("packets_per_s")),
-                         _fmt(f["cpu_s_per_mpkt"]), _fmt(ratio.get("cpu_s_per_mpkt")),
+                line += [_fmt(f["packets_per_s"] / 1e6), _ratio_text(ratio, "packets_per_s"),
+                         _fmt(f["cpu_s_per_mpkt"]), _ratio_text(ratio, "cpu_s_per_mpkt"),
                          _lossless_text(f), _fmt(ratio.get("lossless_packets_per_s"))]
             else:
                 line += ["n/a", "", "", "", "", ""]
-                notes.append(f"reference {r['label']}: {f['reason']}")
+                notes.append(f"reference {what}: {f['reason']}")
         rows.append(line)
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     out = []
-
-    def fmt_row(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    cfg = report["config"]
     out.append(f"spead2_bench: {cfg['heap_size']}-byte heaps, {cfg['flavour']}, {cfg['heaps']} heaps per run, "
                f"on a {report['machine']['description']}")
-    out.append(fmt_row(head))
-    out.append("  ".join("-" * w for w in widths))
-    out.extend(fmt_row(row) for row in rows)
+    if groups:
+        cpus = cfg.get("cpus") or []
+        if not cpus:
+            pin = "threads not pinned"
+        elif len(cpus) == 1:
+            pin = f"every thread pinned to CPU {cpus[0]}"
+        else:
+            pin = f"stream i's thread pinned to CPUs {','.join(map(str, cpus))} in turn (i mod {len(cpus)})"
+        out.append(f"streams: plain = one ChunkRingStream, N = a ChunkStreamRingGroup of N members "
+                   f"({cfg.get('eviction_mode', 'lossless').upper()}), heap i to member i mod N; "
+                   f"each on a ThreadPool(1), {pin}")
+    out.extend(_table(head, rows))
+    if rounds > 1:
+        out.append(f"{rounds} rounds (ours and the reference taking turns): values from the round with the "
+                   "median Mpkt/s; x = median of the per-round ratios (lowest-highest)")
     if compare:
         out.append("x = ours / reference (Mpkt/s and lossless: higher is better; CPU: lower is better)")
     out.append("Gb/s = heap payload; lossless = highest rate without loss found by the rate search "
                "(>=: the sender's limit)")
+    if groups:
+        out.append("CPU = the whole receiving process; rx CPU = the streams' own threads only; "
+                   "member CPU = each member's thread, in ms")
     for n in dict.fromkeys(notes):
         out.append("n/a: " + n)
+    overhead = report.get("group_overhead") or []
+    if overhead:
+        out.append("")
+        out.append("group overhead: each group / the plain ChunkRingStream on the same traffic "
+                   "(median of the per-round ratios (lowest-highest); CPU: lower is better)")
+        head = ["transport", "packet", "spead2", "streams", "rx CPU/pkt", "CPU/pkt", "Mpkt/s"]
+        rows = []
+        for e in overhead:
+            rows.append([e["label"], str(e["packet_size"]), e["impl"], str(e["streams"])]
+                        + [_ratio_text({"v": (e[k] or {}).get("median"), "spread": {"v": e[k]}}, "v")
+                           for k in ("receiver_cpu_per_packet", "cpu_per_packet", "packets_per_s")])
+        out.extend(_table(head, rows))
     return "\n".join(out)
+
+
+def _table(head, rows):
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+
+    def fmt_row(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return [fmt_row(head), "  ".join("-" * w for w in widths)] + [fmt_row(row) for row in rows]
 
 
 def plot(report, filename):
@@ -1594,19 +2109,23 @@ def plot(report, filename):
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-    labels = list(dict.fromkeys(r["label"] for r in report["results"]))
+    # One line per transport and receiver (plain stream or group of N).
+    groups = any(r.get("streams") is not None for r in report["results"])
+    lines = list(dict.fromkeys((r["label"], r.get("streams")) for r in report["results"]))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     impls = [("ours", "-", "o")] + ([("reference", "--", "s")] if report["reference"] else [])
     sizes = set()
-    for i, label in enumerate(labels):
+    for i, (label, streams) in enumerate(lines):
         colour = colours[i % len(colours)]
         for impl, style, marker in impls:
-            rows = sorted((r for r in report["results"] if r["label"] == label and r[impl].get("available")),
+            rows = sorted((r for r in report["results"] if r["label"] == label and r.get("streams") == streams
+                           and r[impl].get("available")),
                           key=lambda r: r["packet_size"])
             if not rows:
                 continue
             sizes.update(r["packet_size"] for r in rows)
-            name = label if impl == "ours" else f"{label}, reference {report['reference']['version']}"
+            line_label = f"{label}, {_streams_text(streams)}" if groups else label
+            name = line_label if impl == "ours" else f"{line_label}, reference {report['reference']['version']}"
             ax.plot([r["packet_size"] for r in rows], [r[impl]["payload_gbps"] for r in rows], style,
                     marker=marker, color=colour, label=name)
             lossless = [(r["packet_size"], r[impl]["lossless"]["payload_gbps"]) for r in rows
@@ -1688,6 +2207,32 @@ def _transports(text):
     return list(dict.fromkeys(names))
 
 
+#: Most group members --streams accepts.
+MAX_STREAMS = 64
+
+
+def _streams(text):
+    """``plain`` (one ChunkRingStream, no group) or a number of group members, or a list of them."""
+    values = []
+    for v in text.replace(" ", "").split(","):
+        if not v:
+            continue
+        if v.lower() == "plain":
+            values.append(None)
+            continue
+        try:
+            n = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{v!r}: give the number of group members (1 to {MAX_STREAMS}) or 'plain'") from None
+        if not 1 <= n <= MAX_STREAMS:
+            raise argparse.ArgumentTypeError(f"{v}: a group has 1 to {MAX_STREAMS} members")
+        values.append(n)
+    if not values:
+        raise argparse.ArgumentTypeError("empty list")
+    return list(dict.fromkeys(values))
+
+
 def _on_off(text):
     value = text.lower()
     if value in ("on", "yes", "true", "1"):
@@ -1695,6 +2240,19 @@ def _on_off(text):
     if value in ("off", "no", "false", "0"):
         return False
     raise argparse.ArgumentTypeError(f"{text!r}: give on or off")
+
+
+def _pin(text):
+    """on (True), off (False) or a list of CPU numbers (so "0" is CPU 0, not off)."""
+    if not text.strip().replace(",", "").replace(" ", "").isdigit():
+        return _on_off(text)
+    try:
+        cpus = _int_list(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give on, off or a list of CPU numbers") from None
+    if min(cpus) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: CPU numbers are not negative")
+    return cpus
 
 
 def _endpoint(text):
@@ -1736,7 +2294,20 @@ def build_parser():
                    help="stop the search when the bracket is narrower than this fraction [0.05]")
     r.add_argument("--reps", type=_positive_int, default=None, metavar="N",
                    help="runs of the buffer and pcap transports; the fastest counts [5; --quick: 1]")
+    r.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
+                   help="measure everything N times, ours and the reference taking turns, and report the "
+                        "median round and the spread of the ratios [1]")
     r.add_argument("--quick", action="store_true", help="tiny sizes and a short rate search (for tests)")
+    g = p.add_argument_group("chunk stream groups")
+    g.add_argument("--streams", type=_streams, default=None, metavar="N[,N...]",
+                   help="receive into a ChunkStreamRingGroup of N members (heap i goes to member i mod N: "
+                        "N buffers, N capture files, N UDP ports, N ibverbs endpoints); 'plain' is one "
+                        "ChunkRingStream, the default; a list such as plain,1,2,4 measures each in turn")
+    g.add_argument("--eviction-mode", choices=("lossless", "lossy"), default="lossless", type=str.lower,
+                   help="the groups' eviction mode [lossless]")
+    g.add_argument("--pin", type=_pin, default=True, metavar="on|off|CPU[,CPU...]",
+                   help="pin the thread of stream (member) i to the i-th CPU the benchmark may use, or of "
+                        "the list given, cyclically; a plain stream gets the first [on]")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON (- for standard output)")
     o.add_argument("--plot", metavar="FILE.png",
@@ -1785,6 +2356,16 @@ def _finish_args(parser, args):
         args.step_time = 0.1 if q else 0.5
     if args.reps is None:
         args.reps = 1 if q else 5
+    args.stream_list = args.streams or [None]
+    if isinstance(args.pin, list):
+        try:
+            allowed = os.sched_getaffinity(0)
+        except (AttributeError, OSError):  # pragma: no cover - not Linux
+            allowed = set(args.pin)
+        bad = [c for c in args.pin if c not in allowed]
+        if bad:
+            parser.error(f"--pin: CPU {', '.join(map(str, bad))} is not one this process may run on "
+                         f"({', '.join(map(str, sorted(allowed)))})")
     if not args.rate_tolerance < 1:
         parser.error("--rate-tolerance must be below 1")
     for size in args.packet_sizes:
