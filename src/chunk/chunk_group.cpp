@@ -167,16 +167,20 @@ bool chunk_group::any_pool_stopped() const
 
 void chunk_group::member_head_moved(std::size_t index, std::uint64_t head, std::uint64_t *batch_stats)
 {
-    std::lock_guard<std::mutex> lock(mutex);
+    std::unique_lock<std::mutex> lock(mutex);
     const std::uint64_t old = member_heads[index];
     member_heads[index] = head;
     if (old != window.get_head())
         return;   // another member is further behind: the group head stays
     const std::uint64_t low = *std::min_element(member_heads.begin(), member_heads.end());
+    bool advanced = false;
     window.flush_until(
         low,
         [&](chunk *c) { ready(std::unique_ptr<chunk>(c), batch_stats); },
-        [&](std::uint64_t) { head_advanced.notify_all(); });
+        [&](std::uint64_t) { advanced = true; });
+    lock.unlock();   // waiters woken with the mutex held would only block on it
+    if (advanced)
+        head_advanced.notify_all();
 }
 
 void chunk_group::stop()

@@ -65,19 +65,25 @@ class ringbuffer
         space_flag.update(stopped || items.size() < capacity_);
     }
 
-    T take(std::unique_lock<std::mutex> &)
+    // Both release the lock before notifying: a thread woken while the lock
+    // is still held would only block on it again (measured: the Python
+    // consumer slept twice per chunk instead of once).  Callers hold the ring
+    // through a shared_ptr, so it outlives the notify.
+    T take(std::unique_lock<std::mutex> &lock)
     {
         T item = std::move(items.front());
         items.pop_front();
         update_flags();
+        lock.unlock();
         space_cond.notify_one();
         return item;
     }
 
-    void give(std::unique_lock<std::mutex> &, T &&item)
+    void give(std::unique_lock<std::mutex> &lock, T &&item)
     {
         items.push_back(std::move(item));
         update_flags();
+        lock.unlock();
         data_cond.notify_one();
     }
 
