@@ -11,6 +11,7 @@
 
 #include "bindings/module.h"
 #include "chunk/chunk_stream.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/memcpy.h"
 #include "common/ringbuffer.h"
@@ -161,6 +162,13 @@ void register_common(py::module_ &m)
     }, py::arg("logger"));
     m.def("_set_log_threshold", [](int level) { set_log_threshold(log_level(level)); }, py::arg("level"));
     m.def("_log", [](int level, const std::string &msg) { log_message(log_level(level), "%s", msg.c_str()); });
+    m.def("_set_log_limits", [](std::size_t first_logged, double summary_interval) {
+              if (!(summary_interval >= 0))
+                  throw py::value_error("summary_interval must not be negative");
+              set_log_limits(first_logged, summary_interval);
+          }, py::arg("first_logged"), py::arg("summary_interval"),
+          "How many dropped packets of each kind are logged one by one before only a periodic "
+          "summary is (default 5), and the shortest time between summaries in seconds (default 10).");
     m.def("_stop_everything", &stop_everything,
           "Stop all streams and log delivery (registered with atexit).");
 }

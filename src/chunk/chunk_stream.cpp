@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "common/logging.h"
+#include "protocol/spead.h"
 #include "common/prefetch.h"
 
 namespace spead2::chunk
@@ -58,6 +59,17 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       stream_id(user_config.get_stream_id()),
       heaps(max_heaps, substreams),
       window(chunk_config.get_max_chunks()),
+      drops("packets dropped", {
+          {"without HEAP_LENGTH", log_level::debug},
+          {"first packet not at offset 0", log_level::debug},
+          {"heap length changed", log_level::info},
+          {"flavour changed", log_level::info},
+          {"heap length too small for its items", log_level::info},
+          {"out-of-order", log_level::warning},
+          {"gap in heap", log_level::debug},
+          {"duplicate", log_level::debug},
+          {"overlapping", log_level::warning},
+          {"heaps placed out of range", log_level::warning}}),
       started(!user_config.get_explicit_start())
 {
     if (!this->pool)
@@ -139,6 +151,8 @@ void chunk_stream::stop()
             stopped.store(true);
             flush_heaps();
             merge_batch();
+            drops.summarise(true);
+            protocol::summarise_decode_log(true);
         }
     }
     stop_readers();
@@ -152,6 +166,8 @@ void chunk_stream::stop_received()
     stopped_in_batch = true;
     flush_heaps();
     flush_chunks();
+    drops.summarise(true);
+    protocol::summarise_decode_log(true);
     {
         std::lock_guard<std::mutex> lock(readers_mutex);
         for (auto &r : readers)
@@ -248,6 +264,8 @@ void chunk_stream::batch_end(bool end_of_stream)
         }
     }
     merge_batch();
+    drops.summarise();
+    protocol::summarise_decode_log();
     if (network_stop_pending)
     {
         network_stop_pending = false;
@@ -314,8 +332,9 @@ void chunk_stream::process_packet(const packet_header &ph)
     counters.packets++;
     if (ph.heap_length < 0)
     {
-        log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
-                  (long long) ph.heap_cnt);
+        if (drops.note(DROP_UNSIZED))
+            log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
+                      (long long) ph.heap_cnt);
         return;
     }
     if (ph.payload_length == ph.heap_length)
@@ -329,8 +348,9 @@ void chunk_stream::process_packet(const packet_header &ph)
     {
         if (!allow_out_of_order && ph.payload_offset != 0)
         {
-            log_debug("dropped packet of heap %lld: first packet has non-zero offset",
-                      (long long) ph.heap_cnt);
+            if (drops.note(DROP_FIRST_OFFSET))
+                log_debug("dropped packet of heap %lld: first packet has non-zero offset",
+                          (long long) ph.heap_cnt);
             return;
         }
         found = std::int32_t(new_heap(ph));
@@ -338,20 +358,23 @@ void chunk_stream::process_packet(const packet_header &ph)
     live_heap &h = heaps[found];
     if (ph.heap_length != h.heap_length)
     {
-        log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
+        if (drops.note(DROP_LENGTH_CHANGED))
+            log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
         return;
     }
     if (ph.heap_address_bits != h.heap_address_bits)
     {
-        log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
+        if (drops.note(DROP_FLAVOUR_CHANGED))
+            log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
         return;
     }
     if (h.min_length > std::uint64_t(h.heap_length))
     {
         // An earlier packet of this heap had an item address beyond
         // HEAP_LENGTH: the heap can never complete (as in the reference).
-        log_info("dropped packet of heap %lld: heap length too small for its items",
-                 (long long) ph.heap_cnt);
+        if (drops.note(DROP_TOO_SMALL))
+            log_info("dropped packet of heap %lld: heap length too small for its items",
+                     (long long) ph.heap_cnt);
         return;
     }
     std::uint64_t max_address;
@@ -367,10 +390,13 @@ void chunk_stream::process_packet(const packet_header &ph)
         if (start != h.received)
         {
             if (start < h.received)
-                log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
-                            (long long) ph.heap_cnt, (unsigned long long) start,
-                            (unsigned long long) h.received);
-            else
+            {
+                if (drops.note(DROP_OUT_OF_ORDER))
+                    log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
+                                (long long) ph.heap_cnt, (unsigned long long) start,
+                                (unsigned long long) h.received);
+            }
+            else if (drops.note(DROP_GAP))
                 log_debug("dropped packet of heap %lld: gap in heap", (long long) ph.heap_cnt);
             return;
         }
@@ -382,11 +408,13 @@ void chunk_stream::process_packet(const packet_header &ph)
         case range_set::result::added:
             break;
         case range_set::result::duplicate:
-            log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
+            if (drops.note(DROP_DUPLICATE))
+                log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
             return;
         case range_set::result::overlap:
-            log_warning("dropped packet of heap %lld: overlaps data already received",
-                        (long long) ph.heap_cnt);
+            if (drops.note(DROP_OVERLAP))
+                log_warning("dropped packet of heap %lld: overlaps data already received",
+                            (long long) ph.heap_cnt);
             return;
         }
     }
@@ -445,8 +473,9 @@ void chunk_stream::process_single(const packet_header &ph)
     {
         // An item address beyond HEAP_LENGTH: the heap cannot complete and
         // stays live in its slot until it is evicted or flushed.
-        log_info("heap %lld can never complete: heap length too small for its items",
-                 (long long) ph.heap_cnt);
+        if (drops.note(DROP_TOO_SMALL))
+            log_info("heap %lld can never complete: heap length too small for its items",
+                     (long long) ph.heap_cnt);
         live_heap &h = heaps[slot];
         h.cnt = ph.heap_cnt;
         h.heap_length = ph.heap_length;
@@ -581,7 +610,7 @@ heap_placement chunk_stream::place(const packet_header &ph)
         problem = "extra_offset + extra_size exceeds the chunk's extra buffer";
     if (problem)
     {
-        if (counters.out_of_range == 0)
+        if (drops.note(DROP_OUT_OF_RANGE))
             log_warning("dropped heap %lld placed in chunk %lld: %s (heap_index=%zu heap_offset=%zu "
                         "heap_length=%llu extra_offset=%zu extra_size=%zu)",
                         (long long) ph.heap_cnt, (long long) d.chunk_id, problem,

@@ -21,6 +21,7 @@
 #include "chunk/chunk_window.h"
 #include "chunk/config.h"
 #include "chunk/heap_table.h"
+#include "common/log_limiter.h"
 #include "common/memcpy.h"
 #include "common/thread_pool.h"
 #include "protocol/spead.h"
@@ -125,6 +126,13 @@ private:
     std::mutex queue_mutex;
     heap_table heaps;
     chunk_window window;
+    /// Kinds of dropped packets for the rate-limited log (order as in the constructor).
+    enum drop_kind : std::size_t
+    {
+        DROP_UNSIZED, DROP_FIRST_OFFSET, DROP_LENGTH_CHANGED, DROP_FLAVOUR_CHANGED, DROP_TOO_SMALL,
+        DROP_OUT_OF_ORDER, DROP_GAP, DROP_DUPLICATE, DROP_OVERLAP, DROP_OUT_OF_RANGE
+    };
+    log_limiter drops;
     std::vector<std::uint64_t> batch_stats;
     batch_counters counters;
     std::size_t batch_packet_count = 0;

@@ -1,4 +1,5 @@
 #include "protocol/spead.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 
 namespace spead2::protocol
@@ -88,23 +89,43 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
     return decode_status::ok;
 }
 
+namespace
+{
+log_limiter &decode_log()
+{
+    // Leaked on purpose, like the log state: readers may decode until exit.
+    static log_limiter *l = new log_limiter("datagrams dropped", {
+        {"empty", log_level::info}, {"not a valid SPEAD packet", log_level::info},
+        {"with a size mismatch", log_level::info}});
+    return *l;
+}
+} // anonymous namespace
+
+void summarise_decode_log(bool force)
+{
+    decode_log().summarise(force);
+}
+
 bool decode_datagram(packet_header &out, const std::uint8_t *data, std::size_t size)
 {
     if (size == 0)
     {
-        log_info("dropped packet due to truncation (empty datagram)");
+        if (decode_log().note(0))
+            log_info("dropped packet due to truncation (empty datagram)");
         return false;
     }
     decode_status status = decode_packet(out, data, size);
     if (status != decode_status::ok)
     {
-        log_info("dropped packet: %s", describe(status));
+        if (decode_log().note(1))
+            log_info("dropped packet: %s", describe(status));
         return false;
     }
     if (out.size != size)
     {
-        log_info("dropped packet due to size mismatch (%zu bytes in datagram, %zu in packet)",
-                 size, out.size);
+        if (decode_log().note(2))
+            log_info("dropped packet due to size mismatch (%zu bytes in datagram, %zu in packet)",
+                     size, out.size);
         return false;
     }
     return true;

@@ -128,4 +128,8 @@ inline item_pointer decode_item_pointer(std::uint64_t raw, int heap_address_bits
     };
 }
 
+/// Log a summary of the datagrams decode_datagram dropped without logging
+/// each (rate-limited log, see common/log_limiter.h); cheap when there are none.
+void summarise_decode_log(bool force = false);
+
 } // namespace spead2::protocol
