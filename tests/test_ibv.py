@@ -160,8 +160,9 @@ RECEIVER = textwrap.dedent(
         chunk.data[:] = 0
         stream.add_free_chunk(chunk)
     stats = dict(stream.stats.items())
+    ibv = stream._ibv_reader_stats()
     stream.stop()
-    print(json.dumps({"chunks": chunks, "stats": stats}), flush=True)
+    print(json.dumps({"chunks": chunks, "stats": stats, "ibv": ibv}), flush=True)
     """
 )
 
@@ -381,6 +382,72 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
         sender.join()
     assert result["stopped_after"] == 3
     assert result["stop_seconds"] < 5
+
+
+# ------------------------------------------------- error completions, queue errors
+
+def run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector=0, **faults):
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  **faults)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    config = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": comp_vector}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq" if mprq else "plain"]
+    return finish(proc, timeout=60)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("comp_vector", [0, -1], ids=["interrupt", "polling"])
+def test_error_completion_resets_queue(emulator, tmp_path, multicast_pcap, mprq, comp_vector):
+    """An error completion (junk byte_len, queue left in the error state) is
+    not counted as strides: the reader resets the queue, re-posts its buffers
+    and goes on; only the frame that failed is lost."""
+    # Frame 1 carries the descriptors, frames 2..65 heaps 0..63: frame 10 is heap 8.
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector,
+                                 SPEAD2_EMU_ERROR_FRAMES=10)
+    present = [p for c in sorted(result["chunks"], key=lambda c: c["id"]) for p in c["present"]]
+    assert sum(present) == N_HEAPS - 1
+    assert present[8] == 0
+    assert result["stats"]["malformed_packets"] == 0
+    (ibv,) = result["ibv"]
+    assert ibv["recoveries"] == 1
+    assert ibv["error_completions"] >= 1
+    assert not ibv["failed"]
+    assert "reset it and re-posted" in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_persistent_queue_errors_stop_the_stream(emulator, tmp_path, multicast_pcap, mprq):
+    """A queue that fails again after every reset: the reader gives up and
+    stops the stream with a clear error instead of spinning."""
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, SPEAD2_EMU_ERROR_FRAMES="5+")
+    (ibv,) = result["ibv"]
+    assert ibv["failed"]
+    assert "in a row without receiving a packet" in ibv["error"]
+    assert ibv["recoveries"] == 8
+    assert "stopped the stream" in err
+    assert sum(sum(c["present"]) for c in result["chunks"]) < N_HEAPS
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("comp_vector", [0, -1], ids=["interrupt", "polling"])
+def test_fatal_cq_error_stops_the_stream(emulator, tmp_path, multicast_pcap, mprq, comp_vector):
+    """A fatal CQ error (IBV_EVENT_CQ_ERR on the async event fd; no completion
+    ever arrives again) stops the stream with a clear error, also when the
+    reader sleeps on its completion channel."""
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector,
+                                 SPEAD2_EMU_CQ_ERROR_AT=5)
+    (ibv,) = result["ibv"]
+    assert ibv["failed"]
+    assert "IBV_EVENT_CQ_ERR" in ibv["error"]
+    assert ibv["async_events"] >= 1
+    assert "stopped the stream" in err
 
 
 # ----------------------------------------------------------- error messages

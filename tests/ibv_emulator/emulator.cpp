@@ -101,6 +101,12 @@ struct config
     double pcap_rate = 0.0;          // frames per second, 0 = full speed
     bool pcap_lossless = false;
     std::string stats_path;
+    // Fault injection: frames (1-based, counted over frames that reach a
+    // receive queue) that complete with an error (the queue goes to ERR),
+    // or that find their CQ broken (a fatal CQ error, as on an overrun).
+    std::vector<uint64_t> error_frames;
+    uint64_t error_frames_from = 0;    // N+: every frame from N on (0: none)
+    uint64_t cq_error_at = 0;
 };
 
 constexpr int num_comp_vectors = 4;
@@ -187,6 +193,29 @@ void load_config(config &c)
             c.pcap_rate = r;
     }
     c.pcap_lossless = env_flag("SPEAD2_EMU_PCAP_LOSSLESS");
+    if (const char *v = env("SPEAD2_EMU_ERROR_FRAMES"))
+    {
+        // "N", "N,M,...", or "N+" (every frame from N on).
+        std::string list = v;
+        size_t pos = 0;
+        while (pos < list.size())
+        {
+            size_t comma = list.find(',', pos);
+            std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+            char *end = nullptr;
+            unsigned long long n = strtoull(item.c_str(), &end, 10);
+            if (n == 0 || !end || (*end && strcmp(end, "+") != 0))
+                emu_warn("ignoring invalid item '%s' of SPEAD2_EMU_ERROR_FRAMES", item.c_str());
+            else if (*end == '+')
+                c.error_frames_from = n;
+            else
+                c.error_frames.push_back(n);
+            if (comma == std::string::npos)
+                break;
+            pos = comma + 1;
+        }
+    }
+    c.cq_error_at = env_u64("SPEAD2_EMU_CQ_ERROR_AT", 0, 0, UINT64_MAX);
     if (const char *v = env("SPEAD2_EMU_WIRE"))
     {
         std::string w = v;
@@ -349,6 +378,10 @@ struct context_t
 {
     verbs_context vctx;              // must be first: ibv_context is its last member
     std::atomic<int> refs{1};        // 1 for the open + 1 per live object
+    // Asynchronous events (ibv_get_async_event); async_fd is a semaphore
+    // eventfd in step with the queue.
+    std::mutex amu;
+    std::deque<ibv_async_event> async_events;
 };
 
 struct pd_t
@@ -399,10 +432,16 @@ struct cq_t
     completion cur{};
     std::atomic<bool> armed{false};
     int users = 0;                   // QPs and WQs (under mu)
+    bool broken = false;             // fatal CQ error (overrun): no more completions (under mu)
 };
+
+struct qp_t;
+struct wq_t;
 
 struct rx_queue
 {
+    qp_t *owner_qp = nullptr;        // exactly one of these is set
+    wq_t *owner_wq = nullptr;
     bool striding = false;
     cq_t *cq = nullptr;
     pd_t *pd = nullptr;
@@ -507,6 +546,7 @@ struct global
     uint64_t pcap_sent = 0;
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
+    uint64_t frames_to_queues = 0;   // for SPEAD2_EMU_ERROR_FRAMES / CQ_ERROR_AT
 
     // The NIC thread
     std::mutex thread_mu;
@@ -1103,18 +1143,85 @@ result drop(std::atomic<uint64_t> &counter)
     return result::dropped;
 }
 
+/* Queues an asynchronous event on the context (any thread). */
+void post_async_event(context_t *ctx, const ibv_async_event &ev)
+{
+    {
+        std::lock_guard<std::mutex> lock(ctx->amu);
+        ctx->async_events.push_back(ev);
+    }
+    uint64_t one = 1;
+    if (write(ctx->vctx.context.async_fd, &one, sizeof(one)) != sizeof(one))
+        emu_warn("cannot signal the async event fd: %s", strerror(errno));
+}
+
+/* What an mlx5 NIC reports in byte_len of an error CQE: nothing meaningful
+ * (the field is reserved).  Deliberately plausible-looking junk, so that an
+ * application that counts strides from it goes wrong visibly. */
+uint32_t junk_byte_len(uint64_t seq)
+{
+    return 0x00400000u ^ uint32_t(seq * 2654435761u);
+}
+
+/* A receive error other than a local length error moves the queue to the
+ * error state, as on mlx5: no more frames are received until the
+ * application resets it (device mutex held). */
+void rx_enter_error(rx_queue &rx);
+
+/* A fatal CQ error (overrun): the CQ produces nothing more, the queue that
+ * needed it goes to ERR, and IBV_EVENT_CQ_ERR is raised (device mutex held). */
+void cq_break(cq_t *cq, rx_queue &rx)
+{
+    if (!cq->broken)
+    {
+        cq->broken = true;
+        emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
+        ibv_async_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
+        ev.event_type = IBV_EVENT_CQ_ERR;
+        post_async_event(cq->ctx, ev);
+    }
+    rx_enter_error(rx);
+}
+
+/* Fault injection: what happens to the next frame that reaches a queue. */
+enum class fault { none, error_cqe, cq_error };
+
+fault next_fault()
+{
+    global &gl = *g;
+    uint64_t n = ++gl.frames_to_queues;
+    if (gl.cfg.cq_error_at && n == gl.cfg.cq_error_at)
+        return fault::cq_error;
+    if (gl.cfg.error_frames_from && n >= gl.cfg.error_frames_from)
+        return fault::error_cqe;
+    for (uint64_t e : gl.cfg.error_frames)
+        if (e == n)
+            return fault::error_cqe;
+    return fault::none;
+}
+
 result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossless)
 {
     global &gl = *g;
     uint64_t wr_id;
     uint32_t nsge;
     ibv_sge sge[max_sge];
+    if (rx.cq->broken)
+        return drop(gl.stats.cq_overflow);
     {
-        std::lock_guard<std::mutex> lock(rx.rmu);
+        std::unique_lock<std::mutex> lock(rx.rmu);
         if (rx.rhead == rx.rtail)
             return lossless ? result::retry : drop(gl.stats.no_buffer);
         if (!cq_has_space(rx.cq, 1))
-            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        {
+            if (lossless)
+                return result::retry;
+            lock.unlock();
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
         uint32_t slot = uint32_t(rx.rtail % rx.rcap);
         wr_id = rx.r_wr_id[slot];
         nsge = rx.r_nsge[slot];
@@ -1126,7 +1233,15 @@ result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossles
         total += sge[i].length;
     ibv_wc_status status = IBV_WC_SUCCESS;
     uint8_t *dst[max_sge];
-    if (len > total)
+    fault f = next_fault();
+    if (f == fault::cq_error)
+    {
+        cq_break(rx.cq, rx);
+        return drop(gl.stats.cq_overflow);
+    }
+    if (f == fault::error_cqe)
+        status = IBV_WC_LOC_QP_OP_ERR;
+    else if (len > total)
         status = IBV_WC_LOC_LEN_ERR;
     else
     {
@@ -1156,7 +1271,10 @@ result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossles
     }
     else
         bump(gl.stats.errors);
-    cq_push(rx.cq, completion{wr_id, wall_ns(), uint32_t(len), rx.qp_num, status});
+    const bool ok = status == IBV_WC_SUCCESS;
+    cq_push(rx.cq, completion{wr_id, wall_ns(), ok ? uint32_t(len) : junk_byte_len(wr_id), rx.qp_num, status});
+    if (!ok && status != IBV_WC_LOC_LEN_ERR)
+        rx_enter_error(rx);
     return result::delivered;
 }
 
@@ -1174,6 +1292,8 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
     if (len > size_t(rx.strides_per_wqe) * rx.stride_size || len > 0xffff)
         return drop(gl.stats.too_big);
     uint32_t need = uint32_t((len + rx.stride_size - 1) >> rx.stride_log);
+    if (rx.cq->broken)
+        return drop(gl.stats.cq_overflow);
     while (true)
     {
         if (!rx.have_cur)
@@ -1198,7 +1318,12 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
             rx.have_cur = true;
         }
         if (!cq_has_space(rx.cq, 1))
-            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        {
+            if (lossless)
+                return result::retry;
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
         if (rx.cur_pos + need > rx.strides_per_wqe)
         {
             // Doesn't fit in what is left of this WQE: filler for the rest.
@@ -1212,7 +1337,15 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
         uint64_t offset = uint64_t(rx.cur_pos) * rx.stride_size;
         ibv_wc_status status = IBV_WC_SUCCESS;
         uint8_t *dst = nullptr;
-        if (offset + len > rx.cur_bytes)
+        fault f = next_fault();
+        if (f == fault::cq_error)
+        {
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
+        if (f == fault::error_cqe)
+            status = IBV_WC_LOC_QP_OP_ERR;
+        else if (offset + len > rx.cur_bytes)
             status = IBV_WC_LOC_LEN_ERR;
         else if (!(dst = translate(rx.pd, rx.cur_lkey, rx.cur_addr + offset, len)))
             status = IBV_WC_LOC_PROT_ERR;
@@ -1223,13 +1356,51 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
         }
         else
             bump(gl.stats.errors);
-        cq_push(rx.cq, completion{rx.consumed, wall_ns(), uint32_t(len) | (need << 16),
+        // byte_len of an error CQE is reserved: junk, not a stride count.
+        const bool ok = status == IBV_WC_SUCCESS;
+        cq_push(rx.cq, completion{rx.consumed, wall_ns(),
+                                  ok ? uint32_t(len) | (need << 16) : junk_byte_len(rx.consumed + rx.cur_pos),
                                   rx.qp_num, status});
+        if (!ok && status != IBV_WC_LOC_LEN_ERR)
+        {
+            rx_enter_error(rx);
+            return result::delivered;
+        }
         rx.cur_pos += need;
         if (rx.cur_pos == rx.strides_per_wqe)
             complete_wqe(rx);
         return result::delivered;
     }
+}
+
+void rx_flush(rx_queue &rx, bool flush_cqes);
+
+void rx_enter_error(rx_queue &rx)
+{
+    global &gl = *g;
+    if (rx.owner_qp)
+    {
+        ibv_qp &q = rx.owner_qp->qp;
+        if (q.state == IBV_QPS_ERR)
+            return;
+        if (q.state == IBV_QPS_RTR || q.state == IBV_QPS_RTS)
+            gl.stats.rx_ready--;
+        q.state = IBV_QPS_ERR;
+        if (!rx.cq->broken)
+            rx_flush(rx, true);
+    }
+    else if (rx.owner_wq)
+    {
+        ibv_wq &w = rx.owner_wq->wq;
+        if (w.state == IBV_WQS_ERR)
+            return;
+        if (w.state == IBV_WQS_RDY)
+            gl.stats.rx_ready--;
+        w.state = IBV_WQS_ERR;
+        if (!rx.striding && !rx.cq->broken)
+            rx_flush(rx, true);
+    }
+    EMU_LOG("receive queue %u entered the error state", rx.qp_num);
 }
 
 uint32_t flow_hash(const headers &h)
@@ -1264,14 +1435,23 @@ result process_frame(const uint8_t *data, size_t len, bool lossless)
         const auto &wqs = qp->ind->wqs;
         wq_t *wq = wqs.size() == 1 ? wqs[0] : wqs[flow_hash(h) % wqs.size()];
         if (wq->wq.state != IBV_WQS_RDY)
+        {
+            // Lossless replay waits while the application recovers a queue.
+            if (lossless && wq->wq.state != IBV_WQS_UNKNOWN && !wq->rx.cq->broken)
+                return result::retry;
             return drop(gl.stats.not_ready);
+        }
         return wq->rx.striding ? deliver_striding(wq->rx, data, len, lossless)
                                : deliver_plain(wq->rx, data, len, lossless);
     }
     else
     {
         if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS)
+        {
+            if (lossless && !qp->rx.cq->broken)
+                return result::retry;
             return drop(gl.stats.not_ready);
+        }
         return deliver_plain(qp->rx, data, len, lossless);
     }
 }
@@ -1456,7 +1636,7 @@ context_t *open_context()
     ibv_context &ctx = v.context;
     ctx.device = &gl.device;
     ctx.cmd_fd = -1;
-    ctx.async_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ctx.async_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
     ctx.num_comp_vectors = num_comp_vectors;
     pthread_mutex_init(&ctx.mutex, nullptr);
     ctx.abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -1715,6 +1895,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         if (!rx_init_plain(qp->rx, a.cap.max_recv_wr, a.cap.max_recv_sge))
             return fail<qp_t>(ENOMEM);
         qp->rx.cq = rcq;
+        qp->rx.owner_qp = qp.get();
         qp->rx.pd = qp->pd;
         qp->send_cq = scq;
     }
@@ -1881,6 +2062,7 @@ wq_t *create_wq_impl(ibv_context *context, ibv_wq_init_attr *attr,
     wq->ctx = to_ctx(context);
     rx_queue &rx = wq->rx;
     rx.cq = to_cq(attr->cq);
+    rx.owner_wq = wq.get();
     rx.pd = to_pd(attr->pd);
     if (striding)
     {
@@ -1988,6 +2170,7 @@ int ctx_modify_wq(ibv_wq *ibwq, ibv_wq_attr *attr)
         }
         else if (to == IBV_WQS_ERR && !rx.striding)
             rx_flush(rx, true);
+
         bool was_ready = from == IBV_WQS_RDY;
         wq->wq.state = to;
         now_ready = to == IBV_WQS_RDY;
@@ -2308,6 +2491,7 @@ EMU_EXPORT const char *ibv_wc_status_str(enum ibv_wc_status status)
     case IBV_WC_SUCCESS: return "success";
     case IBV_WC_LOC_LEN_ERR: return "local length error";
     case IBV_WC_LOC_PROT_ERR: return "local protection error";
+    case IBV_WC_LOC_QP_OP_ERR: return "local QP operation error";
     case IBV_WC_WR_FLUSH_ERR: return "Work Request Flushed Error";
     default: return "unknown";
     }
@@ -2576,6 +2760,52 @@ EMU_EXPORT void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents)
     pthread_mutex_lock(&cq->mutex);
     cq->comp_events_completed += nevents;
     pthread_mutex_unlock(&cq->mutex);
+}
+
+EMU_EXPORT int ibv_get_async_event(ibv_context *context, ibv_async_event *event)
+{
+    G();
+    if (!is_our_context(context) || !event)
+    {
+        errno = EINVAL;
+        return -1;
+    }
+    context_t *ctx = to_ctx(context);
+    uint64_t v;
+    ssize_t r = read(context->async_fd, &v, sizeof(v));
+    if (r != sizeof(v))
+    {
+        if (r >= 0)
+            errno = EIO;
+        return -1;
+    }
+    std::lock_guard<std::mutex> lock(ctx->amu);
+    if (ctx->async_events.empty())
+    {
+        errno = EAGAIN;
+        return -1;
+    }
+    *event = ctx->async_events.front();
+    ctx->async_events.pop_front();
+    return 0;
+}
+
+EMU_EXPORT void ibv_ack_async_event(ibv_async_event *event)
+{
+    (void) event;
+}
+
+EMU_EXPORT const char *ibv_event_type_str(enum ibv_event_type event)
+{
+    switch (event)
+    {
+    case IBV_EVENT_CQ_ERR: return "CQ error";
+    case IBV_EVENT_QP_FATAL: return "local work queue catastrophic error";
+    case IBV_EVENT_WQ_FATAL: return "WQ fatal";
+    case IBV_EVENT_DEVICE_FATAL: return "local catastrophic error";
+    case IBV_EVENT_PORT_ERR: return "port error";
+    default: return "unknown";
+    }
 }
 
 EMU_EXPORT ibv_qp *ibv_create_qp(ibv_pd *pd, ibv_qp_init_attr *qp_init_attr)

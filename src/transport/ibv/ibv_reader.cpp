@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <system_error>
 
@@ -41,6 +42,27 @@ constexpr int MAX_CQES_PER_POLL = 256;
 // Plain reader: receive work requests are re-posted in chains of this many.
 constexpr std::size_t REPOST_CHAIN_MAX = 64;
 constexpr std::size_t HUGE_PAGE_SIZE = 2 * 1024 * 1024;
+// A queue that keeps failing is given up after this many resets in a row
+// with no packet received in between.
+constexpr unsigned MAX_CONSECUTIVE_RECOVERIES = 8;
+
+/// Names of completion statuses a receive queue can report (the library's
+/// ibv_wc_status_str is not loaded: a number alone is no help to a user).
+const char *wc_status_name(ibv_wc_status status)
+{
+    switch (status)
+    {
+    case IBV_WC_SUCCESS: return "success";
+    case IBV_WC_LOC_LEN_ERR: return "local length error";
+    case IBV_WC_LOC_QP_OP_ERR: return "local QP operation error";
+    case IBV_WC_LOC_PROT_ERR: return "local protection error";
+    case IBV_WC_WR_FLUSH_ERR: return "work request flushed";
+    case IBV_WC_LOC_ACCESS_ERR: return "local access error";
+    case IBV_WC_FATAL_ERR: return "fatal error";
+    case IBV_WC_GENERAL_ERR: return "general error";
+    default: return "error";
+    }
+}
 
 /// Thrown internally when a device lacks multi-packet receive: fall back.
 struct mprq_unsupported : std::runtime_error
@@ -137,8 +159,26 @@ struct flow_rule
 
 // ---------------------------------------------------------------- reader base
 
+class ibv_reader_base;
+
+/// Asynchronous events arrive on the device context's one event fd, which
+/// every reader on that context watches; whoever reads an event hands it to
+/// the reader that owns the object it names.
+struct async_owner
+{
+    const ibv_reader_base *key;
+    ibv_context *context;
+    std::vector<const void *> objects;   ///< CQ, WQ, QP of the reader
+    std::weak_ptr<ibv_reader_base> owner;
+};
+std::mutex async_owners_mutex;
+std::vector<async_owner> async_owners;
+
+void dispatch_async_event(ibv_context *context, const ibv_async_event &event);
+
 class ibv_reader_base : public reader
 {
+    friend void dispatch_async_event(ibv_context *context, const ibv_async_event &event);
 protected:
     ibv_config config;
     in_addr interface{};
@@ -151,8 +191,16 @@ protected:
     std::vector<ibv_flow *> flows;
     std::vector<in_addr> groups;
     int join_socket = -1;
+    int async_fd = -1;                 ///< our duplicate of the context's async event fd
     bool registered = false;
+    bool async_registered = false;
     bool closed = false;
+    // Error handling (all on the worker).
+    std::shared_ptr<ibv_reader_stats> stats = std::make_shared<ibv_reader_stats>();
+    bool need_recovery = false;        ///< the receive queue is in the error state
+    std::string failure;               ///< non-empty: stop the stream with this error
+    bool failed = false;
+    unsigned consecutive_recoveries = 0;
 
     ibv_reader_base(packet_sink &sink, worker &thread, const ibv_config &config);
     void create_flows(ibv_qp *qp);
@@ -163,14 +211,73 @@ protected:
     /// Sets @a partial when the pass hit MAX_CQES_PER_POLL.
     virtual bool poll_once(batch &b, bool &partial) = 0;
     virtual ibv_cq *notify_cq() = 0;
+    /// Reset the receive queue from the error state and re-post every buffer
+    /// (throws on failure).
+    virtual void recover() = 0;
+    /// The verbs objects asynchronous events may name.
+    virtual std::vector<const void *> event_objects() const = 0;
+    void error_completion(int status);
     void handle(bool from_channel);
+    void run_recovery();
+    void stop_with_failure();
+    void drain_async_events();
+    void on_async_event(ibv_event_type type);
     void schedule_poll();
     bool deliver(batch &b, const std::uint8_t *frame, std::size_t length, std::size_t &bad);
     void on_stop_requested() override;
 public:
     ~ibv_reader_base() override;
     void start_polling();
+    std::shared_ptr<const ibv_reader_stats> get_stats() const { return stats; }
 };
+
+void dispatch_async_event(ibv_context *context, const ibv_async_event &event)
+{
+    const void *object = nullptr;
+    switch (event.event_type)
+    {
+    case IBV_EVENT_CQ_ERR:
+        object = event.element.cq;
+        break;
+    case IBV_EVENT_WQ_FATAL:
+        object = event.element.wq;
+        break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_COMM_EST:
+    case IBV_EVENT_SQ_DRAINED:
+    case IBV_EVENT_PATH_MIG:
+    case IBV_EVENT_PATH_MIG_ERR:
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+        object = event.element.qp;
+        break;
+    case IBV_EVENT_SRQ_ERR:
+    case IBV_EVENT_SRQ_LIMIT_REACHED:
+        return;   // no SRQs here
+    default:
+        break;    // port and device events concern every reader on the context
+    }
+    std::vector<std::shared_ptr<ibv_reader_base>> targets;
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        for (const auto &o : async_owners)
+        {
+            if (o.context != context)
+                continue;
+            if (object && std::find(o.objects.begin(), o.objects.end(), object) == o.objects.end())
+                continue;
+            if (auto p = o.owner.lock())
+                targets.push_back(std::move(p));
+        }
+    }
+    const ibv_event_type type = event.event_type;
+    for (auto &t : targets)
+    {
+        auto *raw = t.get();
+        raw->thread.post([t = std::move(t), type] { t->on_async_event(type); });
+    }
+}
 
 ibv_reader_base::ibv_reader_base(packet_sink &sink, worker &thread, const ibv_config &config)
     : reader(sink, thread), config(config)
@@ -323,6 +430,15 @@ void ibv_reader_base::close_common()
     if (closed)
         return;
     closed = true;
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        async_owners.erase(std::remove_if(async_owners.begin(), async_owners.end(),
+                                          [this](const async_owner &o) { return o.key == this; }),
+                           async_owners.end());
+    }
+    if (async_fd >= 0)
+        ::close(async_fd);
+    async_fd = -1;
     destroy_flows();
     if (join_socket >= 0)
         ::close(join_socket);
@@ -360,17 +476,144 @@ bool ibv_reader_base::deliver(batch &b, const std::uint8_t *frame, std::size_t l
 void ibv_reader_base::start_polling()
 {
     auto self = std::static_pointer_cast<ibv_reader_base>(shared_from_this());
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        async_owners.push_back(async_owner{this, context, event_objects(), self});
+    }
+    // Our own descriptor for the context's async event fd, so that each
+    // reader can register it with its reactor.  Non-blocking: every reader
+    // drains what is there and hands each event to its owner.
+    async_fd = fcntl(context->async_fd, F_DUPFD_CLOEXEC, 0);
+    if (async_fd >= 0)
+    {
+        int flags = fcntl(async_fd, F_GETFL);
+        if (flags < 0 || fcntl(async_fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        {
+            ::close(async_fd);
+            async_fd = -1;
+        }
+    }
+    if (async_fd < 0)
+        log_warning("cannot watch the ibverbs asynchronous event fd (%s): fatal queue errors will only "
+                    "be noticed through error completions", std::strerror(errno));
     thread.post([self] {
         if (self->stopping.load())
             return;
         if (self->comp_channel)
         {
-            ibv_req_notify_cq(self->notify_cq(), 0);
+            int err = ibv_req_notify_cq(self->notify_cq(), 0);
+            if (err != 0)
+                self->failure = std::string("ibv_req_notify_cq failed: ") + std::strerror(err);
             self->thread.add_fd(self->comp_channel->fd, [self] { self->handle(true); });
             self->registered = true;
         }
+        if (self->async_fd >= 0)
+        {
+            self->thread.add_fd(self->async_fd, [self] { self->drain_async_events(); });
+            self->async_registered = true;
+        }
         self->handle(false);
     });
+}
+
+void ibv_reader_base::drain_async_events()
+{
+    if (stopping.load() || async_fd < 0)
+        return;
+    const auto &v = ibv::verbs();
+    ibv_async_event event;
+    while (v.get_async_event(context, &event) == 0)
+    {
+        dispatch_async_event(context, event);
+        v.ack_async_event(&event);
+    }
+}
+
+void ibv_reader_base::on_async_event(ibv_event_type type)
+{
+    if (stopping.load() || failed)
+        return;
+    stats->async_events++;
+    switch (type)
+    {
+    case IBV_EVENT_CQ_ERR:
+        failure = "fatal completion queue error (IBV_EVENT_CQ_ERR): the completion queue overflowed "
+                  "or the device failed; the queue cannot be used any more";
+        break;
+    case IBV_EVENT_DEVICE_FATAL:
+        failure = "the RDMA device reported a fatal error (IBV_EVENT_DEVICE_FATAL); "
+                  "check the kernel log (dmesg) and the NIC";
+        break;
+    case IBV_EVENT_WQ_FATAL:
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+        log_warning("ibverbs: the receive queue reported a fatal error (event %d)", int(type));
+        need_recovery = true;
+        break;
+    case IBV_EVENT_PORT_ERR:
+        log_warning("ibverbs: the link of port %d on %s went down; no packets arrive until it is back",
+                    int(cm_id->port_num), config.interface_address.c_str());
+        return;
+    case IBV_EVENT_PORT_ACTIVE:
+        log_info("ibverbs: the link of port %d on %s is up", int(cm_id->port_num),
+                 config.interface_address.c_str());
+        return;
+    default:
+        log_debug("ibverbs: asynchronous event %d", int(type));
+        return;
+    }
+    handle(false);
+}
+
+void ibv_reader_base::error_completion(int status)
+{
+    stats->error_completions++;
+    if (status != IBV_WC_WR_FLUSH_ERR)
+        log_warning("ibverbs receive completion failed: %s (status %d)",
+                    wc_status_name(ibv_wc_status(status)), status);
+}
+
+void ibv_reader_base::stop_with_failure()
+{
+    failed = true;
+    {
+        std::lock_guard<std::mutex> lock(stats->mutex);
+        stats->error = failure;
+    }
+    stats->failed = true;
+    log_error("ibverbs reader on %s stopped the stream: %s", config.interface_address.c_str(), failure.c_str());
+}
+
+void ibv_reader_base::run_recovery()
+{
+    need_recovery = false;
+    if (++consecutive_recoveries > MAX_CONSECUTIVE_RECOVERIES)
+        failure = "the receive queue entered the error state " + std::to_string(consecutive_recoveries)
+                  + " times in a row without receiving a packet; giving up";
+    else
+    {
+        try
+        {
+            recover();
+            stats->recoveries++;
+            log_warning("ibverbs: the receive queue was in the error state; reset it and re-posted its "
+                        "buffers (packets in flight were lost)");
+        }
+        catch (std::exception &e)
+        {
+            failure = std::string("could not recover the receive queue from the error state: ") + e.what();
+        }
+    }
+    if (!failure.empty())
+    {
+        stop_with_failure();
+        batch b(sink);
+        if (b.active())
+            b.end_of_stream();
+        return;
+    }
+    schedule_poll();
 }
 
 void ibv_reader_base::schedule_poll()
@@ -381,7 +624,7 @@ void ibv_reader_base::schedule_poll()
 
 void ibv_reader_base::handle(bool from_channel)
 {
-    if (stopping.load())
+    if (stopping.load() || failed)
         return;
     const auto &v = ibv::verbs();
     if (from_channel)
@@ -396,17 +639,37 @@ void ibv_reader_base::handle(bool from_channel)
         batch b(sink);
         if (!b.active())
             return;
-        for (int i = 0; i < config.max_poll; i++)
+        for (int i = 0; i < config.max_poll && failure.empty() && !need_recovery; i++)
         {
             bool last = i == config.max_poll - 1;
             if (comp_channel && last)
-                ibv_req_notify_cq(notify_cq(), 0);   // arm before the final poll: no lost wake-up
+            {
+                // Arm before the final poll: no lost wake-up.
+                int err = ibv_req_notify_cq(notify_cq(), 0);
+                if (err != 0)
+                {
+                    failure = std::string("ibv_req_notify_cq failed: ") + std::strerror(err);
+                    break;
+                }
+            }
             bool partial = false;
             if (!poll_once(b, partial))
                 return;
             if (partial && last)
                 repoll = true;
         }
+        if (!failure.empty())
+        {
+            stop_with_failure();   // first, so the user sees why once the stream ends
+            b.end_of_stream();
+        }
+    }
+    if (failed)
+        return;
+    if (need_recovery)
+    {
+        run_recovery();
+        return;
     }
     if (!comp_channel || repoll)
         schedule_poll();   // busy polling (comp_vector < 0), or more work is waiting
@@ -420,6 +683,11 @@ void ibv_reader_base::on_stop_requested()
         {
             self->thread.remove_fd(self->comp_channel->fd);
             self->registered = false;
+        }
+        if (self->async_registered)
+        {
+            self->thread.remove_fd(self->async_fd);
+            self->async_registered = false;
         }
     });
 }
@@ -442,9 +710,12 @@ class mprq_reader : public ibv_reader_base
     std::size_t strides_used = 0;    ///< strides consumed in it
     void post_wqe(std::size_t index);
     void release();
+    void set_wq_state(ibv_wq_state state, const char *what);
 protected:
     bool poll_once(batch &b, bool &partial) override;
     ibv_cq *notify_cq() override { return ibv_cq_ex_to_cq(cq); }
+    void recover() override;
+    std::vector<const void *> event_objects() const override { return {ibv_cq_ex_to_cq(cq), wq, qp}; }
 public:
     mprq_reader(packet_sink &sink, worker &thread, const ibv_config &config);
     ~mprq_reader() override { release(); }
@@ -594,40 +865,87 @@ void mprq_reader::post_wqe(std::size_t index)
     __atomic_store_n(&rwq.dbrec[MLX5_RCV_DBR], htobe32(post_head & 0xffff), __ATOMIC_RELEASE);
 }
 
-void mprq_reader::start()
+void mprq_reader::set_wq_state(ibv_wq_state state, const char *what)
 {
     ibv_wq_attr attr{};
     attr.attr_mask = IBV_WQ_ATTR_STATE;
-    attr.wq_state = IBV_WQS_RDY;
-    if (ibv_modify_wq(wq, &attr) != 0)
-        fail_errno(errno, "ibv_modify_wq (to ready)");
+    attr.wq_state = state;
+    int err = ibv_modify_wq(wq, &attr);   // returns the error number
+    if (err != 0)
+        fail_errno(err, std::string("ibv_modify_wq (to ") + what + ")");
+}
+
+void mprq_reader::start()
+{
+    set_wq_state(IBV_WQS_RDY, "ready");
     for (std::size_t i = 0; i < n_wqe; i++)
         post_wqe(i);
     join_groups();
     start_polling();
 }
 
+void mprq_reader::recover()
+{
+    set_wq_state(IBV_WQS_RESET, "reset");
+    // Whatever is still in the completion queue describes buffers we are
+    // about to hand back: discard it.
+    ibv_poll_cq_attr attr{};
+    while (ibv_start_poll(cq, &attr) == 0)
+    {
+        while (ibv_next_poll(cq) == 0)
+        {
+        }
+        ibv_end_poll(cq);
+    }
+    // RESET -> RDY restarts the doorbell record at 0: post everything anew.
+    set_wq_state(IBV_WQS_RDY, "ready");
+    post_head = 0;
+    current_wqe = 0;
+    strides_used = 0;
+    for (std::size_t i = 0; i < n_wqe; i++)
+        post_wqe(i);
+}
+
 bool mprq_reader::poll_once(batch &b, bool &partial)
 {
     ibv_poll_cq_attr attr{};
-    if (ibv_start_poll(cq, &attr) != 0)
+    const int started = ibv_start_poll(cq, &attr);
+    if (started == ENOENT)
         return true;   // nothing completed
+    if (started != 0)
+    {
+        failure = std::string("ibv_start_poll failed: ") + std::strerror(started);
+        return true;
+    }
     std::size_t bad = 0;
     std::vector<std::size_t> finished;
     bool running = true;
     int n = 0;
     do
     {
+        if (cq->status != IBV_WC_SUCCESS)
+        {
+            // byte_len of an error completion is reserved: the strides it
+            // used are unknown, so the position in the work request is lost.
+            // Any error but a length error also leaves the queue in the error
+            // state.  Either way: reset the queue and start afresh.
+            error_completion(cq->status);
+            need_recovery = true;
+            n++;
+            break;
+        }
         const std::uint32_t byte_len = ibv_wc_read_byte_len(cq);
         const std::size_t strides = (byte_len >> 16) & 0x7fff;
         const bool filler = byte_len >> 31;
         const std::size_t length = byte_len & 0xffff;
-        if (cq->status != IBV_WC_SUCCESS)
-            log_warning("ibverbs completion failed with status %d", int(cq->status));
-        else if (!filler && running)
+        if (!filler)
         {
-            const std::uint8_t *frame = memory->data() + current_wqe * wqe_size + strides_used * stride_size;
-            running = deliver(b, frame, length, bad);
+            consecutive_recoveries = 0;
+            if (running)
+            {
+                const std::uint8_t *frame = memory->data() + current_wqe * wqe_size + strides_used * stride_size;
+                running = deliver(b, frame, length, bad);
+            }
         }
         strides_used += strides;
         if (strides_used >= strides_per_wqe)
@@ -640,9 +958,11 @@ bool mprq_reader::poll_once(batch &b, bool &partial)
     } while (n < MAX_CQES_PER_POLL && ibv_next_poll(cq) == 0);
     ibv_end_poll(cq);
     partial = n == MAX_CQES_PER_POLL;
-    // Every frame in these work requests has been handled: give them back.
-    for (std::size_t w : finished)
-        post_wqe(w);
+    // Every frame in these work requests has been handled: give them back
+    // (unless the queue is about to be reset, which re-posts them all).
+    if (!need_recovery)
+        for (std::size_t w : finished)
+            post_wqe(w);
     if (bad)
         b.malformed(bad);
     return running;
@@ -661,10 +981,14 @@ class plain_reader : public ibv_reader_base
     std::vector<ibv_sge> sges;
     std::vector<ibv_wc> wcs;
     void release();
-    void post(const std::size_t *slots, std::size_t n);
+    int post(const std::size_t *slots, std::size_t n);
+    void post_all();
+    void set_qp_state(ibv_qp_state state, const char *what);
 protected:
     bool poll_once(batch &b, bool &partial) override;
     ibv_cq *notify_cq() override { return recv_cq; }
+    void recover() override;
+    std::vector<const void *> event_objects() const override { return {recv_cq, qp}; }
 public:
     plain_reader(packet_sink &sink, worker &thread, const ibv_config &config);
     ~plain_reader() override { release(); }
@@ -712,11 +1036,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         qp = v.create_qp(pd, &qp_attr);
         if (!qp)
             fail_qp(errno);
-        ibv_qp_attr attr{};
-        attr.qp_state = IBV_QPS_INIT;
-        attr.port_num = cm_id->port_num;
-        if (v.modify_qp(qp, &attr, IBV_QP_STATE | IBV_QP_PORT) != 0)
-            fail_errno(errno, "ibv_modify_qp (to INIT)");
+        set_qp_state(IBV_QPS_INIT, "INIT");
         memory = std::make_unique<buffer_memory>(n_slots * slot_size);
         mr = v.reg_mr(pd, memory->data(), n_slots * slot_size, IBV_ACCESS_LOCAL_WRITE);
         if (!mr)
@@ -724,11 +1044,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         wrs.resize(n_slots);
         sges.resize(n_slots);
         wcs.resize(std::min<std::size_t>(n_slots, MAX_CQES_PER_POLL));
-        std::vector<std::size_t> all(n_slots);
-        for (std::size_t i = 0; i < n_slots; i++)
-            all[i] = i;
-        for (std::size_t i = 0; i < n_slots; i += REPOST_CHAIN_MAX)
-            post(all.data() + i, std::min(REPOST_CHAIN_MAX, n_slots - i));
+        post_all();
         create_flows(qp);
     }
     catch (...)
@@ -752,7 +1068,48 @@ void plain_reader::release()
     close_common();
 }
 
-void plain_reader::post(const std::size_t *slots, std::size_t n)
+void plain_reader::set_qp_state(ibv_qp_state state, const char *what)
+{
+    ibv_qp_attr attr{};
+    attr.qp_state = state;
+    int mask = IBV_QP_STATE;
+    if (state == IBV_QPS_INIT)
+    {
+        attr.port_num = cm_id->port_num;
+        mask |= IBV_QP_PORT;
+    }
+    int err = ibv::verbs().modify_qp(qp, &attr, mask);   // returns the error number
+    if (err != 0)
+        fail_errno(err, std::string("ibv_modify_qp (to ") + what + ")");
+}
+
+void plain_reader::post_all()
+{
+    std::vector<std::size_t> all(n_slots);
+    for (std::size_t i = 0; i < n_slots; i++)
+        all[i] = i;
+    for (std::size_t i = 0; i < n_slots; i += REPOST_CHAIN_MAX)
+    {
+        int err = post(all.data() + i, std::min(REPOST_CHAIN_MAX, n_slots - i));
+        if (err != 0)
+            fail_errno(err, "ibv_post_recv");
+    }
+}
+
+void plain_reader::recover()
+{
+    // RESET discards the posted work requests; the QP's completions still
+    // queued describe slots we are about to re-post, so drop them too.
+    set_qp_state(IBV_QPS_RESET, "RESET");
+    while (ibv_poll_cq(recv_cq, int(wcs.size()), wcs.data()) > 0)
+    {
+    }
+    set_qp_state(IBV_QPS_INIT, "INIT");
+    post_all();
+    set_qp_state(IBV_QPS_RTR, "RTR");
+}
+
+int plain_reader::post(const std::size_t *slots, std::size_t n)
 {
     for (std::size_t i = 0; i < n; i++)
     {
@@ -766,16 +1123,13 @@ void plain_reader::post(const std::size_t *slots, std::size_t n)
         wrs[s].next = i + 1 < n ? &wrs[slots[i + 1]] : nullptr;
     }
     ibv_recv_wr *bad = nullptr;
-    if (n && ibv_post_recv(qp, &wrs[slots[0]], &bad) != 0)
-        log_warning("ibv_post_recv failed: %s", std::strerror(errno));
+    // ibv_post_recv returns the error number (errno is not set).
+    return n ? ibv_post_recv(qp, &wrs[slots[0]], &bad) : 0;
 }
 
 void plain_reader::start()
 {
-    ibv_qp_attr attr{};
-    attr.qp_state = IBV_QPS_RTR;
-    if (ibv::verbs().modify_qp(qp, &attr, IBV_QP_STATE) != 0)
-        fail_errno(errno, "ibv_modify_qp (to RTR)");
+    set_qp_state(IBV_QPS_RTR, "RTR");
     join_groups();
     start_polling();
 }
@@ -785,7 +1139,7 @@ bool plain_reader::poll_once(batch &b, bool &partial)
     int n = ibv_poll_cq(recv_cq, int(wcs.size()), wcs.data());
     if (n < 0)
     {
-        log_warning("ibv_poll_cq failed");
+        failure = "ibv_poll_cq failed (" + std::to_string(n) + ")";
         return true;
     }
     partial = std::size_t(n) == wcs.size();
@@ -793,21 +1147,43 @@ bool plain_reader::poll_once(batch &b, bool &partial)
     bool running = true;
     std::size_t repost[REPOST_CHAIN_MAX];
     std::size_t n_repost = 0;
-    for (int i = 0; i < n; i++)
+    auto flush_reposts = [&] {
+        if (need_recovery || n_repost == 0)
+            return;   // recovery re-posts every slot
+        int err = post(repost, n_repost);
+        if (err != 0)
+        {
+            log_warning("ibv_post_recv failed: %s; resetting the receive queue", std::strerror(err));
+            need_recovery = true;
+        }
+        n_repost = 0;
+    };
+    for (int i = 0; i < n && !need_recovery; i++)
     {
         const std::size_t slot = std::size_t(wcs[i].wr_id);
-        if (wcs[i].status != IBV_WC_SUCCESS)
-            log_warning("ibverbs completion failed with status %d", int(wcs[i].status));
-        else if (running)
-            running = deliver(b, memory->data() + slot * slot_size, wcs[i].byte_len, bad);
+        if (wcs[i].status == IBV_WC_SUCCESS)
+        {
+            consecutive_recoveries = 0;
+            if (running)
+                running = deliver(b, memory->data() + slot * slot_size, wcs[i].byte_len, bad);
+        }
+        else
+        {
+            error_completion(wcs[i].status);
+            // A frame too large for its slot leaves the queue usable; any
+            // other error (and the flushes that follow it) means the queue
+            // pair is in the error state and receives nothing more.
+            if (wcs[i].status != IBV_WC_LOC_LEN_ERR)
+            {
+                need_recovery = true;
+                break;
+            }
+        }
         repost[n_repost++] = slot;
         if (n_repost == REPOST_CHAIN_MAX)
-        {
-            post(repost, n_repost);
-            n_repost = 0;
-        }
+            flush_reposts();
     }
-    post(repost, n_repost);
+    flush_reposts();
     if (bad)
         b.malformed(bad);
     return running;
@@ -847,6 +1223,13 @@ std::shared_ptr<reader> make_ibv_reader(packet_sink &sink, worker &thread, const
         log_debug("multi-packet receive queue unavailable (%s); using one work request per packet", e.what());
     }
     return std::make_shared<plain_reader>(sink, thread, config);
+}
+
+std::shared_ptr<const ibv_reader_stats> ibv_reader_statistics(const reader &r)
+{
+    if (auto *p = dynamic_cast<const ibv_reader_base *>(&r))
+        return p->get_stats();
+    return nullptr;
 }
 
 const char *ibv_reader_kind(const reader &r)
