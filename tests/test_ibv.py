@@ -108,6 +108,22 @@ RECEIVER = textwrap.dedent(
 
     opts = json.loads(sys.argv[1])
     HEAP_SIZE, HPC = opts["heap_size"], opts["heaps_per_chunk"]
+    if opts.get("memlock") is not None:
+        # As an unprivileged user would run: a memlock limit, no CAP_IPC_LOCK.
+        import ctypes, resource
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (opts["memlock"], opts["memlock"]))
+        class CapHeader(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class CapData(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        header, data = CapHeader(0x20080522, 0), (CapData * 2)()
+        if libc.capget(ctypes.byref(header), data) == 0:
+            CAP_IPC_LOCK = 14
+            data[0].effective &= ~(1 << CAP_IPC_LOCK)
+            data[0].permitted &= ~(1 << CAP_IPC_LOCK)
+            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
 
     @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
     def place(p, size):
@@ -448,6 +464,45 @@ def test_fatal_cq_error_stops_the_stream(emulator, tmp_path, multicast_pcap, mpr
     assert "IBV_EVENT_CQ_ERR" in ibv["error"]
     assert ibv["async_events"] >= 1
     assert "stopped the stream" in err
+
+
+# ------------------------------------------------------------- locked memory
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_memlock_limit_gives_clear_error(emulator, tmp_path, mprq):
+    """Without CAP_IPC_LOCK, pinned memory counts against RLIMIT_MEMLOCK (the
+    emulated device charges it as the kernel does): a limit too small for the
+    buffer and CQ is reported up front with what to do."""
+    env = emu_env(emulator, tmp_path)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": BASE, "memlock": 1 << 20}, env)
+    _, error = read_ready(proc)
+    assert error is not None
+    assert error["error"] == "RuntimeError"
+    assert "RLIMIT_MEMLOCK" in error["message"]
+    assert "ulimit -l" in error["message"]
+    assert "LimitMEMLOCK" in error["message"]
+
+
+@pytest.mark.timeout(120)
+def test_memlock_limit_large_enough(emulator, tmp_path, multicast_pcap):
+    """A 2 MiB buffer and its 2 MiB CQ (one 64-byte entry per 64-byte stride)
+    fit under a 6 MiB limit (raising a hard limit needs privileges)."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] not in (resource.RLIM_INFINITY,) \
+            and resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] < (6 << 20):
+        pytest.skip("hard RLIMIT_MEMLOCK below 6 MiB")
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1)
+    config = {**BASE, "comp_vector": 0, "buffer_size": 2 << 20}
+    proc = start_receiver({"source": "ibv", "config": config, "memlock": 6 << 20}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq"]
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
 
 
 # ----------------------------------------------------------- error messages

@@ -33,8 +33,11 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <linux/capability.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -394,6 +397,7 @@ struct pd_t
 struct mr_t
 {
     ibv_mr mr;
+    uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
     pd_t *pd;
     uint64_t iova;
     int access;
@@ -433,6 +437,7 @@ struct cq_t
     std::atomic<bool> armed{false};
     int users = 0;                   // QPs and WQs (under mu)
     bool broken = false;             // fatal CQ error (overrun): no more completions (under mu)
+    uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
 };
 
 struct qp_t;
@@ -442,6 +447,7 @@ struct rx_queue
 {
     qp_t *owner_qp = nullptr;        // exactly one of these is set
     wq_t *owner_wq = nullptr;
+    uint64_t pinned = 0;             // bytes of the ring charged against RLIMIT_MEMLOCK
     bool striding = false;
     cq_t *cq = nullptr;
     pd_t *pd = nullptr;
@@ -547,6 +553,7 @@ struct global
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
     uint64_t frames_to_queues = 0;   // for SPEAD2_EMU_ERROR_FRAMES / CQ_ERROR_AT
+    uint64_t pinned = 0;             // bytes pinned by MRs and queue buffers (under mu)
 
     // The NIC thread
     std::mutex thread_mu;
@@ -675,6 +682,43 @@ void ctx_unref(context_t *c)
         pthread_mutex_destroy(&c->vctx.context.mutex);
         delete c;
     }
+}
+
+/* Locked memory, as the kernel accounts it (ib_umem_get): MRs and the
+ * buffers of CQs and receive queues are pinned, and the process total may
+ * not exceed RLIMIT_MEMLOCK (read at each call) unless it has CAP_IPC_LOCK.
+ * Device mutex held. */
+bool has_cap_ipc_lock()
+{
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &header, data) != 0)
+        return false;
+    return data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK);
+}
+
+bool charge_pinned(uint64_t bytes)
+{
+    global &gl = *g;
+    bytes = (bytes + 4095) / 4096 * 4096;
+    rlimit lim{};
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
+        && gl.pinned + bytes > lim.rlim_cur && !has_cap_ipc_lock())
+    {
+        EMU_LOG("pinning %" PRIu64 " more bytes would exceed RLIMIT_MEMLOCK (%" PRIu64 " pinned, limit %" PRIu64 "): ENOMEM",
+                bytes, gl.pinned, uint64_t(lim.rlim_cur));
+        return false;
+    }
+    gl.pinned += bytes;
+    return true;
+}
+
+void uncharge_pinned(uint64_t bytes)
+{
+    global &gl = *g;
+    bytes = (bytes + 4095) / 4096 * 4096;
+    gl.pinned -= std::min(gl.pinned, bytes);
 }
 
 /* Generic failure helper for functions returning a pointer and errno. */
@@ -966,6 +1010,9 @@ cq_t *create_cq_impl(ibv_context *context, int cqe, void *cq_context,
         std::lock_guard<std::mutex> lock(gl.mu);
         if (gl.objects >= max_objects)
             return fail<cq_t>(ENOMEM);
+        cq->pinned = uint64_t(cqe) * 64;    // one 64-byte CQE each, as mlx5
+        if (!charge_pinned(cq->pinned))
+            return fail<cq_t>(ENOMEM);
         x.handle = gl.next_num++;
         gl.objects++;
         if (ch)
@@ -1006,6 +1053,7 @@ int destroy_cq_impl(ibv_cq *ibcq)
             ch->users--;
             ch->ch.refcnt--;
         }
+        uncharge_pinned(cq->pinned);
         gl.objects--;
     }
     pthread_mutex_destroy(&cq->cq.mutex);
@@ -1913,6 +1961,12 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         std::lock_guard<std::mutex> lock(gl.mu);
         if (gl.objects >= max_objects)
             return fail<qp_t>(ENOMEM);
+        if (!rss)
+        {
+            qp->rx.pinned = uint64_t(qp->rx.rcap) * qp->rx.rmax_sge * sizeof(ibv_sge);
+            if (!charge_pinned(qp->rx.pinned))
+                return fail<qp_t>(ENOMEM);
+        }
         gl.objects++;
         q.qp_num = q.handle = gl.next_num++;
         qp->rx.qp_num = q.qp_num;
@@ -1960,6 +2014,7 @@ int destroy_qp_impl(ibv_qp *ibqp)
             qp->rx.cq->users--;
             if (qp->send_cq)
                 qp->send_cq->users--;
+            uncharge_pinned(qp->rx.pinned);
             gl.rx_queues--;
         }
         gl.objects--;
@@ -2113,7 +2168,9 @@ wq_t *create_wq_impl(ibv_context *context, ibv_wq_init_attr *attr,
     pthread_cond_init(&w.cond, nullptr);
     {
         std::lock_guard<std::mutex> lock(gl.mu);
-        if (gl.objects >= max_objects)
+        rx.pinned = rx.striding ? uint64_t(rx.wqe_cnt) * sizeof(mlx5_mprq_wqe) + 64
+                                : uint64_t(rx.rcap) * rx.rmax_sge * sizeof(ibv_sge);
+        if (gl.objects >= max_objects || !charge_pinned(rx.pinned))
         {
             free(rx.buf);
             free(rx.dbrec);
@@ -2200,6 +2257,7 @@ int ctx_destroy_wq(ibv_wq *ibwq)
             gl.stats.rx_ready--;
         wq->rx.cq->users--;
         wq->rx.pd->users--;
+        uncharge_pinned(wq->rx.pinned);
         gl.rx_queues--;
         gl.objects--;
     }
@@ -2622,7 +2680,8 @@ ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsi
     mr->mr.length = length;
     {
         std::lock_guard<std::mutex> lock(gl.mu);
-        if (gl.objects >= max_objects)
+        mr->pinned = length;
+        if (gl.objects >= max_objects || !charge_pinned(mr->pinned))
         {
             delete mr;
             return fail<ibv_mr>(ENOMEM);
@@ -2668,6 +2727,7 @@ EMU_EXPORT int ibv_dereg_mr(ibv_mr *ibmr)
     {
         std::lock_guard<std::mutex> lock(gl.mu);
         gl.mrs.erase(mr->mr.lkey);
+        uncharge_pinned(mr->pinned);
         mr->pd->users--;
         gl.objects--;
     }

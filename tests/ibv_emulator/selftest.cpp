@@ -24,7 +24,10 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <spawn.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1432,6 +1435,44 @@ void child_no_flow()
     unbind_device(ch, id);
 }
 
+/* Without CAP_IPC_LOCK, MRs and queue buffers are charged against
+ * RLIMIT_MEMLOCK and fail with ENOMEM beyond it, as with the kernel. */
+void child_memlock()
+{
+    rlimit lim{64 * 1024, 64 * 1024};
+    REQUIRE(setrlimit(RLIMIT_MEMLOCK, &lim) == 0);
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    REQUIRE(syscall(SYS_capget, &header, data) == 0);
+    data[0].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    data[0].permitted &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    REQUIRE(syscall(SYS_capset, &header, data) == 0);
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    ibv_pd *pd = ibv_alloc_pd(ctx);
+    REQUIRE(pd);
+    std::vector<uint8_t> big(1 << 20), small(16 * 1024);
+    errno = 0;
+    CHECK(ibv_reg_mr(pd, big.data(), big.size(), IBV_ACCESS_LOCAL_WRITE) == nullptr && errno == ENOMEM,
+          "errno %d", errno);
+    ibv_mr *mr = ibv_reg_mr(pd, small.data(), small.size(), IBV_ACCESS_LOCAL_WRITE);
+    CHECK(mr);
+    // 1024 CQEs of 64 bytes = 64 KiB: over the limit with the MR's 16 KiB.
+    errno = 0;
+    CHECK(ibv_create_cq(ctx, 1024, nullptr, nullptr, 0) == nullptr && errno == ENOMEM, "errno %d", errno);
+    CHECK(ibv_dereg_mr(mr) == 0);
+    // Deregistering gave the charge back.
+    ibv_cq *cq = ibv_create_cq(ctx, 1024, nullptr, nullptr, 0);
+    CHECK(cq);
+    if (cq)
+        CHECK(ibv_destroy_cq(cq) == 0);
+    CHECK(ibv_dealloc_pd(pd) == 0);
+    unbind_device(ch, id);
+}
+
 void child_no_raw()
 {
     rdma_event_channel *ch;
@@ -1743,6 +1784,7 @@ const std::map<std::string, std::function<void()>> &child_cases()
         {"no_mprq", child_no_mprq},
         {"no_flow", child_no_flow},
         {"no_raw", child_no_raw},
+        {"memlock", child_memlock},
         {"limits", child_limits},
         {"pcap_lossless", child_pcap_lossless},
         {"pcap_rate", child_pcap_rate},
@@ -1822,6 +1864,7 @@ int main(int argc, char **argv)
         {"no_mprq", {"SPEAD2_EMU_NO_MPRQ=1"}},
         {"no_flow", {"SPEAD2_EMU_NO_FLOW=1"}},
         {"no_raw", {"SPEAD2_EMU_NO_RAW=1"}},
+        {"memlock", {}},
         {"limits", {"SPEAD2_EMU_MAX_QP_WR=64", "SPEAD2_EMU_MAX_CQE=128",
                     "SPEAD2_EMU_MAX_MR_SIZE=4096", "SPEAD2_EMU_INTERFACE=127.0.0.5"}},
         {"pcap_lossless", {"SPEAD2_EMU_WIRE=pcap:" + lossless_pcap, "SPEAD2_EMU_PCAP_LOSSLESS=1"}},

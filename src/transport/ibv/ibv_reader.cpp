@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -16,8 +17,11 @@
 #include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <linux/capability.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common/logging.h"
@@ -86,6 +90,80 @@ struct mprq_unsupported : std::runtime_error
 }
 
 bool is_multicast(in_addr a) { return IN_MULTICAST(ntohl(a.s_addr)); }
+
+// Bytes of one completion queue entry on mlx5 (the CQ buffer the library
+// allocates and the kernel pins holds one per entry).
+constexpr std::size_t CQE_BYTES = 64;
+
+std::size_t page_round(std::size_t bytes)
+{
+    const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    return (bytes + page - 1) / page * page;
+}
+
+bool have_cap_ipc_lock()
+{
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    header.pid = 0;
+    if (syscall(SYS_capget, &header, data) != 0)
+        return false;
+    return data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK);
+}
+
+/// Memory this process has pinned already (VmPin), in bytes.
+std::size_t pinned_already()
+{
+    FILE *f = std::fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (std::fgets(line, sizeof(line), f))
+        if (std::sscanf(line, "VmPin: %llu kB", &kib) == 1)
+            break;
+    std::fclose(f);
+    return std::size_t(kib) * 1024;
+}
+
+std::string memlock_advice(std::size_t need, rlim_t limit)
+{
+    const auto mib = [](double b) { return std::to_string(int(b / (1024 * 1024) + 0.999)); };
+    std::string text = "the ibverbs reader must lock " + mib(double(need)) + " MiB of memory (receive buffer "
+                       "and completion queue), more than the locked-memory limit (RLIMIT_MEMLOCK) of ";
+    text += limit == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit / 1024) + " KiB";
+    text += " allows. Raise the limit: `ulimit -l unlimited` in the shell (hard limit permitting), "
+            "LimitMEMLOCK=infinity in a systemd unit, a memlock line in /etc/security/limits.conf, "
+            "or `--ulimit memlock=-1` for a container; or give the process CAP_IPC_LOCK; "
+            "or use a smaller buffer_size";
+    return text;
+}
+
+/// Registering memory and creating queues pin memory, charged against
+/// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK; the kernel then fails
+/// with a bare ENOMEM.  Check up front and say what to do.
+void check_memlock(std::size_t need)
+{
+    rlimit lim{};
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY || have_cap_ipc_lock())
+        return;
+    const std::size_t pinned = pinned_already();
+    if (pinned + need > lim.rlim_cur)
+        throw std::runtime_error(memlock_advice(need, lim.rlim_cur));
+}
+
+/// Failure of a call that pins memory: ENOMEM usually means the memlock limit.
+[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need)
+{
+    if (err == ENOMEM && !have_cap_ipc_lock())
+    {
+        rlimit lim{};
+        getrlimit(RLIMIT_MEMLOCK, &lim);
+        throw std::runtime_error(what + " failed (" + std::strerror(err) + "): probably " + memlock_advice(need, lim.rlim_cur));
+    }
+    fail_errno(err, what);
+}
 
 /// MAC address of the local interface that has IPv4 address @a addr.
 bool interface_mac(in_addr addr, std::uint8_t mac[6])
@@ -757,8 +835,12 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
             log_warning("Reducing ibverbs buffer from %zu to %zu bytes (device limits: max_cqe=%d, max_qp_wr=%d)",
                         config.buffer_size, buffer_size, device_attr.max_cqe, device_attr.max_qp_wr);
 
+        const std::size_t cqe = n_wqe * strides_per_wqe;
+        const std::size_t pinned = page_round(buffer_size) + page_round(cqe * CQE_BYTES)
+                                   + page_round(n_wqe * sizeof(mlx5_mprq_wqe));
+        check_memlock(pinned);
         ibv_cq_init_attr_ex cq_attr{};
-        cq_attr.cqe = std::uint32_t(n_wqe * strides_per_wqe);
+        cq_attr.cqe = std::uint32_t(cqe);
         cq_attr.channel = comp_channel;
         cq_attr.comp_vector = comp_channel ? std::uint32_t(config.comp_vector % std::max(1, context->num_comp_vectors)) : 0;
         cq_attr.wc_flags = IBV_WC_EX_WITH_BYTE_LEN;
@@ -766,7 +848,7 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         cq_attr.flags = IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
         cq = ibv_create_cq_ex(context, &cq_attr);
         if (!cq)
-            fail_errno(errno, "ibv_create_cq_ex");
+            fail_pinning(errno, "ibv_create_cq_ex", pinned);
 
         ibv_wq_init_attr wq_attr{};
         wq_attr.wq_type = IBV_WQT_RQ;
@@ -823,7 +905,7 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         memory = std::make_unique<buffer_memory>(buffer_size);
         mr = ibv::verbs().reg_mr(pd, memory->data(), buffer_size, IBV_ACCESS_LOCAL_WRITE);
         if (!mr)
-            fail_errno(errno, "ibv_reg_mr (registering " + std::to_string(buffer_size) + " bytes)");
+            fail_pinning(errno, "ibv_reg_mr (registering " + std::to_string(buffer_size) + " bytes)", pinned);
         create_flows(qp);
     }
     catch (...)
@@ -1018,10 +1100,13 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
                         limit, device_attr.max_qp_wr, device_attr.max_cqe);
             n_slots = limit;
         }
+        const std::size_t pinned = page_round(n_slots * slot_size) + page_round(n_slots * CQE_BYTES)
+                                   + page_round(n_slots * sizeof(ibv_sge));
+        check_memlock(pinned);
         const int vector = comp_channel ? config.comp_vector % std::max(1, context->num_comp_vectors) : 0;
         recv_cq = v.create_cq(context, int(n_slots), nullptr, comp_channel, vector);
         if (!recv_cq)
-            fail_errno(errno, "ibv_create_cq");
+            fail_pinning(errno, "ibv_create_cq", pinned);
         send_cq = v.create_cq(context, 1, nullptr, nullptr, 0);
         if (!send_cq)
             fail_errno(errno, "ibv_create_cq");
@@ -1040,7 +1125,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         memory = std::make_unique<buffer_memory>(n_slots * slot_size);
         mr = v.reg_mr(pd, memory->data(), n_slots * slot_size, IBV_ACCESS_LOCAL_WRITE);
         if (!mr)
-            fail_errno(errno, "ibv_reg_mr");
+            fail_pinning(errno, "ibv_reg_mr", pinned);
         wrs.resize(n_slots);
         sges.resize(n_slots);
         wcs.resize(std::min<std::size_t>(n_slots, MAX_CQES_PER_POLL));
