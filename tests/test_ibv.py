@@ -466,6 +466,24 @@ def test_fatal_cq_error_stops_the_stream(emulator, tmp_path, multicast_pcap, mpr
     assert "stopped the stream" in err
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_old_libibverbs_flow_abi(emulator, tmp_path, multicast_pcap, mprq):
+    """A libibverbs older than the v13 ABI keeps the flow verbs in the legacy
+    verbs_context slots: the reader falls back to them."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_EMU_OLD_FLOW_ABI=1)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq" if mprq else "plain"]
+    result, err = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    assert "EBUSY" not in err    # flows were destroyed through the legacy slot too
+
+
 # ------------------------------------------------------------- locked memory
 
 @pytest.mark.timeout(60)

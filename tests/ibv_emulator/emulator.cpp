@@ -95,6 +95,7 @@ struct config
     bool no_mprq = false;
     bool no_flow = false;
     bool no_raw = false;
+    bool old_flow_abi = false;       // flow verbs only in the legacy (pre-v13) slots
     int max_qp_wr = 8192;
     int max_cqe = 1 << 20;
     uint64_t max_mr_size = UINT64_C(1) << 32;
@@ -181,6 +182,7 @@ void load_config(config &c)
     c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
     c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
     c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
+    c.old_flow_abi = env_flag("SPEAD2_EMU_OLD_FLOW_ABI");
     c.max_qp_wr = int(env_u64("SPEAD2_EMU_MAX_QP_WR", 8192, 1, 1 << 20));
     c.max_cqe = int(env_u64("SPEAD2_EMU_MAX_CQE", 1 << 20, 1, 1 << 26));
     c.max_mr_size = env_u64("SPEAD2_EMU_MAX_MR_SIZE", UINT64_C(1) << 32, 1, UINT64_MAX);
@@ -1697,8 +1699,19 @@ context_t *open_context()
     v.query_port = ctx_query_port;
     v.create_cq_ex = ctx_create_cq_ex;
     v.create_qp_ex = ctx_create_qp_ex;
-    v.ibv_create_flow = ctx_create_flow;
-    v.ibv_destroy_flow = ctx_destroy_flow;
+    if (gl.cfg.old_flow_abi)
+    {
+        // Old libibverbs kept the flow verbs in the slots that the current
+        // headers call ABI_placeholder1/2; the current slots stay empty, so
+        // the inline ibv_create_flow fails with EOPNOTSUPP.
+        v.ABI_placeholder1 = reinterpret_cast<void (*)(void)>(ctx_create_flow);
+        v.ABI_placeholder2 = reinterpret_cast<void (*)(void)>(ctx_destroy_flow);
+    }
+    else
+    {
+        v.ibv_create_flow = ctx_create_flow;
+        v.ibv_destroy_flow = ctx_destroy_flow;
+    }
     v.create_wq = ctx_create_wq;
     v.modify_wq = ctx_modify_wq;
     v.destroy_wq = ctx_destroy_wq;

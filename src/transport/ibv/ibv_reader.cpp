@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -235,6 +236,44 @@ struct flow_rule
     ibv_flow_spec_tcp_udp udp;
 } __attribute__((packed));
 
+/// ibv_create_flow through whichever slot the library fills.  Libraries
+/// older than the v13 ABI keep the flow verbs in the verbs_context slots the
+/// current headers call ABI_placeholder1 (create) and ABI_placeholder2
+/// (destroy); the inline helper then fails with EOPNOTSUPP.
+using create_flow_fn = ibv_flow *(*)(ibv_qp *, ibv_flow_attr *);
+using destroy_flow_fn = int (*)(ibv_flow *);
+
+template<typename F>
+F legacy_slot(ibv_context *context, void (*verbs_context::*slot)(void), std::size_t offset)
+{
+    verbs_context *v = verbs_get_ctx(context);
+    // The slot exists only if the provider's verbs_context reaches back to it.
+    if (!v || v->sz < sizeof(*v) - offset || !(v->*slot))
+        return nullptr;
+    return reinterpret_cast<F>(v->*slot);
+}
+
+ibv_flow *create_flow_any_abi(ibv_qp *qp, ibv_flow_attr *attr)
+{
+    if (verbs_get_ctx_op(qp->context, ibv_create_flow))
+        return ibv_create_flow(qp, attr);
+    if (auto fn = legacy_slot<create_flow_fn>(qp->context, &verbs_context::ABI_placeholder1,
+                                              offsetof(verbs_context, ABI_placeholder1)))
+        return fn(qp, attr);
+    errno = EOPNOTSUPP;
+    return nullptr;
+}
+
+int destroy_flow_any_abi(ibv_flow *flow)
+{
+    if (verbs_get_ctx_op(flow->context, ibv_destroy_flow))
+        return ibv_destroy_flow(flow);
+    if (auto fn = legacy_slot<destroy_flow_fn>(flow->context, &verbs_context::ABI_placeholder2,
+                                               offsetof(verbs_context, ABI_placeholder2)))
+        return fn(flow);
+    return EOPNOTSUPP;
+}
+
 // ---------------------------------------------------------------- reader base
 
 class ibv_reader_base;
@@ -461,7 +500,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
             if (is_multicast(addr))
                 groups.push_back(addr);
         }
-        ibv_flow *flow = ibv_create_flow(qp, reinterpret_cast<ibv_flow_attr *>(&rule));
+        ibv_flow *flow = create_flow_any_abi(qp, reinterpret_cast<ibv_flow_attr *>(&rule));
         if (!flow)
         {
             int err = errno;
@@ -476,7 +515,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
 void ibv_reader_base::destroy_flows()
 {
     for (ibv_flow *f : flows)
-        ibv_destroy_flow(f);
+        destroy_flow_any_abi(f);
     flows.clear();
 }
 
