@@ -484,6 +484,52 @@ def test_old_libibverbs_flow_abi(emulator, tmp_path, multicast_pcap, mprq):
     assert "EBUSY" not in err    # flows were destroyed through the legacy slot too
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_buffer_registration_and_queue_setup(emulator, tmp_path, mprq):
+    """Receive memory is registered with relaxed ordering (ibv_reg_mr_iova2)
+    and marked MADV_DONTFORK; the plain QP has no send queue."""
+    env = emu_env(emulator, tmp_path)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    try:
+        wait_for(lambda: emu_stats(tmp_path).get("flows"), what="the flow rule")
+        stats = emu_stats(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stats["mrs_relaxed"] == 1
+    assert stats["mrs_dontfork"] == 1
+    assert stats["send_queues"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_plain_slots_have_room_for_a_vlan_tag(emulator, tmp_path, multicast_pcap):
+    """With max_size equal to the largest payload, 802.1Q-tagged frames still
+    fit the plain reader's slots."""
+    frames = pcap_frames(multicast_pcap)
+    tagged = [f[:12] + b"\x81\x00\x00\x05" + f[12:] for f in frames]
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}", SPEAD2_EMU_NO_MPRQ=1)
+    config = {**BASE, "comp_vector": 0, "max_size": max(len(f) for f in frames) - 42}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") and emu_stats(tmp_path).get("flows"),
+             what="the emulated queue to be ready")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+        for i, f in enumerate(tagged):
+            wire.sendto(f, ("127.0.0.1", wire_port))
+            if i % 16 == 15:
+                time.sleep(0.002)   # bounded load: let the receiver keep up
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    assert result["ibv"][0]["error_completions"] == 0
+
+
 # ------------------------------------------------------------- locked memory
 
 @pytest.mark.timeout(60)

@@ -273,6 +273,12 @@ struct counters
     // QPs in RTR/RTS, WQs in RDY) and installed flow rules.
     std::atomic<int64_t> rx_ready{0};
     std::atomic<int64_t> flows{0};
+    // Gauges of how the application set things up (checked by its tests):
+    // MRs registered with IBV_ACCESS_RELAXED_ORDERING, MRs whose memory is
+    // madvise(MADV_DONTFORK), plain QPs created with a send queue.
+    std::atomic<int64_t> mrs_relaxed{0};
+    std::atomic<int64_t> mrs_dontfork{0};
+    std::atomic<int64_t> send_queues{0};
     std::atomic<uint64_t> topology_gen{0};
 
     uint64_t signature() const
@@ -290,11 +296,14 @@ struct counters
                         ", \"not_ready\": %" PRIu64 ", \"cq_overflow\": %" PRIu64
                         ", \"fillers\": %" PRIu64 ", \"wqes_completed\": %" PRIu64
                         ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64
-                        ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64 "}",
+                        ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64
+                        ", \"mrs_relaxed\": %" PRId64 ", \"mrs_dontfork\": %" PRId64
+                        ", \"send_queues\": %" PRId64 "}",
                         delivered.load(), no_flow.load(), no_buffer.load(), too_big.load(),
                         not_ready.load(), cq_overflow.load(), fillers.load(),
                         wqes_completed.load(), errors.load(), received.load(),
-                        rx_ready.load(), flows.load());
+                        rx_ready.load(), flows.load(), mrs_relaxed.load(), mrs_dontfork.load(),
+                        send_queues.load());
     }
 };
 
@@ -399,6 +408,7 @@ struct pd_t
 struct mr_t
 {
     ibv_mr mr;
+    bool relaxed = false, dontfork = false;
     uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
     pd_t *pd;
     uint64_t iova;
@@ -503,6 +513,7 @@ struct qp_t
     bool rss = false;
     rx_queue rx;                     // plain QPs only
     cq_t *send_cq = nullptr;
+    bool has_send_queue = false;
     ind_table_t *ind = nullptr;
     uint64_t hash_fields = 0;
     int users = 0;                   // flows
@@ -1959,6 +1970,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         qp->rx.owner_qp = qp.get();
         qp->rx.pd = qp->pd;
         qp->send_cq = scq;
+        qp->has_send_queue = a.cap.max_send_wr > 0;
     }
     ibv_qp &q = qp->qp;
     q.context = context;
@@ -1991,6 +2003,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
             rcq->users++;
             if (scq)
                 scq->users++;
+            gl.stats.send_queues += qp->has_send_queue;
             gl.rx_queues++;
         }
     }
@@ -2028,6 +2041,7 @@ int destroy_qp_impl(ibv_qp *ibqp)
             if (qp->send_cq)
                 qp->send_cq->users--;
             uncharge_pinned(qp->rx.pinned);
+            gl.stats.send_queues -= qp->has_send_queue;
             gl.rx_queues--;
         }
         gl.objects--;
@@ -2672,6 +2686,31 @@ EMU_EXPORT int ibv_dealloc_pd(ibv_pd *ibpd)
 namespace
 {
 
+/* Whether the mapping holding addr is marked "do not copy on fork"
+ * (VmFlags "dc" in /proc/self/smaps). */
+bool is_dontfork(const void *addr)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return false;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+    char line[512];
+    bool inside = false, result = false;
+    while (fgets(line, sizeof(line), f))
+    {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = a >= lo && a < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0)
+        {
+            result = strstr(line, " dc") != nullptr;
+            break;
+        }
+    }
+    fclose(f);
+    return result;
+}
+
 ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsigned int access)
 {
     global &gl = G();
@@ -2691,6 +2730,8 @@ ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsi
     mr->mr.pd = ibpd;
     mr->mr.addr = addr;
     mr->mr.length = length;
+    mr->relaxed = access & IBV_ACCESS_RELAXED_ORDERING;
+    mr->dontfork = is_dontfork(addr);
     {
         std::lock_guard<std::mutex> lock(gl.mu);
         mr->pinned = length;
@@ -2708,6 +2749,8 @@ ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsi
         mr->mr.lkey = mr->mr.rkey = key;
         mr->mr.handle = gl.next_num++;
         gl.mrs[key] = mr;
+        gl.stats.mrs_relaxed += mr->relaxed;
+        gl.stats.mrs_dontfork += mr->dontfork;
         pd->users++;
     }
     ctx_ref(pd->ctx);
@@ -2740,6 +2783,8 @@ EMU_EXPORT int ibv_dereg_mr(ibv_mr *ibmr)
     {
         std::lock_guard<std::mutex> lock(gl.mu);
         gl.mrs.erase(mr->mr.lkey);
+        gl.stats.mrs_relaxed -= mr->relaxed;
+        gl.stats.mrs_dontfork -= mr->dontfork;
         uncharge_pinned(mr->pinned);
         mr->pd->users--;
         gl.objects--;

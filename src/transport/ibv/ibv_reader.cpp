@@ -39,6 +39,10 @@ namespace
 
 // Ethernet + IPv4 + UDP headers in front of each payload (no VLAN, no IP options).
 constexpr std::size_t FRAME_OVERHEAD = 14 + 20 + 8;
+// Plain reader slots also leave room for one 802.1Q tag, and start on a
+// cache line (64 bytes) so the NIC's writes do not straddle lines.
+constexpr std::size_t VLAN_TAG_SIZE = 4;
+constexpr std::size_t SLOT_ALIGN = 64;
 // MPRQ geometry, as in the reference: 64-byte strides, 1 MiB per work request.
 constexpr int MPRQ_STRIDE_LOG = 6;
 constexpr int MPRQ_WQE_LOG = 20;
@@ -198,17 +202,38 @@ class buffer_memory
 public:
     explicit buffer_memory(std::size_t size)
     {
-        const std::size_t huge_len = (size + HUGE_PAGE_SIZE - 1) / HUGE_PAGE_SIZE * HUGE_PAGE_SIZE;
+        // MAP_HUGETLB uses the default huge page size, which need not be
+        // 2 MiB: round to it, and unmap exactly what was mapped.
+        const std::size_t huge = default_huge_page_size();
+        const std::size_t huge_len = (size + huge - 1) / huge * huge;
         ptr = mmap(nullptr, huge_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
         length = huge_len;
         if (ptr == MAP_FAILED)
         {
-            length = size;
-            ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            length = page_round(size);
+            ptr = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (ptr == MAP_FAILED)
                 fail_errno(errno, "allocating " + std::to_string(size) + " bytes of receive buffer");
-            madvise(ptr, size, MADV_HUGEPAGE);
+            madvise(ptr, length, MADV_HUGEPAGE);
         }
+        // The NIC writes here by DMA: a fork (Python's multiprocessing, a
+        // subprocess) must not make these pages copy-on-write, or the NIC
+        // would keep writing to pages the parent no longer sees.
+        if (madvise(ptr, length, MADV_DONTFORK) != 0)
+            log_warning("madvise(MADV_DONTFORK) on the receive buffer failed: %s", std::strerror(errno));
+    }
+    static std::size_t default_huge_page_size()
+    {
+        std::size_t kib = 0;
+        if (FILE *f = std::fopen("/proc/meminfo", "r"))
+        {
+            char line[128];
+            while (std::fgets(line, sizeof(line), f))
+                if (std::sscanf(line, "Hugepagesize: %zu kB", &kib) == 1)
+                    break;
+            std::fclose(f);
+        }
+        return kib ? kib * 1024 : HUGE_PAGE_SIZE;
     }
     ~buffer_memory()
     {
@@ -225,6 +250,18 @@ void destroy(T *&object, F &&destroy_fn)
     if (object)
         destroy_fn(object);
     object = nullptr;
+}
+
+/// Register receive memory for local writes, with relaxed PCIe ordering where
+/// the library can ask for it (ibv_reg_mr_iova2; the flag is optional, so a
+/// device without it simply ignores it).
+ibv_mr *register_memory(ibv_pd *pd, void *addr, std::size_t length)
+{
+    const auto &v = ibv::verbs();
+    if (v.reg_mr_iova2)
+        return v.reg_mr_iova2(pd, addr, length, std::uint64_t(reinterpret_cast<std::uintptr_t>(addr)),
+                              IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_RELAXED_ORDERING);
+    return v.reg_mr(pd, addr, length, IBV_ACCESS_LOCAL_WRITE);
 }
 
 /// The packed flow rule: attributes followed by three specs.
@@ -942,7 +979,7 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         if (!qp)
             fail_qp(errno);
         memory = std::make_unique<buffer_memory>(buffer_size);
-        mr = ibv::verbs().reg_mr(pd, memory->data(), buffer_size, IBV_ACCESS_LOCAL_WRITE);
+        mr = register_memory(pd, memory->data(), buffer_size);
         if (!mr)
             fail_pinning(errno, "ibv_reg_mr (registering " + std::to_string(buffer_size) + " bytes)", pinned);
         create_flows(qp);
@@ -1093,7 +1130,7 @@ bool mprq_reader::poll_once(batch &b, bool &partial)
 
 class plain_reader : public ibv_reader_base
 {
-    ibv_cq *recv_cq = nullptr, *send_cq = nullptr;
+    ibv_cq *recv_cq = nullptr;
     ibv_qp *qp = nullptr;
     ibv_mr *mr = nullptr;
     std::unique_ptr<buffer_memory> memory;
@@ -1125,7 +1162,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         const auto &v = ibv::verbs();
         if (!(device_attr.device_cap_flags & IBV_DEVICE_MANAGED_FLOW_STEERING))
             throw std::invalid_argument("This device does not support flow steering");
-        slot_size = config.max_size + FRAME_OVERHEAD;
+        slot_size = (config.max_size + FRAME_OVERHEAD + VLAN_TAG_SIZE + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
         if (device_attr.max_mr_size < slot_size)
             throw std::invalid_argument("max_size is larger than the device's largest memory region");
         std::size_t size = std::min<std::size_t>(config.buffer_size, device_attr.max_mr_size);
@@ -1146,23 +1183,22 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         recv_cq = v.create_cq(context, int(n_slots), nullptr, comp_channel, vector);
         if (!recv_cq)
             fail_pinning(errno, "ibv_create_cq", pinned);
-        send_cq = v.create_cq(context, 1, nullptr, nullptr, 0);
-        if (!send_cq)
-            fail_errno(errno, "ibv_create_cq");
+        // Receive only: no send queue (the QP still needs a send CQ pointer,
+        // which nothing will ever complete on).
         ibv_qp_init_attr qp_attr{};
-        qp_attr.send_cq = send_cq;
+        qp_attr.send_cq = recv_cq;
         qp_attr.recv_cq = recv_cq;
         qp_attr.qp_type = IBV_QPT_RAW_PACKET;
-        qp_attr.cap.max_send_wr = 1;
+        qp_attr.cap.max_send_wr = 0;
         qp_attr.cap.max_recv_wr = std::uint32_t(n_slots);
-        qp_attr.cap.max_send_sge = 1;
+        qp_attr.cap.max_send_sge = 0;
         qp_attr.cap.max_recv_sge = 1;
         qp = v.create_qp(pd, &qp_attr);
         if (!qp)
             fail_qp(errno);
         set_qp_state(IBV_QPS_INIT, "INIT");
         memory = std::make_unique<buffer_memory>(n_slots * slot_size);
-        mr = v.reg_mr(pd, memory->data(), n_slots * slot_size, IBV_ACCESS_LOCAL_WRITE);
+        mr = register_memory(pd, memory->data(), n_slots * slot_size);
         if (!mr)
             fail_pinning(errno, "ibv_reg_mr", pinned);
         wrs.resize(n_slots);
@@ -1186,7 +1222,6 @@ void plain_reader::release()
     destroy_flows();
     destroy(qp, v.destroy_qp);
     destroy(recv_cq, v.destroy_cq);
-    destroy(send_cq, v.destroy_cq);
     destroy(mr, v.dereg_mr);
     memory.reset();
     close_common();
