@@ -108,6 +108,22 @@ RECEIVER = textwrap.dedent(
 
     opts = json.loads(sys.argv[1])
     HEAP_SIZE, HPC = opts["heap_size"], opts["heaps_per_chunk"]
+    if opts.get("memlock") is not None:
+        # As an unprivileged user would run: a memlock limit, no CAP_IPC_LOCK.
+        import ctypes, resource
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (opts["memlock"], opts["memlock"]))
+        class CapHeader(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class CapData(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        header, data = CapHeader(0x20080522, 0), (CapData * 2)()
+        if libc.capget(ctypes.byref(header), data) == 0:
+            CAP_IPC_LOCK = 14
+            data[0].effective &= ~(1 << CAP_IPC_LOCK)
+            data[0].permitted &= ~(1 << CAP_IPC_LOCK)
+            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
 
     @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
     def place(p, size):
@@ -160,8 +176,9 @@ RECEIVER = textwrap.dedent(
         chunk.data[:] = 0
         stream.add_free_chunk(chunk)
     stats = dict(stream.stats.items())
+    ibv = stream._ibv_reader_stats()
     stream.stop()
-    print(json.dumps({"chunks": chunks, "stats": stats}), flush=True)
+    print(json.dumps({"chunks": chunks, "stats": stats, "ibv": ibv}), flush=True)
     """
 )
 
@@ -381,6 +398,175 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
         sender.join()
     assert result["stopped_after"] == 3
     assert result["stop_seconds"] < 5
+
+
+# ------------------------------------------------- error completions, queue errors
+
+def run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector=0, **faults):
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  **faults)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    config = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": comp_vector}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq" if mprq else "plain"]
+    return finish(proc, timeout=60)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("comp_vector", [0, -1], ids=["interrupt", "polling"])
+def test_error_completion_resets_queue(emulator, tmp_path, multicast_pcap, mprq, comp_vector):
+    """An error completion (junk byte_len, queue left in the error state) is
+    not counted as strides: the reader resets the queue, re-posts its buffers
+    and goes on; only the frame that failed is lost."""
+    # Frame 1 carries the descriptors, frames 2..65 heaps 0..63: frame 10 is heap 8.
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector,
+                                 SPEAD2_EMU_ERROR_FRAMES=10)
+    present = [p for c in sorted(result["chunks"], key=lambda c: c["id"]) for p in c["present"]]
+    assert sum(present) == N_HEAPS - 1
+    assert present[8] == 0
+    assert result["stats"]["malformed_packets"] == 0
+    (ibv,) = result["ibv"]
+    assert ibv["recoveries"] == 1
+    assert ibv["error_completions"] >= 1
+    assert not ibv["failed"]
+    assert "reset it and re-posted" in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_persistent_queue_errors_stop_the_stream(emulator, tmp_path, multicast_pcap, mprq):
+    """A queue that fails again after every reset: the reader gives up and
+    stops the stream with a clear error instead of spinning."""
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, SPEAD2_EMU_ERROR_FRAMES="5+")
+    (ibv,) = result["ibv"]
+    assert ibv["failed"]
+    assert "in a row without receiving a packet" in ibv["error"]
+    assert ibv["recoveries"] == 8
+    assert "stopped the stream" in err
+    assert sum(sum(c["present"]) for c in result["chunks"]) < N_HEAPS
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("comp_vector", [0, -1], ids=["interrupt", "polling"])
+def test_fatal_cq_error_stops_the_stream(emulator, tmp_path, multicast_pcap, mprq, comp_vector):
+    """A fatal CQ error (IBV_EVENT_CQ_ERR on the async event fd; no completion
+    ever arrives again) stops the stream with a clear error, also when the
+    reader sleeps on its completion channel."""
+    result, err = run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector,
+                                 SPEAD2_EMU_CQ_ERROR_AT=5)
+    (ibv,) = result["ibv"]
+    assert ibv["failed"]
+    assert "IBV_EVENT_CQ_ERR" in ibv["error"]
+    assert ibv["async_events"] >= 1
+    assert "stopped the stream" in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_old_libibverbs_flow_abi(emulator, tmp_path, multicast_pcap, mprq):
+    """A libibverbs older than the v13 ABI keeps the flow verbs in the legacy
+    verbs_context slots: the reader falls back to them."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_EMU_OLD_FLOW_ABI=1)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq" if mprq else "plain"]
+    result, err = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    assert "EBUSY" not in err    # flows were destroyed through the legacy slot too
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_buffer_registration_and_queue_setup(emulator, tmp_path, mprq):
+    """Receive memory is registered with relaxed ordering (ibv_reg_mr_iova2)
+    and marked MADV_DONTFORK; the plain QP has no send queue."""
+    env = emu_env(emulator, tmp_path)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    try:
+        wait_for(lambda: emu_stats(tmp_path).get("flows"), what="the flow rule")
+        stats = emu_stats(tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stats["mrs_relaxed"] == 1
+    assert stats["mrs_dontfork"] == 1
+    assert stats["send_queues"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_plain_slots_have_room_for_a_vlan_tag(emulator, tmp_path, multicast_pcap):
+    """With max_size equal to the largest payload, 802.1Q-tagged frames still
+    fit the plain reader's slots."""
+    frames = pcap_frames(multicast_pcap)
+    tagged = [f[:12] + b"\x81\x00\x00\x05" + f[12:] for f in frames]
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}", SPEAD2_EMU_NO_MPRQ=1)
+    config = {**BASE, "comp_vector": 0, "max_size": max(len(f) for f in frames) - 42}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    _, error = read_ready(proc)
+    assert error is None, error
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") and emu_stats(tmp_path).get("flows"),
+             what="the emulated queue to be ready")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+        for i, f in enumerate(tagged):
+            wire.sendto(f, ("127.0.0.1", wire_port))
+            if i % 16 == 15:
+                time.sleep(0.002)   # bounded load: let the receiver keep up
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    assert result["ibv"][0]["error_completions"] == 0
+
+
+# ------------------------------------------------------------- locked memory
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+def test_memlock_limit_gives_clear_error(emulator, tmp_path, mprq):
+    """Without CAP_IPC_LOCK, pinned memory counts against RLIMIT_MEMLOCK (the
+    emulated device charges it as the kernel does): a limit too small for the
+    buffer and CQ is reported up front with what to do."""
+    env = emu_env(emulator, tmp_path)
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    proc = start_receiver({"source": "ibv", "config": BASE, "memlock": 1 << 20}, env)
+    _, error = read_ready(proc)
+    assert error is not None
+    assert error["error"] == "RuntimeError"
+    assert "RLIMIT_MEMLOCK" in error["message"]
+    assert "ulimit -l" in error["message"]
+    assert "LimitMEMLOCK" in error["message"]
+
+
+@pytest.mark.timeout(120)
+def test_memlock_limit_large_enough(emulator, tmp_path, multicast_pcap):
+    """A 2 MiB buffer and its 2 MiB CQ (one 64-byte entry per 64-byte stride)
+    fit under a 6 MiB limit (raising a hard limit needs privileges)."""
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] not in (resource.RLIM_INFINITY,) \
+            and resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] < (6 << 20):
+        pytest.skip("hard RLIMIT_MEMLOCK below 6 MiB")
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1)
+    config = {**BASE, "comp_vector": 0, "buffer_size": 2 << 20}
+    proc = start_receiver({"source": "ibv", "config": config, "memlock": 6 << 20}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["mprq"]
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
 
 
 # ----------------------------------------------------------- error messages

@@ -197,6 +197,9 @@ struct py_stream
     py::object thread_pool;
     std::vector<std::unique_ptr<py::buffer_info>> buffers;   // buffer-reader memory
     std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
+#ifdef SPEAD2_HAVE_IBV
+    std::vector<std::shared_ptr<const transport::ibv_reader_stats>> ibv_stats;
+#endif
 
     py_stream() = default;
     py_stream(const py_stream &) = delete;
@@ -278,13 +281,18 @@ bool add_ibv(py_stream &self, const transport::ibv_config &config)
 {
     config.validate();
     std::string kind;
+    std::shared_ptr<const transport::ibv_reader_stats> stats;
     bool added = add_reader(self, [&](transport::packet_sink &sink, worker &w) {
         auto r = transport::make_ibv_reader(sink, w, config);
         kind = transport::ibv_reader_kind(*r);
+        stats = transport::ibv_reader_statistics(*r);
         return r;
     });
     if (added)
+    {
         self.ibv_kinds.push_back(kind);
+        self.ibv_stats.push_back(stats);
+    }
     return added;
 }
 #endif
@@ -398,7 +406,26 @@ void register_stream_base(py::module_ &recv)
             if (!add_udp(self, spec, max_size))
                 ::close(dup_fd);
         }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
-        .def("_ibv_reader_kinds", [](const py_stream &self) { return self.ibv_kinds; });
+        .def("_ibv_reader_kinds", [](const py_stream &self) { return self.ibv_kinds; })
+        .def("_ibv_reader_stats", [](const py_stream &self) {
+            // Diagnostics of each ibverbs reader: error completions, queue
+            // recoveries, and why it stopped the stream (if it did).
+            py::list out;
+#ifdef SPEAD2_HAVE_IBV
+            for (const auto &st : self.ibv_stats)
+            {
+                py::dict d;
+                d["error_completions"] = st->error_completions.load();
+                d["recoveries"] = st->recoveries.load();
+                d["async_events"] = st->async_events.load();
+                d["failed"] = st->failed.load();
+                std::lock_guard<std::mutex> lock(st->mutex);
+                d["error"] = st->error;
+                out.append(d);
+            }
+#endif
+            return out;
+        });
 #ifdef SPEAD2_HAVE_IBV
     cls.def("add_udp_ibv_reader", [](py_stream &self, const transport::ibv_config &config) {
         add_ibv(self, config);

@@ -33,8 +33,11 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <linux/capability.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,6 +95,7 @@ struct config
     bool no_mprq = false;
     bool no_flow = false;
     bool no_raw = false;
+    bool old_flow_abi = false;       // flow verbs only in the legacy (pre-v13) slots
     int max_qp_wr = 8192;
     int max_cqe = 1 << 20;
     uint64_t max_mr_size = UINT64_C(1) << 32;
@@ -101,6 +105,12 @@ struct config
     double pcap_rate = 0.0;          // frames per second, 0 = full speed
     bool pcap_lossless = false;
     std::string stats_path;
+    // Fault injection: frames (1-based, counted over frames that reach a
+    // receive queue) that complete with an error (the queue goes to ERR),
+    // or that find their CQ broken (a fatal CQ error, as on an overrun).
+    std::vector<uint64_t> error_frames;
+    uint64_t error_frames_from = 0;    // N+: every frame from N on (0: none)
+    uint64_t cq_error_at = 0;
 };
 
 constexpr int num_comp_vectors = 4;
@@ -172,6 +182,7 @@ void load_config(config &c)
     c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
     c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
     c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
+    c.old_flow_abi = env_flag("SPEAD2_EMU_OLD_FLOW_ABI");
     c.max_qp_wr = int(env_u64("SPEAD2_EMU_MAX_QP_WR", 8192, 1, 1 << 20));
     c.max_cqe = int(env_u64("SPEAD2_EMU_MAX_CQE", 1 << 20, 1, 1 << 26));
     c.max_mr_size = env_u64("SPEAD2_EMU_MAX_MR_SIZE", UINT64_C(1) << 32, 1, UINT64_MAX);
@@ -187,6 +198,29 @@ void load_config(config &c)
             c.pcap_rate = r;
     }
     c.pcap_lossless = env_flag("SPEAD2_EMU_PCAP_LOSSLESS");
+    if (const char *v = env("SPEAD2_EMU_ERROR_FRAMES"))
+    {
+        // "N", "N,M,...", or "N+" (every frame from N on).
+        std::string list = v;
+        size_t pos = 0;
+        while (pos < list.size())
+        {
+            size_t comma = list.find(',', pos);
+            std::string item = list.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+            char *end = nullptr;
+            unsigned long long n = strtoull(item.c_str(), &end, 10);
+            if (n == 0 || !end || (*end && strcmp(end, "+") != 0))
+                emu_warn("ignoring invalid item '%s' of SPEAD2_EMU_ERROR_FRAMES", item.c_str());
+            else if (*end == '+')
+                c.error_frames_from = n;
+            else
+                c.error_frames.push_back(n);
+            if (comma == std::string::npos)
+                break;
+            pos = comma + 1;
+        }
+    }
+    c.cq_error_at = env_u64("SPEAD2_EMU_CQ_ERROR_AT", 0, 0, UINT64_MAX);
     if (const char *v = env("SPEAD2_EMU_WIRE"))
     {
         std::string w = v;
@@ -239,6 +273,12 @@ struct counters
     // QPs in RTR/RTS, WQs in RDY) and installed flow rules.
     std::atomic<int64_t> rx_ready{0};
     std::atomic<int64_t> flows{0};
+    // Gauges of how the application set things up (checked by its tests):
+    // MRs registered with IBV_ACCESS_RELAXED_ORDERING, MRs whose memory is
+    // madvise(MADV_DONTFORK), plain QPs created with a send queue.
+    std::atomic<int64_t> mrs_relaxed{0};
+    std::atomic<int64_t> mrs_dontfork{0};
+    std::atomic<int64_t> send_queues{0};
     std::atomic<uint64_t> topology_gen{0};
 
     uint64_t signature() const
@@ -256,11 +296,14 @@ struct counters
                         ", \"not_ready\": %" PRIu64 ", \"cq_overflow\": %" PRIu64
                         ", \"fillers\": %" PRIu64 ", \"wqes_completed\": %" PRIu64
                         ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64
-                        ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64 "}",
+                        ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64
+                        ", \"mrs_relaxed\": %" PRId64 ", \"mrs_dontfork\": %" PRId64
+                        ", \"send_queues\": %" PRId64 "}",
                         delivered.load(), no_flow.load(), no_buffer.load(), too_big.load(),
                         not_ready.load(), cq_overflow.load(), fillers.load(),
                         wqes_completed.load(), errors.load(), received.load(),
-                        rx_ready.load(), flows.load());
+                        rx_ready.load(), flows.load(), mrs_relaxed.load(), mrs_dontfork.load(),
+                        send_queues.load());
     }
 };
 
@@ -349,6 +392,10 @@ struct context_t
 {
     verbs_context vctx;              // must be first: ibv_context is its last member
     std::atomic<int> refs{1};        // 1 for the open + 1 per live object
+    // Asynchronous events (ibv_get_async_event); async_fd is a semaphore
+    // eventfd in step with the queue.
+    std::mutex amu;
+    std::deque<ibv_async_event> async_events;
 };
 
 struct pd_t
@@ -361,6 +408,8 @@ struct pd_t
 struct mr_t
 {
     ibv_mr mr;
+    bool relaxed = false, dontfork = false;
+    uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
     pd_t *pd;
     uint64_t iova;
     int access;
@@ -399,10 +448,18 @@ struct cq_t
     completion cur{};
     std::atomic<bool> armed{false};
     int users = 0;                   // QPs and WQs (under mu)
+    bool broken = false;             // fatal CQ error (overrun): no more completions (under mu)
+    uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
 };
+
+struct qp_t;
+struct wq_t;
 
 struct rx_queue
 {
+    qp_t *owner_qp = nullptr;        // exactly one of these is set
+    wq_t *owner_wq = nullptr;
+    uint64_t pinned = 0;             // bytes of the ring charged against RLIMIT_MEMLOCK
     bool striding = false;
     cq_t *cq = nullptr;
     pd_t *pd = nullptr;
@@ -456,6 +513,7 @@ struct qp_t
     bool rss = false;
     rx_queue rx;                     // plain QPs only
     cq_t *send_cq = nullptr;
+    bool has_send_queue = false;
     ind_table_t *ind = nullptr;
     uint64_t hash_fields = 0;
     int users = 0;                   // flows
@@ -507,6 +565,8 @@ struct global
     uint64_t pcap_sent = 0;
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
+    uint64_t frames_to_queues = 0;   // for SPEAD2_EMU_ERROR_FRAMES / CQ_ERROR_AT
+    uint64_t pinned = 0;             // bytes pinned by MRs and queue buffers (under mu)
 
     // The NIC thread
     std::mutex thread_mu;
@@ -635,6 +695,43 @@ void ctx_unref(context_t *c)
         pthread_mutex_destroy(&c->vctx.context.mutex);
         delete c;
     }
+}
+
+/* Locked memory, as the kernel accounts it (ib_umem_get): MRs and the
+ * buffers of CQs and receive queues are pinned, and the process total may
+ * not exceed RLIMIT_MEMLOCK (read at each call) unless it has CAP_IPC_LOCK.
+ * Device mutex held. */
+bool has_cap_ipc_lock()
+{
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    if (syscall(SYS_capget, &header, data) != 0)
+        return false;
+    return data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK);
+}
+
+bool charge_pinned(uint64_t bytes)
+{
+    global &gl = *g;
+    bytes = (bytes + 4095) / 4096 * 4096;
+    rlimit lim{};
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY
+        && gl.pinned + bytes > lim.rlim_cur && !has_cap_ipc_lock())
+    {
+        EMU_LOG("pinning %" PRIu64 " more bytes would exceed RLIMIT_MEMLOCK (%" PRIu64 " pinned, limit %" PRIu64 "): ENOMEM",
+                bytes, gl.pinned, uint64_t(lim.rlim_cur));
+        return false;
+    }
+    gl.pinned += bytes;
+    return true;
+}
+
+void uncharge_pinned(uint64_t bytes)
+{
+    global &gl = *g;
+    bytes = (bytes + 4095) / 4096 * 4096;
+    gl.pinned -= std::min(gl.pinned, bytes);
 }
 
 /* Generic failure helper for functions returning a pointer and errno. */
@@ -926,6 +1023,9 @@ cq_t *create_cq_impl(ibv_context *context, int cqe, void *cq_context,
         std::lock_guard<std::mutex> lock(gl.mu);
         if (gl.objects >= max_objects)
             return fail<cq_t>(ENOMEM);
+        cq->pinned = uint64_t(cqe) * 64;    // one 64-byte CQE each, as mlx5
+        if (!charge_pinned(cq->pinned))
+            return fail<cq_t>(ENOMEM);
         x.handle = gl.next_num++;
         gl.objects++;
         if (ch)
@@ -966,6 +1066,7 @@ int destroy_cq_impl(ibv_cq *ibcq)
             ch->users--;
             ch->ch.refcnt--;
         }
+        uncharge_pinned(cq->pinned);
         gl.objects--;
     }
     pthread_mutex_destroy(&cq->cq.mutex);
@@ -1103,18 +1204,85 @@ result drop(std::atomic<uint64_t> &counter)
     return result::dropped;
 }
 
+/* Queues an asynchronous event on the context (any thread). */
+void post_async_event(context_t *ctx, const ibv_async_event &ev)
+{
+    {
+        std::lock_guard<std::mutex> lock(ctx->amu);
+        ctx->async_events.push_back(ev);
+    }
+    uint64_t one = 1;
+    if (write(ctx->vctx.context.async_fd, &one, sizeof(one)) != sizeof(one))
+        emu_warn("cannot signal the async event fd: %s", strerror(errno));
+}
+
+/* What an mlx5 NIC reports in byte_len of an error CQE: nothing meaningful
+ * (the field is reserved).  Deliberately plausible-looking junk, so that an
+ * application that counts strides from it goes wrong visibly. */
+uint32_t junk_byte_len(uint64_t seq)
+{
+    return 0x00400000u ^ uint32_t(seq * 2654435761u);
+}
+
+/* A receive error other than a local length error moves the queue to the
+ * error state, as on mlx5: no more frames are received until the
+ * application resets it (device mutex held). */
+void rx_enter_error(rx_queue &rx);
+
+/* A fatal CQ error (overrun): the CQ produces nothing more, the queue that
+ * needed it goes to ERR, and IBV_EVENT_CQ_ERR is raised (device mutex held). */
+void cq_break(cq_t *cq, rx_queue &rx)
+{
+    if (!cq->broken)
+    {
+        cq->broken = true;
+        emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
+        ibv_async_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
+        ev.event_type = IBV_EVENT_CQ_ERR;
+        post_async_event(cq->ctx, ev);
+    }
+    rx_enter_error(rx);
+}
+
+/* Fault injection: what happens to the next frame that reaches a queue. */
+enum class fault { none, error_cqe, cq_error };
+
+fault next_fault()
+{
+    global &gl = *g;
+    uint64_t n = ++gl.frames_to_queues;
+    if (gl.cfg.cq_error_at && n == gl.cfg.cq_error_at)
+        return fault::cq_error;
+    if (gl.cfg.error_frames_from && n >= gl.cfg.error_frames_from)
+        return fault::error_cqe;
+    for (uint64_t e : gl.cfg.error_frames)
+        if (e == n)
+            return fault::error_cqe;
+    return fault::none;
+}
+
 result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossless)
 {
     global &gl = *g;
     uint64_t wr_id;
     uint32_t nsge;
     ibv_sge sge[max_sge];
+    if (rx.cq->broken)
+        return drop(gl.stats.cq_overflow);
     {
-        std::lock_guard<std::mutex> lock(rx.rmu);
+        std::unique_lock<std::mutex> lock(rx.rmu);
         if (rx.rhead == rx.rtail)
             return lossless ? result::retry : drop(gl.stats.no_buffer);
         if (!cq_has_space(rx.cq, 1))
-            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        {
+            if (lossless)
+                return result::retry;
+            lock.unlock();
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
         uint32_t slot = uint32_t(rx.rtail % rx.rcap);
         wr_id = rx.r_wr_id[slot];
         nsge = rx.r_nsge[slot];
@@ -1126,7 +1294,15 @@ result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossles
         total += sge[i].length;
     ibv_wc_status status = IBV_WC_SUCCESS;
     uint8_t *dst[max_sge];
-    if (len > total)
+    fault f = next_fault();
+    if (f == fault::cq_error)
+    {
+        cq_break(rx.cq, rx);
+        return drop(gl.stats.cq_overflow);
+    }
+    if (f == fault::error_cqe)
+        status = IBV_WC_LOC_QP_OP_ERR;
+    else if (len > total)
         status = IBV_WC_LOC_LEN_ERR;
     else
     {
@@ -1156,7 +1332,10 @@ result deliver_plain(rx_queue &rx, const uint8_t *data, size_t len, bool lossles
     }
     else
         bump(gl.stats.errors);
-    cq_push(rx.cq, completion{wr_id, wall_ns(), uint32_t(len), rx.qp_num, status});
+    const bool ok = status == IBV_WC_SUCCESS;
+    cq_push(rx.cq, completion{wr_id, wall_ns(), ok ? uint32_t(len) : junk_byte_len(wr_id), rx.qp_num, status});
+    if (!ok && status != IBV_WC_LOC_LEN_ERR)
+        rx_enter_error(rx);
     return result::delivered;
 }
 
@@ -1174,6 +1353,8 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
     if (len > size_t(rx.strides_per_wqe) * rx.stride_size || len > 0xffff)
         return drop(gl.stats.too_big);
     uint32_t need = uint32_t((len + rx.stride_size - 1) >> rx.stride_log);
+    if (rx.cq->broken)
+        return drop(gl.stats.cq_overflow);
     while (true)
     {
         if (!rx.have_cur)
@@ -1198,7 +1379,12 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
             rx.have_cur = true;
         }
         if (!cq_has_space(rx.cq, 1))
-            return lossless ? result::retry : drop(gl.stats.cq_overflow);
+        {
+            if (lossless)
+                return result::retry;
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
         if (rx.cur_pos + need > rx.strides_per_wqe)
         {
             // Doesn't fit in what is left of this WQE: filler for the rest.
@@ -1212,7 +1398,15 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
         uint64_t offset = uint64_t(rx.cur_pos) * rx.stride_size;
         ibv_wc_status status = IBV_WC_SUCCESS;
         uint8_t *dst = nullptr;
-        if (offset + len > rx.cur_bytes)
+        fault f = next_fault();
+        if (f == fault::cq_error)
+        {
+            cq_break(rx.cq, rx);
+            return drop(gl.stats.cq_overflow);
+        }
+        if (f == fault::error_cqe)
+            status = IBV_WC_LOC_QP_OP_ERR;
+        else if (offset + len > rx.cur_bytes)
             status = IBV_WC_LOC_LEN_ERR;
         else if (!(dst = translate(rx.pd, rx.cur_lkey, rx.cur_addr + offset, len)))
             status = IBV_WC_LOC_PROT_ERR;
@@ -1223,13 +1417,51 @@ result deliver_striding(rx_queue &rx, const uint8_t *data, size_t len, bool loss
         }
         else
             bump(gl.stats.errors);
-        cq_push(rx.cq, completion{rx.consumed, wall_ns(), uint32_t(len) | (need << 16),
+        // byte_len of an error CQE is reserved: junk, not a stride count.
+        const bool ok = status == IBV_WC_SUCCESS;
+        cq_push(rx.cq, completion{rx.consumed, wall_ns(),
+                                  ok ? uint32_t(len) | (need << 16) : junk_byte_len(rx.consumed + rx.cur_pos),
                                   rx.qp_num, status});
+        if (!ok && status != IBV_WC_LOC_LEN_ERR)
+        {
+            rx_enter_error(rx);
+            return result::delivered;
+        }
         rx.cur_pos += need;
         if (rx.cur_pos == rx.strides_per_wqe)
             complete_wqe(rx);
         return result::delivered;
     }
+}
+
+void rx_flush(rx_queue &rx, bool flush_cqes);
+
+void rx_enter_error(rx_queue &rx)
+{
+    global &gl = *g;
+    if (rx.owner_qp)
+    {
+        ibv_qp &q = rx.owner_qp->qp;
+        if (q.state == IBV_QPS_ERR)
+            return;
+        if (q.state == IBV_QPS_RTR || q.state == IBV_QPS_RTS)
+            gl.stats.rx_ready--;
+        q.state = IBV_QPS_ERR;
+        if (!rx.cq->broken)
+            rx_flush(rx, true);
+    }
+    else if (rx.owner_wq)
+    {
+        ibv_wq &w = rx.owner_wq->wq;
+        if (w.state == IBV_WQS_ERR)
+            return;
+        if (w.state == IBV_WQS_RDY)
+            gl.stats.rx_ready--;
+        w.state = IBV_WQS_ERR;
+        if (!rx.striding && !rx.cq->broken)
+            rx_flush(rx, true);
+    }
+    EMU_LOG("receive queue %u entered the error state", rx.qp_num);
 }
 
 uint32_t flow_hash(const headers &h)
@@ -1264,14 +1496,23 @@ result process_frame(const uint8_t *data, size_t len, bool lossless)
         const auto &wqs = qp->ind->wqs;
         wq_t *wq = wqs.size() == 1 ? wqs[0] : wqs[flow_hash(h) % wqs.size()];
         if (wq->wq.state != IBV_WQS_RDY)
+        {
+            // Lossless replay waits while the application recovers a queue.
+            if (lossless && wq->wq.state != IBV_WQS_UNKNOWN && !wq->rx.cq->broken)
+                return result::retry;
             return drop(gl.stats.not_ready);
+        }
         return wq->rx.striding ? deliver_striding(wq->rx, data, len, lossless)
                                : deliver_plain(wq->rx, data, len, lossless);
     }
     else
     {
         if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS)
+        {
+            if (lossless && !qp->rx.cq->broken)
+                return result::retry;
             return drop(gl.stats.not_ready);
+        }
         return deliver_plain(qp->rx, data, len, lossless);
     }
 }
@@ -1456,7 +1697,7 @@ context_t *open_context()
     ibv_context &ctx = v.context;
     ctx.device = &gl.device;
     ctx.cmd_fd = -1;
-    ctx.async_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    ctx.async_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE);
     ctx.num_comp_vectors = num_comp_vectors;
     pthread_mutex_init(&ctx.mutex, nullptr);
     ctx.abi_compat = __VERBS_ABI_IS_EXTENDED;
@@ -1469,8 +1710,19 @@ context_t *open_context()
     v.query_port = ctx_query_port;
     v.create_cq_ex = ctx_create_cq_ex;
     v.create_qp_ex = ctx_create_qp_ex;
-    v.ibv_create_flow = ctx_create_flow;
-    v.ibv_destroy_flow = ctx_destroy_flow;
+    if (gl.cfg.old_flow_abi)
+    {
+        // Old libibverbs kept the flow verbs in the slots that the current
+        // headers call ABI_placeholder1/2; the current slots stay empty, so
+        // the inline ibv_create_flow fails with EOPNOTSUPP.
+        v.ABI_placeholder1 = reinterpret_cast<void (*)(void)>(ctx_create_flow);
+        v.ABI_placeholder2 = reinterpret_cast<void (*)(void)>(ctx_destroy_flow);
+    }
+    else
+    {
+        v.ibv_create_flow = ctx_create_flow;
+        v.ibv_destroy_flow = ctx_destroy_flow;
+    }
     v.create_wq = ctx_create_wq;
     v.modify_wq = ctx_modify_wq;
     v.destroy_wq = ctx_destroy_wq;
@@ -1715,8 +1967,10 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         if (!rx_init_plain(qp->rx, a.cap.max_recv_wr, a.cap.max_recv_sge))
             return fail<qp_t>(ENOMEM);
         qp->rx.cq = rcq;
+        qp->rx.owner_qp = qp.get();
         qp->rx.pd = qp->pd;
         qp->send_cq = scq;
+        qp->has_send_queue = a.cap.max_send_wr > 0;
     }
     ibv_qp &q = qp->qp;
     q.context = context;
@@ -1732,6 +1986,12 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         std::lock_guard<std::mutex> lock(gl.mu);
         if (gl.objects >= max_objects)
             return fail<qp_t>(ENOMEM);
+        if (!rss)
+        {
+            qp->rx.pinned = uint64_t(qp->rx.rcap) * qp->rx.rmax_sge * sizeof(ibv_sge);
+            if (!charge_pinned(qp->rx.pinned))
+                return fail<qp_t>(ENOMEM);
+        }
         gl.objects++;
         q.qp_num = q.handle = gl.next_num++;
         qp->rx.qp_num = q.qp_num;
@@ -1743,6 +2003,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
             rcq->users++;
             if (scq)
                 scq->users++;
+            gl.stats.send_queues += qp->has_send_queue;
             gl.rx_queues++;
         }
     }
@@ -1779,6 +2040,8 @@ int destroy_qp_impl(ibv_qp *ibqp)
             qp->rx.cq->users--;
             if (qp->send_cq)
                 qp->send_cq->users--;
+            uncharge_pinned(qp->rx.pinned);
+            gl.stats.send_queues -= qp->has_send_queue;
             gl.rx_queues--;
         }
         gl.objects--;
@@ -1881,6 +2144,7 @@ wq_t *create_wq_impl(ibv_context *context, ibv_wq_init_attr *attr,
     wq->ctx = to_ctx(context);
     rx_queue &rx = wq->rx;
     rx.cq = to_cq(attr->cq);
+    rx.owner_wq = wq.get();
     rx.pd = to_pd(attr->pd);
     if (striding)
     {
@@ -1931,7 +2195,9 @@ wq_t *create_wq_impl(ibv_context *context, ibv_wq_init_attr *attr,
     pthread_cond_init(&w.cond, nullptr);
     {
         std::lock_guard<std::mutex> lock(gl.mu);
-        if (gl.objects >= max_objects)
+        rx.pinned = rx.striding ? uint64_t(rx.wqe_cnt) * sizeof(mlx5_mprq_wqe) + 64
+                                : uint64_t(rx.rcap) * rx.rmax_sge * sizeof(ibv_sge);
+        if (gl.objects >= max_objects || !charge_pinned(rx.pinned))
         {
             free(rx.buf);
             free(rx.dbrec);
@@ -1988,6 +2254,7 @@ int ctx_modify_wq(ibv_wq *ibwq, ibv_wq_attr *attr)
         }
         else if (to == IBV_WQS_ERR && !rx.striding)
             rx_flush(rx, true);
+
         bool was_ready = from == IBV_WQS_RDY;
         wq->wq.state = to;
         now_ready = to == IBV_WQS_RDY;
@@ -2017,6 +2284,7 @@ int ctx_destroy_wq(ibv_wq *ibwq)
             gl.stats.rx_ready--;
         wq->rx.cq->users--;
         wq->rx.pd->users--;
+        uncharge_pinned(wq->rx.pinned);
         gl.rx_queues--;
         gl.objects--;
     }
@@ -2308,6 +2576,7 @@ EMU_EXPORT const char *ibv_wc_status_str(enum ibv_wc_status status)
     case IBV_WC_SUCCESS: return "success";
     case IBV_WC_LOC_LEN_ERR: return "local length error";
     case IBV_WC_LOC_PROT_ERR: return "local protection error";
+    case IBV_WC_LOC_QP_OP_ERR: return "local QP operation error";
     case IBV_WC_WR_FLUSH_ERR: return "Work Request Flushed Error";
     default: return "unknown";
     }
@@ -2417,6 +2686,31 @@ EMU_EXPORT int ibv_dealloc_pd(ibv_pd *ibpd)
 namespace
 {
 
+/* Whether the mapping holding addr is marked "do not copy on fork"
+ * (VmFlags "dc" in /proc/self/smaps). */
+bool is_dontfork(const void *addr)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f)
+        return false;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+    char line[512];
+    bool inside = false, result = false;
+    while (fgets(line, sizeof(line), f))
+    {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = a >= lo && a < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0)
+        {
+            result = strstr(line, " dc") != nullptr;
+            break;
+        }
+    }
+    fclose(f);
+    return result;
+}
+
 ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsigned int access)
 {
     global &gl = G();
@@ -2436,9 +2730,12 @@ ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsi
     mr->mr.pd = ibpd;
     mr->mr.addr = addr;
     mr->mr.length = length;
+    mr->relaxed = access & IBV_ACCESS_RELAXED_ORDERING;
+    mr->dontfork = is_dontfork(addr);
     {
         std::lock_guard<std::mutex> lock(gl.mu);
-        if (gl.objects >= max_objects)
+        mr->pinned = length;
+        if (gl.objects >= max_objects || !charge_pinned(mr->pinned))
         {
             delete mr;
             return fail<ibv_mr>(ENOMEM);
@@ -2452,6 +2749,8 @@ ibv_mr *reg_mr_impl(ibv_pd *ibpd, void *addr, size_t length, uint64_t iova, unsi
         mr->mr.lkey = mr->mr.rkey = key;
         mr->mr.handle = gl.next_num++;
         gl.mrs[key] = mr;
+        gl.stats.mrs_relaxed += mr->relaxed;
+        gl.stats.mrs_dontfork += mr->dontfork;
         pd->users++;
     }
     ctx_ref(pd->ctx);
@@ -2484,6 +2783,9 @@ EMU_EXPORT int ibv_dereg_mr(ibv_mr *ibmr)
     {
         std::lock_guard<std::mutex> lock(gl.mu);
         gl.mrs.erase(mr->mr.lkey);
+        gl.stats.mrs_relaxed -= mr->relaxed;
+        gl.stats.mrs_dontfork -= mr->dontfork;
+        uncharge_pinned(mr->pinned);
         mr->pd->users--;
         gl.objects--;
     }
@@ -2576,6 +2878,52 @@ EMU_EXPORT void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents)
     pthread_mutex_lock(&cq->mutex);
     cq->comp_events_completed += nevents;
     pthread_mutex_unlock(&cq->mutex);
+}
+
+EMU_EXPORT int ibv_get_async_event(ibv_context *context, ibv_async_event *event)
+{
+    G();
+    if (!is_our_context(context) || !event)
+    {
+        errno = EINVAL;
+        return -1;
+    }
+    context_t *ctx = to_ctx(context);
+    uint64_t v;
+    ssize_t r = read(context->async_fd, &v, sizeof(v));
+    if (r != sizeof(v))
+    {
+        if (r >= 0)
+            errno = EIO;
+        return -1;
+    }
+    std::lock_guard<std::mutex> lock(ctx->amu);
+    if (ctx->async_events.empty())
+    {
+        errno = EAGAIN;
+        return -1;
+    }
+    *event = ctx->async_events.front();
+    ctx->async_events.pop_front();
+    return 0;
+}
+
+EMU_EXPORT void ibv_ack_async_event(ibv_async_event *event)
+{
+    (void) event;
+}
+
+EMU_EXPORT const char *ibv_event_type_str(enum ibv_event_type event)
+{
+    switch (event)
+    {
+    case IBV_EVENT_CQ_ERR: return "CQ error";
+    case IBV_EVENT_QP_FATAL: return "local work queue catastrophic error";
+    case IBV_EVENT_WQ_FATAL: return "WQ fatal";
+    case IBV_EVENT_DEVICE_FATAL: return "local catastrophic error";
+    case IBV_EVENT_PORT_ERR: return "port error";
+    default: return "unknown";
+    }
 }
 
 EMU_EXPORT ibv_qp *ibv_create_qp(ibv_pd *pd, ibv_qp_init_attr *qp_init_attr)

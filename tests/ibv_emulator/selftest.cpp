@@ -24,7 +24,10 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <spawn.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -768,12 +771,28 @@ void case_mprq_doorbell_wrap()
     unbind_device(ch, id);
 }
 
+/* Drains the context's asynchronous events; returns their types. */
+std::vector<ibv_event_type> async_events(ibv_context *ctx, std::vector<ibv_async_event> *out = nullptr)
+{
+    std::vector<ibv_event_type> types;
+    ibv_async_event ev;
+    while (ibv_get_async_event(ctx, &ev) == 0)
+    {
+        types.push_back(ev.event_type);
+        if (out)
+            out->push_back(ev);
+        ibv_ack_async_event(&ev);
+    }
+    return types;
+}
+
 void case_mprq_errors()
 {
     rdma_event_channel *ch;
     rdma_cm_id *id;
     ibv_context *ctx = bind_device(&ch, &id);
     REQUIRE(ctx);
+    async_events(ctx);
     mprq_stack s;
     bool built = s.build(ctx, 8, 64, 7148, false);
     REQUIRE(built);
@@ -784,28 +803,61 @@ void case_mprq_errors()
     ibv_mr *other_mr = ibv_reg_mr(pd2, other.data(), other.size(), IBV_ACCESS_LOCAL_WRITE);
     REQUIRE(ro_mr && pd2 && other_mr);
     uint64_t base = reinterpret_cast<uintptr_t>(s.mem);
-    s.post(base, s.mr->lkey ^ 0x100, 512);                                // bad lkey
-    s.post(base + s.mem_size - 100, s.mr->lkey, 512);                     // runs off the MR
-    s.post(reinterpret_cast<uintptr_t>(ro.data()), ro_mr->lkey, 512);     // no LOCAL_WRITE
-    s.post(reinterpret_cast<uintptr_t>(other.data()), other_mr->lkey, 512);  // other PD
-    s.post(base, s.mr->lkey, 64);                                         // byte_count too small
-    s.post(base + 512, s.mr->lkey, 512);                                  // fine
+    struct bad_wqe
+    {
+        uint64_t addr;
+        uint32_t lkey;
+        uint32_t bytes;
+        ibv_wc_status want;
+    };
+    const bad_wqe cases[] = {
+        {base, s.mr->lkey ^ 0x100, 512, IBV_WC_LOC_PROT_ERR},                          // bad lkey
+        {base + s.mem_size - 100, s.mr->lkey, 512, IBV_WC_LOC_PROT_ERR},               // runs off the MR
+        {reinterpret_cast<uintptr_t>(ro.data()), ro_mr->lkey, 512, IBV_WC_LOC_PROT_ERR},  // no LOCAL_WRITE
+        {reinterpret_cast<uintptr_t>(other.data()), other_mr->lkey, 512, IBV_WC_LOC_PROT_ERR},  // other PD
+        {base, s.mr->lkey, 64, IBV_WC_LOC_LEN_ERR},                                    // byte_count too small
+    };
+    for (const auto &b : cases)
+    {
+        // Start afresh each time: RESET, then RDY, then post.
+        CHECK(s.set_state(IBV_WQS_RESET) == 0);
+        CHECK(s.set_state(IBV_WQS_RDY) == 0);
+        s.head = 0;
+        s.post(b.addr, b.lkey, b.bytes);
+        s.post(base + 512, s.mr->lkey, 512);
+        stats_map s0 = stats();
+        send_frame(make_frame(512, 100));
+        auto c = poll_ex(s.cq, 1);
+        REQUIRE(c.size() == 1);
+        CHECK(c[0].status == b.want, "status %d", int(c[0].status));
+        CHECK(c[0].wr_id == 0);
+        // byte_len of an error CQE is reserved: junk, not the frame's strides.
+        CHECK(c[0].byte_len != (512u | (8u << 16)), "byte_len 0x%x", c[0].byte_len);
+        CHECK(delta(stats(), s0, "errors") == 1);
+        if (b.want != IBV_WC_LOC_LEN_ERR)
+        {
+            // The WQ is now in the error state: nothing more arrives.
+            CHECK(s.wq->state == IBV_WQS_ERR);
+            stats_map s1 = stats();
+            send_frame(make_frame(512, 101));
+            CHECK(wait_received(s1["received"] + 1));
+            CHECK(delta(stats(), s1, "not_ready") == 1);
+            CHECK(poll_ex(s.cq, 1, 50).empty());
+            CHECK(s.set_state(IBV_WQS_RDY) == EINVAL, "ERR -> RDY needs RESET first");
+        }
+        else
+            CHECK(s.wq->state == IBV_WQS_RDY);
+    }
+    // After RESET -> RDY and re-posting, the queue works again.
+    CHECK(s.set_state(IBV_WQS_RESET) == 0);
     CHECK(s.set_state(IBV_WQS_RDY) == 0);
-    stats_map s0 = stats();
-    for (int i = 0; i < 5; i++)
-        send_frame(make_frame(512, 100 + i));
+    s.head = 0;
+    s.post(base + 512, s.mr->lkey, 512);
     auto ok = make_frame(512, 200);
     send_frame(ok);
-    auto c = poll_ex(s.cq, 6);
-    REQUIRE(c.size() == 6);
-    const ibv_wc_status want[6] = {IBV_WC_LOC_PROT_ERR, IBV_WC_LOC_PROT_ERR, IBV_WC_LOC_PROT_ERR,
-                                   IBV_WC_LOC_PROT_ERR, IBV_WC_LOC_LEN_ERR, IBV_WC_SUCCESS};
-    for (int i = 0; i < 6; i++)
-    {
-        CHECK(c[i].status == want[i], "cqe %d status %d", i, int(c[i].status));
-        CHECK(c[i].wr_id == uint64_t(i));
-        CHECK(c[i].byte_len == (512u | (8u << 16)));
-    }
+    auto c = poll_ex(s.cq, 1);
+    REQUIRE(c.size() == 1);
+    CHECK(c[0].status == IBV_WC_SUCCESS && c[0].byte_len == (512u | (8u << 16)));
     CHECK(frame_at(base + 512, ok));
     bool untouched = true;
     for (uint8_t b : ro)
@@ -816,9 +868,7 @@ void case_mprq_errors()
     for (size_t i = 0; i < 512; i++)
         untouched &= s.mem[i] == 0;
     CHECK(untouched, "nothing may be written on error");
-    stats_map s1 = stats();
-    CHECK(delta(s1, s0, "errors") == 5);
-    CHECK(delta(s1, s0, "delivered") == 1);
+    CHECK(async_events(ctx).empty(), "error CQEs raise no async event");
     CHECK(ibv_dereg_mr(ro_mr) == 0);
     CHECK(ibv_dereg_mr(other_mr) == 0);
     CHECK(ibv_dealloc_pd(pd2) == 0);
@@ -968,7 +1018,15 @@ void case_plain_qp()
     CHECK(memcmp(p.mem.data() + 2048, f3.data(), 200) == 0);
     CHECK(memcmp(p.mem.data() + 4096, f3.data() + 200, 100) == 0);
     CHECK(wc[3].wr_id == 103 && wc[3].status == IBV_WC_LOC_PROT_ERR);
+    CHECK(wc[3].byte_len != 80, "byte_len of an error completion is junk");
     CHECK(p.mem[8192] == 0);
+    // A protection error (unlike a length error) leaves the QP in ERR.
+    CHECK(p.qp->state == IBV_QPS_ERR);
+    CHECK(p.post(104, {{0, 256}}) == EINVAL);
+    CHECK(p.modify(IBV_QPS_RTR) == EINVAL);
+    CHECK(p.modify(IBV_QPS_RESET, false) == 0);
+    CHECK(p.modify(IBV_QPS_INIT) == 0);
+    CHECK(p.modify(IBV_QPS_RTR) == 0);
 
     // No WR posted: no_buffer.
     stats_map s2 = stats();
@@ -1168,6 +1226,7 @@ void case_cq_overflow()
     rdma_cm_id *id;
     ibv_context *ctx = bind_device(&ch, &id);
     REQUIRE(ctx);
+    async_events(ctx);
     mprq_stack s;
     bool built = s.build(ctx, 8, 4, 7148, false);
     REQUIRE(built);
@@ -1185,17 +1244,31 @@ void case_cq_overflow()
     CHECK(wait_received(s0["received"] + 6));
     stats_map s1 = stats();
     CHECK(delta(s1, s0, "delivered") == 4);
-    CHECK(delta(s1, s0, "cq_overflow") == 2);
+    // The 5th overruns the CQ; the WQ is then in ERR, so the 6th is not_ready.
+    CHECK(delta(s1, s0, "cq_overflow") == 1);
+    CHECK(delta(s1, s0, "not_ready") == 1);
+    // An overrun is a fatal CQ error, as on mlx5: IBV_EVENT_CQ_ERR, and the
+    // queue that needed the CQ is in the error state.
+    std::vector<ibv_async_event> evs;
+    auto types = async_events(ctx, &evs);
+    REQUIRE(types.size() == 1, "got %zu async events", types.size());
+    CHECK(types[0] == IBV_EVENT_CQ_ERR);
+    CHECK(evs[0].element.cq == ibv_cq_ex_to_cq(s.cq));
+    CHECK(s.wq->state == IBV_WQS_ERR);
     auto c = poll_ex(s.cq, 4);
     REQUIRE(c.size() == 4);
     for (int i = 0; i < 4; i++)
         CHECK(frame_at(s.slot_addr(0) + uint64_t(i) * 64, fr[i]));
-    // Dropped frames consumed no strides: the next lands in stride 4.
-    auto f = make_frame(60, 99);
-    send_frame(f);
-    c = poll_ex(s.cq, 1);
-    REQUIRE(c.size() == 1);
-    CHECK(frame_at(s.slot_addr(0) + 4 * 64, f));
+    // The CQ stays broken even after the WQ is reset: nothing more completes.
+    CHECK(s.set_state(IBV_WQS_RESET) == 0);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
+    s.head = 0;
+    s.post_next();
+    stats_map s2 = stats();
+    send_frame(make_frame(60, 99));
+    CHECK(wait_received(s2["received"] + 1));
+    CHECK(delta(stats(), s2, "delivered") == 0);
+    CHECK(poll_ex(s.cq, 1, 50).empty());
     s.destroy();
     unbind_device(ch, id);
 }
@@ -1359,6 +1432,44 @@ void child_no_flow()
     CHECK(create_flow(p.qp, our_mac, our_ip, 7148) == nullptr);
     CHECK(errno == EOPNOTSUPP, "errno %d", errno);
     p.destroy();
+    unbind_device(ch, id);
+}
+
+/* Without CAP_IPC_LOCK, MRs and queue buffers are charged against
+ * RLIMIT_MEMLOCK and fail with ENOMEM beyond it, as with the kernel. */
+void child_memlock()
+{
+    rlimit lim{64 * 1024, 64 * 1024};
+    REQUIRE(setrlimit(RLIMIT_MEMLOCK, &lim) == 0);
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    REQUIRE(syscall(SYS_capget, &header, data) == 0);
+    data[0].effective &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    data[0].permitted &= ~CAP_TO_MASK(CAP_IPC_LOCK);
+    REQUIRE(syscall(SYS_capset, &header, data) == 0);
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    ibv_pd *pd = ibv_alloc_pd(ctx);
+    REQUIRE(pd);
+    std::vector<uint8_t> big(1 << 20), small(16 * 1024);
+    errno = 0;
+    CHECK(ibv_reg_mr(pd, big.data(), big.size(), IBV_ACCESS_LOCAL_WRITE) == nullptr && errno == ENOMEM,
+          "errno %d", errno);
+    ibv_mr *mr = ibv_reg_mr(pd, small.data(), small.size(), IBV_ACCESS_LOCAL_WRITE);
+    CHECK(mr);
+    // 1024 CQEs of 64 bytes = 64 KiB: over the limit with the MR's 16 KiB.
+    errno = 0;
+    CHECK(ibv_create_cq(ctx, 1024, nullptr, nullptr, 0) == nullptr && errno == ENOMEM, "errno %d", errno);
+    CHECK(ibv_dereg_mr(mr) == 0);
+    // Deregistering gave the charge back.
+    ibv_cq *cq = ibv_create_cq(ctx, 1024, nullptr, nullptr, 0);
+    CHECK(cq);
+    if (cq)
+        CHECK(ibv_destroy_cq(cq) == 0);
+    CHECK(ibv_dealloc_pd(pd) == 0);
     unbind_device(ch, id);
 }
 
@@ -1673,6 +1784,7 @@ const std::map<std::string, std::function<void()>> &child_cases()
         {"no_mprq", child_no_mprq},
         {"no_flow", child_no_flow},
         {"no_raw", child_no_raw},
+        {"memlock", child_memlock},
         {"limits", child_limits},
         {"pcap_lossless", child_pcap_lossless},
         {"pcap_rate", child_pcap_rate},
@@ -1752,6 +1864,7 @@ int main(int argc, char **argv)
         {"no_mprq", {"SPEAD2_EMU_NO_MPRQ=1"}},
         {"no_flow", {"SPEAD2_EMU_NO_FLOW=1"}},
         {"no_raw", {"SPEAD2_EMU_NO_RAW=1"}},
+        {"memlock", {}},
         {"limits", {"SPEAD2_EMU_MAX_QP_WR=64", "SPEAD2_EMU_MAX_CQE=128",
                     "SPEAD2_EMU_MAX_MR_SIZE=4096", "SPEAD2_EMU_INTERFACE=127.0.0.5"}},
         {"pcap_lossless", {"SPEAD2_EMU_WIRE=pcap:" + lossless_pcap, "SPEAD2_EMU_PCAP_LOSSLESS=1"}},

@@ -3,8 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <system_error>
 
@@ -15,8 +18,11 @@
 #include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <linux/capability.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "common/logging.h"
@@ -33,6 +39,10 @@ namespace
 
 // Ethernet + IPv4 + UDP headers in front of each payload (no VLAN, no IP options).
 constexpr std::size_t FRAME_OVERHEAD = 14 + 20 + 8;
+// Plain reader slots also leave room for one 802.1Q tag, and start on a
+// cache line (64 bytes) so the NIC's writes do not straddle lines.
+constexpr std::size_t VLAN_TAG_SIZE = 4;
+constexpr std::size_t SLOT_ALIGN = 64;
 // MPRQ geometry, as in the reference: 64-byte strides, 1 MiB per work request.
 constexpr int MPRQ_STRIDE_LOG = 6;
 constexpr int MPRQ_WQE_LOG = 20;
@@ -41,6 +51,27 @@ constexpr int MAX_CQES_PER_POLL = 256;
 // Plain reader: receive work requests are re-posted in chains of this many.
 constexpr std::size_t REPOST_CHAIN_MAX = 64;
 constexpr std::size_t HUGE_PAGE_SIZE = 2 * 1024 * 1024;
+// A queue that keeps failing is given up after this many resets in a row
+// with no packet received in between.
+constexpr unsigned MAX_CONSECUTIVE_RECOVERIES = 8;
+
+/// Names of completion statuses a receive queue can report (the library's
+/// ibv_wc_status_str is not loaded: a number alone is no help to a user).
+const char *wc_status_name(ibv_wc_status status)
+{
+    switch (status)
+    {
+    case IBV_WC_SUCCESS: return "success";
+    case IBV_WC_LOC_LEN_ERR: return "local length error";
+    case IBV_WC_LOC_QP_OP_ERR: return "local QP operation error";
+    case IBV_WC_LOC_PROT_ERR: return "local protection error";
+    case IBV_WC_WR_FLUSH_ERR: return "work request flushed";
+    case IBV_WC_LOC_ACCESS_ERR: return "local access error";
+    case IBV_WC_FATAL_ERR: return "fatal error";
+    case IBV_WC_GENERAL_ERR: return "general error";
+    default: return "error";
+    }
+}
 
 /// Thrown internally when a device lacks multi-packet receive: fall back.
 struct mprq_unsupported : std::runtime_error
@@ -64,6 +95,80 @@ struct mprq_unsupported : std::runtime_error
 }
 
 bool is_multicast(in_addr a) { return IN_MULTICAST(ntohl(a.s_addr)); }
+
+// Bytes of one completion queue entry on mlx5 (the CQ buffer the library
+// allocates and the kernel pins holds one per entry).
+constexpr std::size_t CQE_BYTES = 64;
+
+std::size_t page_round(std::size_t bytes)
+{
+    const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
+    return (bytes + page - 1) / page * page;
+}
+
+bool have_cap_ipc_lock()
+{
+    __user_cap_header_struct header{};
+    __user_cap_data_struct data[2]{};
+    header.version = _LINUX_CAPABILITY_VERSION_3;
+    header.pid = 0;
+    if (syscall(SYS_capget, &header, data) != 0)
+        return false;
+    return data[CAP_TO_INDEX(CAP_IPC_LOCK)].effective & CAP_TO_MASK(CAP_IPC_LOCK);
+}
+
+/// Memory this process has pinned already (VmPin), in bytes.
+std::size_t pinned_already()
+{
+    FILE *f = std::fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (std::fgets(line, sizeof(line), f))
+        if (std::sscanf(line, "VmPin: %llu kB", &kib) == 1)
+            break;
+    std::fclose(f);
+    return std::size_t(kib) * 1024;
+}
+
+std::string memlock_advice(std::size_t need, rlim_t limit)
+{
+    const auto mib = [](double b) { return std::to_string(int(b / (1024 * 1024) + 0.999)); };
+    std::string text = "the ibverbs reader must lock " + mib(double(need)) + " MiB of memory (receive buffer "
+                       "and completion queue), more than the locked-memory limit (RLIMIT_MEMLOCK) of ";
+    text += limit == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit / 1024) + " KiB";
+    text += " allows. Raise the limit: `ulimit -l unlimited` in the shell (hard limit permitting), "
+            "LimitMEMLOCK=infinity in a systemd unit, a memlock line in /etc/security/limits.conf, "
+            "or `--ulimit memlock=-1` for a container; or give the process CAP_IPC_LOCK; "
+            "or use a smaller buffer_size";
+    return text;
+}
+
+/// Registering memory and creating queues pin memory, charged against
+/// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK; the kernel then fails
+/// with a bare ENOMEM.  Check up front and say what to do.
+void check_memlock(std::size_t need)
+{
+    rlimit lim{};
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY || have_cap_ipc_lock())
+        return;
+    const std::size_t pinned = pinned_already();
+    if (pinned + need > lim.rlim_cur)
+        throw std::runtime_error(memlock_advice(need, lim.rlim_cur));
+}
+
+/// Failure of a call that pins memory: ENOMEM usually means the memlock limit.
+[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need)
+{
+    if (err == ENOMEM && !have_cap_ipc_lock())
+    {
+        rlimit lim{};
+        getrlimit(RLIMIT_MEMLOCK, &lim);
+        throw std::runtime_error(what + " failed (" + std::strerror(err) + "): probably " + memlock_advice(need, lim.rlim_cur));
+    }
+    fail_errno(err, what);
+}
 
 /// MAC address of the local interface that has IPv4 address @a addr.
 bool interface_mac(in_addr addr, std::uint8_t mac[6])
@@ -97,17 +202,38 @@ class buffer_memory
 public:
     explicit buffer_memory(std::size_t size)
     {
-        const std::size_t huge_len = (size + HUGE_PAGE_SIZE - 1) / HUGE_PAGE_SIZE * HUGE_PAGE_SIZE;
+        // MAP_HUGETLB uses the default huge page size, which need not be
+        // 2 MiB: round to it, and unmap exactly what was mapped.
+        const std::size_t huge = default_huge_page_size();
+        const std::size_t huge_len = (size + huge - 1) / huge * huge;
         ptr = mmap(nullptr, huge_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
         length = huge_len;
         if (ptr == MAP_FAILED)
         {
-            length = size;
-            ptr = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            length = page_round(size);
+            ptr = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (ptr == MAP_FAILED)
                 fail_errno(errno, "allocating " + std::to_string(size) + " bytes of receive buffer");
-            madvise(ptr, size, MADV_HUGEPAGE);
+            madvise(ptr, length, MADV_HUGEPAGE);
         }
+        // The NIC writes here by DMA: a fork (Python's multiprocessing, a
+        // subprocess) must not make these pages copy-on-write, or the NIC
+        // would keep writing to pages the parent no longer sees.
+        if (madvise(ptr, length, MADV_DONTFORK) != 0)
+            log_warning("madvise(MADV_DONTFORK) on the receive buffer failed: %s", std::strerror(errno));
+    }
+    static std::size_t default_huge_page_size()
+    {
+        std::size_t kib = 0;
+        if (FILE *f = std::fopen("/proc/meminfo", "r"))
+        {
+            char line[128];
+            while (std::fgets(line, sizeof(line), f))
+                if (std::sscanf(line, "Hugepagesize: %zu kB", &kib) == 1)
+                    break;
+            std::fclose(f);
+        }
+        return kib ? kib * 1024 : HUGE_PAGE_SIZE;
     }
     ~buffer_memory()
     {
@@ -126,6 +252,18 @@ void destroy(T *&object, F &&destroy_fn)
     object = nullptr;
 }
 
+/// Register receive memory for local writes, with relaxed PCIe ordering where
+/// the library can ask for it (ibv_reg_mr_iova2; the flag is optional, so a
+/// device without it simply ignores it).
+ibv_mr *register_memory(ibv_pd *pd, void *addr, std::size_t length)
+{
+    const auto &v = ibv::verbs();
+    if (v.reg_mr_iova2)
+        return v.reg_mr_iova2(pd, addr, length, std::uint64_t(reinterpret_cast<std::uintptr_t>(addr)),
+                              IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_RELAXED_ORDERING);
+    return v.reg_mr(pd, addr, length, IBV_ACCESS_LOCAL_WRITE);
+}
+
 /// The packed flow rule: attributes followed by three specs.
 struct flow_rule
 {
@@ -135,10 +273,66 @@ struct flow_rule
     ibv_flow_spec_tcp_udp udp;
 } __attribute__((packed));
 
+/// ibv_create_flow through whichever slot the library fills.  Libraries
+/// older than the v13 ABI keep the flow verbs in the verbs_context slots the
+/// current headers call ABI_placeholder1 (create) and ABI_placeholder2
+/// (destroy); the inline helper then fails with EOPNOTSUPP.
+using create_flow_fn = ibv_flow *(*)(ibv_qp *, ibv_flow_attr *);
+using destroy_flow_fn = int (*)(ibv_flow *);
+
+template<typename F>
+F legacy_slot(ibv_context *context, void (*verbs_context::*slot)(void), std::size_t offset)
+{
+    verbs_context *v = verbs_get_ctx(context);
+    // The slot exists only if the provider's verbs_context reaches back to it.
+    if (!v || v->sz < sizeof(*v) - offset || !(v->*slot))
+        return nullptr;
+    return reinterpret_cast<F>(v->*slot);
+}
+
+ibv_flow *create_flow_any_abi(ibv_qp *qp, ibv_flow_attr *attr)
+{
+    if (verbs_get_ctx_op(qp->context, ibv_create_flow))
+        return ibv_create_flow(qp, attr);
+    if (auto fn = legacy_slot<create_flow_fn>(qp->context, &verbs_context::ABI_placeholder1,
+                                              offsetof(verbs_context, ABI_placeholder1)))
+        return fn(qp, attr);
+    errno = EOPNOTSUPP;
+    return nullptr;
+}
+
+int destroy_flow_any_abi(ibv_flow *flow)
+{
+    if (verbs_get_ctx_op(flow->context, ibv_destroy_flow))
+        return ibv_destroy_flow(flow);
+    if (auto fn = legacy_slot<destroy_flow_fn>(flow->context, &verbs_context::ABI_placeholder2,
+                                               offsetof(verbs_context, ABI_placeholder2)))
+        return fn(flow);
+    return EOPNOTSUPP;
+}
+
 // ---------------------------------------------------------------- reader base
+
+class ibv_reader_base;
+
+/// Asynchronous events arrive on the device context's one event fd, which
+/// every reader on that context watches; whoever reads an event hands it to
+/// the reader that owns the object it names.
+struct async_owner
+{
+    const ibv_reader_base *key;
+    ibv_context *context;
+    std::vector<const void *> objects;   ///< CQ, WQ, QP of the reader
+    std::weak_ptr<ibv_reader_base> owner;
+};
+std::mutex async_owners_mutex;
+std::vector<async_owner> async_owners;
+
+void dispatch_async_event(ibv_context *context, const ibv_async_event &event);
 
 class ibv_reader_base : public reader
 {
+    friend void dispatch_async_event(ibv_context *context, const ibv_async_event &event);
 protected:
     ibv_config config;
     in_addr interface{};
@@ -151,8 +345,16 @@ protected:
     std::vector<ibv_flow *> flows;
     std::vector<in_addr> groups;
     int join_socket = -1;
+    int async_fd = -1;                 ///< our duplicate of the context's async event fd
     bool registered = false;
+    bool async_registered = false;
     bool closed = false;
+    // Error handling (all on the worker).
+    std::shared_ptr<ibv_reader_stats> stats = std::make_shared<ibv_reader_stats>();
+    bool need_recovery = false;        ///< the receive queue is in the error state
+    std::string failure;               ///< non-empty: stop the stream with this error
+    bool failed = false;
+    unsigned consecutive_recoveries = 0;
 
     ibv_reader_base(packet_sink &sink, worker &thread, const ibv_config &config);
     void create_flows(ibv_qp *qp);
@@ -163,14 +365,73 @@ protected:
     /// Sets @a partial when the pass hit MAX_CQES_PER_POLL.
     virtual bool poll_once(batch &b, bool &partial) = 0;
     virtual ibv_cq *notify_cq() = 0;
+    /// Reset the receive queue from the error state and re-post every buffer
+    /// (throws on failure).
+    virtual void recover() = 0;
+    /// The verbs objects asynchronous events may name.
+    virtual std::vector<const void *> event_objects() const = 0;
+    void error_completion(int status);
     void handle(bool from_channel);
+    void run_recovery();
+    void stop_with_failure();
+    void drain_async_events();
+    void on_async_event(ibv_event_type type);
     void schedule_poll();
     bool deliver(batch &b, const std::uint8_t *frame, std::size_t length, std::size_t &bad);
     void on_stop_requested() override;
 public:
     ~ibv_reader_base() override;
     void start_polling();
+    std::shared_ptr<const ibv_reader_stats> get_stats() const { return stats; }
 };
+
+void dispatch_async_event(ibv_context *context, const ibv_async_event &event)
+{
+    const void *object = nullptr;
+    switch (event.event_type)
+    {
+    case IBV_EVENT_CQ_ERR:
+        object = event.element.cq;
+        break;
+    case IBV_EVENT_WQ_FATAL:
+        object = event.element.wq;
+        break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_COMM_EST:
+    case IBV_EVENT_SQ_DRAINED:
+    case IBV_EVENT_PATH_MIG:
+    case IBV_EVENT_PATH_MIG_ERR:
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+        object = event.element.qp;
+        break;
+    case IBV_EVENT_SRQ_ERR:
+    case IBV_EVENT_SRQ_LIMIT_REACHED:
+        return;   // no SRQs here
+    default:
+        break;    // port and device events concern every reader on the context
+    }
+    std::vector<std::shared_ptr<ibv_reader_base>> targets;
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        for (const auto &o : async_owners)
+        {
+            if (o.context != context)
+                continue;
+            if (object && std::find(o.objects.begin(), o.objects.end(), object) == o.objects.end())
+                continue;
+            if (auto p = o.owner.lock())
+                targets.push_back(std::move(p));
+        }
+    }
+    const ibv_event_type type = event.event_type;
+    for (auto &t : targets)
+    {
+        auto *raw = t.get();
+        raw->thread.post([t = std::move(t), type] { t->on_async_event(type); });
+    }
+}
 
 ibv_reader_base::ibv_reader_base(packet_sink &sink, worker &thread, const ibv_config &config)
     : reader(sink, thread), config(config)
@@ -276,7 +537,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
             if (is_multicast(addr))
                 groups.push_back(addr);
         }
-        ibv_flow *flow = ibv_create_flow(qp, reinterpret_cast<ibv_flow_attr *>(&rule));
+        ibv_flow *flow = create_flow_any_abi(qp, reinterpret_cast<ibv_flow_attr *>(&rule));
         if (!flow)
         {
             int err = errno;
@@ -291,7 +552,7 @@ void ibv_reader_base::create_flows(ibv_qp *qp)
 void ibv_reader_base::destroy_flows()
 {
     for (ibv_flow *f : flows)
-        ibv_destroy_flow(f);
+        destroy_flow_any_abi(f);
     flows.clear();
 }
 
@@ -323,6 +584,15 @@ void ibv_reader_base::close_common()
     if (closed)
         return;
     closed = true;
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        async_owners.erase(std::remove_if(async_owners.begin(), async_owners.end(),
+                                          [this](const async_owner &o) { return o.key == this; }),
+                           async_owners.end());
+    }
+    if (async_fd >= 0)
+        ::close(async_fd);
+    async_fd = -1;
     destroy_flows();
     if (join_socket >= 0)
         ::close(join_socket);
@@ -360,17 +630,144 @@ bool ibv_reader_base::deliver(batch &b, const std::uint8_t *frame, std::size_t l
 void ibv_reader_base::start_polling()
 {
     auto self = std::static_pointer_cast<ibv_reader_base>(shared_from_this());
+    {
+        std::lock_guard<std::mutex> lock(async_owners_mutex);
+        async_owners.push_back(async_owner{this, context, event_objects(), self});
+    }
+    // Our own descriptor for the context's async event fd, so that each
+    // reader can register it with its reactor.  Non-blocking: every reader
+    // drains what is there and hands each event to its owner.
+    async_fd = fcntl(context->async_fd, F_DUPFD_CLOEXEC, 0);
+    if (async_fd >= 0)
+    {
+        int flags = fcntl(async_fd, F_GETFL);
+        if (flags < 0 || fcntl(async_fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        {
+            ::close(async_fd);
+            async_fd = -1;
+        }
+    }
+    if (async_fd < 0)
+        log_warning("cannot watch the ibverbs asynchronous event fd (%s): fatal queue errors will only "
+                    "be noticed through error completions", std::strerror(errno));
     thread.post([self] {
         if (self->stopping.load())
             return;
         if (self->comp_channel)
         {
-            ibv_req_notify_cq(self->notify_cq(), 0);
+            int err = ibv_req_notify_cq(self->notify_cq(), 0);
+            if (err != 0)
+                self->failure = std::string("ibv_req_notify_cq failed: ") + std::strerror(err);
             self->thread.add_fd(self->comp_channel->fd, [self] { self->handle(true); });
             self->registered = true;
         }
+        if (self->async_fd >= 0)
+        {
+            self->thread.add_fd(self->async_fd, [self] { self->drain_async_events(); });
+            self->async_registered = true;
+        }
         self->handle(false);
     });
+}
+
+void ibv_reader_base::drain_async_events()
+{
+    if (stopping.load() || async_fd < 0)
+        return;
+    const auto &v = ibv::verbs();
+    ibv_async_event event;
+    while (v.get_async_event(context, &event) == 0)
+    {
+        dispatch_async_event(context, event);
+        v.ack_async_event(&event);
+    }
+}
+
+void ibv_reader_base::on_async_event(ibv_event_type type)
+{
+    if (stopping.load() || failed)
+        return;
+    stats->async_events++;
+    switch (type)
+    {
+    case IBV_EVENT_CQ_ERR:
+        failure = "fatal completion queue error (IBV_EVENT_CQ_ERR): the completion queue overflowed "
+                  "or the device failed; the queue cannot be used any more";
+        break;
+    case IBV_EVENT_DEVICE_FATAL:
+        failure = "the RDMA device reported a fatal error (IBV_EVENT_DEVICE_FATAL); "
+                  "check the kernel log (dmesg) and the NIC";
+        break;
+    case IBV_EVENT_WQ_FATAL:
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+        log_warning("ibverbs: the receive queue reported a fatal error (event %d)", int(type));
+        need_recovery = true;
+        break;
+    case IBV_EVENT_PORT_ERR:
+        log_warning("ibverbs: the link of port %d on %s went down; no packets arrive until it is back",
+                    int(cm_id->port_num), config.interface_address.c_str());
+        return;
+    case IBV_EVENT_PORT_ACTIVE:
+        log_info("ibverbs: the link of port %d on %s is up", int(cm_id->port_num),
+                 config.interface_address.c_str());
+        return;
+    default:
+        log_debug("ibverbs: asynchronous event %d", int(type));
+        return;
+    }
+    handle(false);
+}
+
+void ibv_reader_base::error_completion(int status)
+{
+    stats->error_completions++;
+    if (status != IBV_WC_WR_FLUSH_ERR)
+        log_warning("ibverbs receive completion failed: %s (status %d)",
+                    wc_status_name(ibv_wc_status(status)), status);
+}
+
+void ibv_reader_base::stop_with_failure()
+{
+    failed = true;
+    {
+        std::lock_guard<std::mutex> lock(stats->mutex);
+        stats->error = failure;
+    }
+    stats->failed = true;
+    log_error("ibverbs reader on %s stopped the stream: %s", config.interface_address.c_str(), failure.c_str());
+}
+
+void ibv_reader_base::run_recovery()
+{
+    need_recovery = false;
+    if (++consecutive_recoveries > MAX_CONSECUTIVE_RECOVERIES)
+        failure = "the receive queue entered the error state " + std::to_string(consecutive_recoveries)
+                  + " times in a row without receiving a packet; giving up";
+    else
+    {
+        try
+        {
+            recover();
+            stats->recoveries++;
+            log_warning("ibverbs: the receive queue was in the error state; reset it and re-posted its "
+                        "buffers (packets in flight were lost)");
+        }
+        catch (std::exception &e)
+        {
+            failure = std::string("could not recover the receive queue from the error state: ") + e.what();
+        }
+    }
+    if (!failure.empty())
+    {
+        stop_with_failure();
+        batch b(sink);
+        if (b.active())
+            b.end_of_stream();
+        return;
+    }
+    schedule_poll();
 }
 
 void ibv_reader_base::schedule_poll()
@@ -381,7 +778,7 @@ void ibv_reader_base::schedule_poll()
 
 void ibv_reader_base::handle(bool from_channel)
 {
-    if (stopping.load())
+    if (stopping.load() || failed)
         return;
     const auto &v = ibv::verbs();
     if (from_channel)
@@ -396,17 +793,37 @@ void ibv_reader_base::handle(bool from_channel)
         batch b(sink);
         if (!b.active())
             return;
-        for (int i = 0; i < config.max_poll; i++)
+        for (int i = 0; i < config.max_poll && failure.empty() && !need_recovery; i++)
         {
             bool last = i == config.max_poll - 1;
             if (comp_channel && last)
-                ibv_req_notify_cq(notify_cq(), 0);   // arm before the final poll: no lost wake-up
+            {
+                // Arm before the final poll: no lost wake-up.
+                int err = ibv_req_notify_cq(notify_cq(), 0);
+                if (err != 0)
+                {
+                    failure = std::string("ibv_req_notify_cq failed: ") + std::strerror(err);
+                    break;
+                }
+            }
             bool partial = false;
             if (!poll_once(b, partial))
                 return;
             if (partial && last)
                 repoll = true;
         }
+        if (!failure.empty())
+        {
+            stop_with_failure();   // first, so the user sees why once the stream ends
+            b.end_of_stream();
+        }
+    }
+    if (failed)
+        return;
+    if (need_recovery)
+    {
+        run_recovery();
+        return;
     }
     if (!comp_channel || repoll)
         schedule_poll();   // busy polling (comp_vector < 0), or more work is waiting
@@ -420,6 +837,11 @@ void ibv_reader_base::on_stop_requested()
         {
             self->thread.remove_fd(self->comp_channel->fd);
             self->registered = false;
+        }
+        if (self->async_registered)
+        {
+            self->thread.remove_fd(self->async_fd);
+            self->async_registered = false;
         }
     });
 }
@@ -442,9 +864,12 @@ class mprq_reader : public ibv_reader_base
     std::size_t strides_used = 0;    ///< strides consumed in it
     void post_wqe(std::size_t index);
     void release();
+    void set_wq_state(ibv_wq_state state, const char *what);
 protected:
     bool poll_once(batch &b, bool &partial) override;
     ibv_cq *notify_cq() override { return ibv_cq_ex_to_cq(cq); }
+    void recover() override;
+    std::vector<const void *> event_objects() const override { return {ibv_cq_ex_to_cq(cq), wq, qp}; }
 public:
     mprq_reader(packet_sink &sink, worker &thread, const ibv_config &config);
     ~mprq_reader() override { release(); }
@@ -486,8 +911,12 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
             log_warning("Reducing ibverbs buffer from %zu to %zu bytes (device limits: max_cqe=%d, max_qp_wr=%d)",
                         config.buffer_size, buffer_size, device_attr.max_cqe, device_attr.max_qp_wr);
 
+        const std::size_t cqe = n_wqe * strides_per_wqe;
+        const std::size_t pinned = page_round(buffer_size) + page_round(cqe * CQE_BYTES)
+                                   + page_round(n_wqe * sizeof(mlx5_mprq_wqe));
+        check_memlock(pinned);
         ibv_cq_init_attr_ex cq_attr{};
-        cq_attr.cqe = std::uint32_t(n_wqe * strides_per_wqe);
+        cq_attr.cqe = std::uint32_t(cqe);
         cq_attr.channel = comp_channel;
         cq_attr.comp_vector = comp_channel ? std::uint32_t(config.comp_vector % std::max(1, context->num_comp_vectors)) : 0;
         cq_attr.wc_flags = IBV_WC_EX_WITH_BYTE_LEN;
@@ -495,7 +924,7 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         cq_attr.flags = IBV_CREATE_CQ_ATTR_SINGLE_THREADED;
         cq = ibv_create_cq_ex(context, &cq_attr);
         if (!cq)
-            fail_errno(errno, "ibv_create_cq_ex");
+            fail_pinning(errno, "ibv_create_cq_ex", pinned);
 
         ibv_wq_init_attr wq_attr{};
         wq_attr.wq_type = IBV_WQT_RQ;
@@ -550,9 +979,9 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         if (!qp)
             fail_qp(errno);
         memory = std::make_unique<buffer_memory>(buffer_size);
-        mr = ibv::verbs().reg_mr(pd, memory->data(), buffer_size, IBV_ACCESS_LOCAL_WRITE);
+        mr = register_memory(pd, memory->data(), buffer_size);
         if (!mr)
-            fail_errno(errno, "ibv_reg_mr (registering " + std::to_string(buffer_size) + " bytes)");
+            fail_pinning(errno, "ibv_reg_mr (registering " + std::to_string(buffer_size) + " bytes)", pinned);
         create_flows(qp);
     }
     catch (...)
@@ -594,40 +1023,87 @@ void mprq_reader::post_wqe(std::size_t index)
     __atomic_store_n(&rwq.dbrec[MLX5_RCV_DBR], htobe32(post_head & 0xffff), __ATOMIC_RELEASE);
 }
 
-void mprq_reader::start()
+void mprq_reader::set_wq_state(ibv_wq_state state, const char *what)
 {
     ibv_wq_attr attr{};
     attr.attr_mask = IBV_WQ_ATTR_STATE;
-    attr.wq_state = IBV_WQS_RDY;
-    if (ibv_modify_wq(wq, &attr) != 0)
-        fail_errno(errno, "ibv_modify_wq (to ready)");
+    attr.wq_state = state;
+    int err = ibv_modify_wq(wq, &attr);   // returns the error number
+    if (err != 0)
+        fail_errno(err, std::string("ibv_modify_wq (to ") + what + ")");
+}
+
+void mprq_reader::start()
+{
+    set_wq_state(IBV_WQS_RDY, "ready");
     for (std::size_t i = 0; i < n_wqe; i++)
         post_wqe(i);
     join_groups();
     start_polling();
 }
 
+void mprq_reader::recover()
+{
+    set_wq_state(IBV_WQS_RESET, "reset");
+    // Whatever is still in the completion queue describes buffers we are
+    // about to hand back: discard it.
+    ibv_poll_cq_attr attr{};
+    while (ibv_start_poll(cq, &attr) == 0)
+    {
+        while (ibv_next_poll(cq) == 0)
+        {
+        }
+        ibv_end_poll(cq);
+    }
+    // RESET -> RDY restarts the doorbell record at 0: post everything anew.
+    set_wq_state(IBV_WQS_RDY, "ready");
+    post_head = 0;
+    current_wqe = 0;
+    strides_used = 0;
+    for (std::size_t i = 0; i < n_wqe; i++)
+        post_wqe(i);
+}
+
 bool mprq_reader::poll_once(batch &b, bool &partial)
 {
     ibv_poll_cq_attr attr{};
-    if (ibv_start_poll(cq, &attr) != 0)
+    const int started = ibv_start_poll(cq, &attr);
+    if (started == ENOENT)
         return true;   // nothing completed
+    if (started != 0)
+    {
+        failure = std::string("ibv_start_poll failed: ") + std::strerror(started);
+        return true;
+    }
     std::size_t bad = 0;
     std::vector<std::size_t> finished;
     bool running = true;
     int n = 0;
     do
     {
+        if (cq->status != IBV_WC_SUCCESS)
+        {
+            // byte_len of an error completion is reserved: the strides it
+            // used are unknown, so the position in the work request is lost.
+            // Any error but a length error also leaves the queue in the error
+            // state.  Either way: reset the queue and start afresh.
+            error_completion(cq->status);
+            need_recovery = true;
+            n++;
+            break;
+        }
         const std::uint32_t byte_len = ibv_wc_read_byte_len(cq);
         const std::size_t strides = (byte_len >> 16) & 0x7fff;
         const bool filler = byte_len >> 31;
         const std::size_t length = byte_len & 0xffff;
-        if (cq->status != IBV_WC_SUCCESS)
-            log_warning("ibverbs completion failed with status %d", int(cq->status));
-        else if (!filler && running)
+        if (!filler)
         {
-            const std::uint8_t *frame = memory->data() + current_wqe * wqe_size + strides_used * stride_size;
-            running = deliver(b, frame, length, bad);
+            consecutive_recoveries = 0;
+            if (running)
+            {
+                const std::uint8_t *frame = memory->data() + current_wqe * wqe_size + strides_used * stride_size;
+                running = deliver(b, frame, length, bad);
+            }
         }
         strides_used += strides;
         if (strides_used >= strides_per_wqe)
@@ -640,9 +1116,11 @@ bool mprq_reader::poll_once(batch &b, bool &partial)
     } while (n < MAX_CQES_PER_POLL && ibv_next_poll(cq) == 0);
     ibv_end_poll(cq);
     partial = n == MAX_CQES_PER_POLL;
-    // Every frame in these work requests has been handled: give them back.
-    for (std::size_t w : finished)
-        post_wqe(w);
+    // Every frame in these work requests has been handled: give them back
+    // (unless the queue is about to be reset, which re-posts them all).
+    if (!need_recovery)
+        for (std::size_t w : finished)
+            post_wqe(w);
     if (bad)
         b.malformed(bad);
     return running;
@@ -652,7 +1130,7 @@ bool mprq_reader::poll_once(batch &b, bool &partial)
 
 class plain_reader : public ibv_reader_base
 {
-    ibv_cq *recv_cq = nullptr, *send_cq = nullptr;
+    ibv_cq *recv_cq = nullptr;
     ibv_qp *qp = nullptr;
     ibv_mr *mr = nullptr;
     std::unique_ptr<buffer_memory> memory;
@@ -661,10 +1139,14 @@ class plain_reader : public ibv_reader_base
     std::vector<ibv_sge> sges;
     std::vector<ibv_wc> wcs;
     void release();
-    void post(const std::size_t *slots, std::size_t n);
+    int post(const std::size_t *slots, std::size_t n);
+    void post_all();
+    void set_qp_state(ibv_qp_state state, const char *what);
 protected:
     bool poll_once(batch &b, bool &partial) override;
     ibv_cq *notify_cq() override { return recv_cq; }
+    void recover() override;
+    std::vector<const void *> event_objects() const override { return {recv_cq, qp}; }
 public:
     plain_reader(packet_sink &sink, worker &thread, const ibv_config &config);
     ~plain_reader() override { release(); }
@@ -680,7 +1162,7 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
         const auto &v = ibv::verbs();
         if (!(device_attr.device_cap_flags & IBV_DEVICE_MANAGED_FLOW_STEERING))
             throw std::invalid_argument("This device does not support flow steering");
-        slot_size = config.max_size + FRAME_OVERHEAD;
+        slot_size = (config.max_size + FRAME_OVERHEAD + VLAN_TAG_SIZE + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
         if (device_attr.max_mr_size < slot_size)
             throw std::invalid_argument("max_size is larger than the device's largest memory region");
         std::size_t size = std::min<std::size_t>(config.buffer_size, device_attr.max_mr_size);
@@ -694,41 +1176,35 @@ plain_reader::plain_reader(packet_sink &sink, worker &thread, const ibv_config &
                         limit, device_attr.max_qp_wr, device_attr.max_cqe);
             n_slots = limit;
         }
+        const std::size_t pinned = page_round(n_slots * slot_size) + page_round(n_slots * CQE_BYTES)
+                                   + page_round(n_slots * sizeof(ibv_sge));
+        check_memlock(pinned);
         const int vector = comp_channel ? config.comp_vector % std::max(1, context->num_comp_vectors) : 0;
         recv_cq = v.create_cq(context, int(n_slots), nullptr, comp_channel, vector);
         if (!recv_cq)
-            fail_errno(errno, "ibv_create_cq");
-        send_cq = v.create_cq(context, 1, nullptr, nullptr, 0);
-        if (!send_cq)
-            fail_errno(errno, "ibv_create_cq");
+            fail_pinning(errno, "ibv_create_cq", pinned);
+        // Receive only: no send queue (the QP still needs a send CQ pointer,
+        // which nothing will ever complete on).
         ibv_qp_init_attr qp_attr{};
-        qp_attr.send_cq = send_cq;
+        qp_attr.send_cq = recv_cq;
         qp_attr.recv_cq = recv_cq;
         qp_attr.qp_type = IBV_QPT_RAW_PACKET;
-        qp_attr.cap.max_send_wr = 1;
+        qp_attr.cap.max_send_wr = 0;
         qp_attr.cap.max_recv_wr = std::uint32_t(n_slots);
-        qp_attr.cap.max_send_sge = 1;
+        qp_attr.cap.max_send_sge = 0;
         qp_attr.cap.max_recv_sge = 1;
         qp = v.create_qp(pd, &qp_attr);
         if (!qp)
             fail_qp(errno);
-        ibv_qp_attr attr{};
-        attr.qp_state = IBV_QPS_INIT;
-        attr.port_num = cm_id->port_num;
-        if (v.modify_qp(qp, &attr, IBV_QP_STATE | IBV_QP_PORT) != 0)
-            fail_errno(errno, "ibv_modify_qp (to INIT)");
+        set_qp_state(IBV_QPS_INIT, "INIT");
         memory = std::make_unique<buffer_memory>(n_slots * slot_size);
-        mr = v.reg_mr(pd, memory->data(), n_slots * slot_size, IBV_ACCESS_LOCAL_WRITE);
+        mr = register_memory(pd, memory->data(), n_slots * slot_size);
         if (!mr)
-            fail_errno(errno, "ibv_reg_mr");
+            fail_pinning(errno, "ibv_reg_mr", pinned);
         wrs.resize(n_slots);
         sges.resize(n_slots);
         wcs.resize(std::min<std::size_t>(n_slots, MAX_CQES_PER_POLL));
-        std::vector<std::size_t> all(n_slots);
-        for (std::size_t i = 0; i < n_slots; i++)
-            all[i] = i;
-        for (std::size_t i = 0; i < n_slots; i += REPOST_CHAIN_MAX)
-            post(all.data() + i, std::min(REPOST_CHAIN_MAX, n_slots - i));
+        post_all();
         create_flows(qp);
     }
     catch (...)
@@ -746,13 +1222,53 @@ void plain_reader::release()
     destroy_flows();
     destroy(qp, v.destroy_qp);
     destroy(recv_cq, v.destroy_cq);
-    destroy(send_cq, v.destroy_cq);
     destroy(mr, v.dereg_mr);
     memory.reset();
     close_common();
 }
 
-void plain_reader::post(const std::size_t *slots, std::size_t n)
+void plain_reader::set_qp_state(ibv_qp_state state, const char *what)
+{
+    ibv_qp_attr attr{};
+    attr.qp_state = state;
+    int mask = IBV_QP_STATE;
+    if (state == IBV_QPS_INIT)
+    {
+        attr.port_num = cm_id->port_num;
+        mask |= IBV_QP_PORT;
+    }
+    int err = ibv::verbs().modify_qp(qp, &attr, mask);   // returns the error number
+    if (err != 0)
+        fail_errno(err, std::string("ibv_modify_qp (to ") + what + ")");
+}
+
+void plain_reader::post_all()
+{
+    std::vector<std::size_t> all(n_slots);
+    for (std::size_t i = 0; i < n_slots; i++)
+        all[i] = i;
+    for (std::size_t i = 0; i < n_slots; i += REPOST_CHAIN_MAX)
+    {
+        int err = post(all.data() + i, std::min(REPOST_CHAIN_MAX, n_slots - i));
+        if (err != 0)
+            fail_errno(err, "ibv_post_recv");
+    }
+}
+
+void plain_reader::recover()
+{
+    // RESET discards the posted work requests; the QP's completions still
+    // queued describe slots we are about to re-post, so drop them too.
+    set_qp_state(IBV_QPS_RESET, "RESET");
+    while (ibv_poll_cq(recv_cq, int(wcs.size()), wcs.data()) > 0)
+    {
+    }
+    set_qp_state(IBV_QPS_INIT, "INIT");
+    post_all();
+    set_qp_state(IBV_QPS_RTR, "RTR");
+}
+
+int plain_reader::post(const std::size_t *slots, std::size_t n)
 {
     for (std::size_t i = 0; i < n; i++)
     {
@@ -766,16 +1282,13 @@ void plain_reader::post(const std::size_t *slots, std::size_t n)
         wrs[s].next = i + 1 < n ? &wrs[slots[i + 1]] : nullptr;
     }
     ibv_recv_wr *bad = nullptr;
-    if (n && ibv_post_recv(qp, &wrs[slots[0]], &bad) != 0)
-        log_warning("ibv_post_recv failed: %s", std::strerror(errno));
+    // ibv_post_recv returns the error number (errno is not set).
+    return n ? ibv_post_recv(qp, &wrs[slots[0]], &bad) : 0;
 }
 
 void plain_reader::start()
 {
-    ibv_qp_attr attr{};
-    attr.qp_state = IBV_QPS_RTR;
-    if (ibv::verbs().modify_qp(qp, &attr, IBV_QP_STATE) != 0)
-        fail_errno(errno, "ibv_modify_qp (to RTR)");
+    set_qp_state(IBV_QPS_RTR, "RTR");
     join_groups();
     start_polling();
 }
@@ -785,7 +1298,7 @@ bool plain_reader::poll_once(batch &b, bool &partial)
     int n = ibv_poll_cq(recv_cq, int(wcs.size()), wcs.data());
     if (n < 0)
     {
-        log_warning("ibv_poll_cq failed");
+        failure = "ibv_poll_cq failed (" + std::to_string(n) + ")";
         return true;
     }
     partial = std::size_t(n) == wcs.size();
@@ -793,21 +1306,43 @@ bool plain_reader::poll_once(batch &b, bool &partial)
     bool running = true;
     std::size_t repost[REPOST_CHAIN_MAX];
     std::size_t n_repost = 0;
-    for (int i = 0; i < n; i++)
+    auto flush_reposts = [&] {
+        if (need_recovery || n_repost == 0)
+            return;   // recovery re-posts every slot
+        int err = post(repost, n_repost);
+        if (err != 0)
+        {
+            log_warning("ibv_post_recv failed: %s; resetting the receive queue", std::strerror(err));
+            need_recovery = true;
+        }
+        n_repost = 0;
+    };
+    for (int i = 0; i < n && !need_recovery; i++)
     {
         const std::size_t slot = std::size_t(wcs[i].wr_id);
-        if (wcs[i].status != IBV_WC_SUCCESS)
-            log_warning("ibverbs completion failed with status %d", int(wcs[i].status));
-        else if (running)
-            running = deliver(b, memory->data() + slot * slot_size, wcs[i].byte_len, bad);
+        if (wcs[i].status == IBV_WC_SUCCESS)
+        {
+            consecutive_recoveries = 0;
+            if (running)
+                running = deliver(b, memory->data() + slot * slot_size, wcs[i].byte_len, bad);
+        }
+        else
+        {
+            error_completion(wcs[i].status);
+            // A frame too large for its slot leaves the queue usable; any
+            // other error (and the flushes that follow it) means the queue
+            // pair is in the error state and receives nothing more.
+            if (wcs[i].status != IBV_WC_LOC_LEN_ERR)
+            {
+                need_recovery = true;
+                break;
+            }
+        }
         repost[n_repost++] = slot;
         if (n_repost == REPOST_CHAIN_MAX)
-        {
-            post(repost, n_repost);
-            n_repost = 0;
-        }
+            flush_reposts();
     }
-    post(repost, n_repost);
+    flush_reposts();
     if (bad)
         b.malformed(bad);
     return running;
@@ -847,6 +1382,13 @@ std::shared_ptr<reader> make_ibv_reader(packet_sink &sink, worker &thread, const
         log_debug("multi-packet receive queue unavailable (%s); using one work request per packet", e.what());
     }
     return std::make_shared<plain_reader>(sink, thread, config);
+}
+
+std::shared_ptr<const ibv_reader_stats> ibv_reader_statistics(const reader &r)
+{
+    if (auto *p = dynamic_cast<const ibv_reader_base *>(&r))
+        return p->get_stats();
+    return nullptr;
 }
 
 const char *ibv_reader_kind(const reader &r)

@@ -11,8 +11,10 @@
 // forward the traffic.  Each completion-queue poll is one batch for the core.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
@@ -41,6 +43,21 @@ struct ibv_config
     void validate() const;
 };
 
+/// What an ibverbs reader counted.  A receive queue that enters the error
+/// state (an error completion other than a local length error, or a fatal
+/// queue event) is reset and all its buffers re-posted; if that fails, or
+/// keeps failing without a packet received in between, the reader stops the
+/// stream and says why in @ref error.
+struct ibv_reader_stats
+{
+    std::atomic<std::uint64_t> error_completions{0};  ///< completions with an error status
+    std::atomic<std::uint64_t> recoveries{0};         ///< receive queue reset and re-posted
+    std::atomic<std::uint64_t> async_events{0};       ///< asynchronous device events for this reader
+    std::atomic<bool> failed{false};                  ///< the reader stopped the stream
+    mutable std::mutex mutex;
+    std::string error;                                ///< why it stopped (guarded by mutex)
+};
+
 /// Construct the best available ibverbs reader (MPRQ, else plain).  Errors a
 /// user can act on are raised as std::runtime_error / std::invalid_argument
 /// with the reason (no device owns the address, no flow steering, missing
@@ -49,6 +66,10 @@ std::shared_ptr<reader> make_ibv_reader(packet_sink &sink, worker &thread, const
 
 /// Which kind of reader make_ibv_reader built (for tests and diagnostics).
 const char *ibv_reader_kind(const reader &r);
+
+/// The counters of an ibverbs reader (nullptr if @a r is not one).  They
+/// outlive the reader.
+std::shared_ptr<const ibv_reader_stats> ibv_reader_statistics(const reader &r);
 
 /// SPEAD2_IBV_INTERFACE support: if the variable is set, an IPv4 UDP reader
 /// for (host, port) becomes an ibverbs reader.  Returns the config to use, or

@@ -73,7 +73,16 @@ loaded load_all()
             && resolve(h, "ibv_ack_cq_events", v.ack_cq_events, err)
             && resolve(h, "ibv_create_qp", v.create_qp, err)
             && resolve(h, "ibv_destroy_qp", v.destroy_qp, err)
-            && resolve(h, "ibv_modify_qp", v.modify_qp, err);
+            && resolve(h, "ibv_modify_qp", v.modify_qp, err)
+            && resolve(h, "ibv_get_async_event", v.get_async_event, err)
+            && resolve(h, "ibv_ack_async_event", v.ack_async_event, err);
+        if (l.have_verbs)
+        {
+            // Newer entry point: its absence only costs relaxed ordering.
+            std::string ignored;
+            if (!resolve(h, "ibv_reg_mr_iova2", v.reg_mr_iova2, ignored))
+                v.reg_mr_iova2 = nullptr;
+        }
     }
     if (!l.have_verbs)
     {

@@ -52,6 +52,11 @@ struct verbs_api
     ibv_qp *(*create_qp)(ibv_pd *pd, ibv_qp_init_attr *attr);
     int (*destroy_qp)(ibv_qp *qp);
     int (*modify_qp)(ibv_qp *qp, ibv_qp_attr *attr, int attr_mask);
+    int (*get_async_event)(ibv_context *context, ibv_async_event *event);
+    void (*ack_async_event)(ibv_async_event *event);
+    /// Optional (rdma-core >= 29): registration with IBV_ACCESS_RELAXED_ORDERING
+    /// and other optional access flags.  nullptr when the library lacks it.
+    ibv_mr *(*reg_mr_iova2)(ibv_pd *pd, void *addr, size_t length, uint64_t iova, unsigned int access);
 };
 
 struct rdmacm_api
