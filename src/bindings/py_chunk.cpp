@@ -72,6 +72,8 @@ std::unique_ptr<chunk::chunk> chunk_to_cpp(py::handle obj)
     out->extra_buf.acquire(c.extra);
     out->chunk_id = c.chunk_id;
     out->stream_id = c.stream_id;
+    out->first_packet_time = c.first_packet_time;
+    out->last_packet_time = c.last_packet_time;
     out->data = out->data_buf.ptr();
     out->data_size = out->data_buf.size();
     out->present = out->present_buf.ptr();
@@ -94,6 +96,8 @@ py::object chunk_to_python(std::unique_ptr<chunk::chunk> &&base)
     chunk_object &c = pc->owner.cast<chunk_object &>();
     c.chunk_id = pc->chunk_id;
     c.stream_id = pc->stream_id;
+    c.first_packet_time = pc->first_packet_time;
+    c.last_packet_time = pc->last_packet_time;
     pc->data_buf.release();
     pc->present_buf.release();
     pc->extra_buf.release();

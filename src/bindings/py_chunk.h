@@ -44,6 +44,8 @@ struct chunk_object
 {
     std::int64_t chunk_id = -1;
     std::uintptr_t stream_id = 0;
+    std::int64_t first_packet_time = -1;
+    std::int64_t last_packet_time = -1;
     py::object data = py::none();
     py::object present = py::none();
     py::object extra = py::none();

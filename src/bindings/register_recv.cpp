@@ -615,6 +615,10 @@ void register_recv(py::module_ &m)
         }))
         .def_readwrite("chunk_id", &chunk_object::chunk_id)
         .def_readwrite("stream_id", &chunk_object::stream_id)
+        .def_readwrite("first_packet_time", &chunk_object::first_packet_time,
+                       "When the first packet written into the chunk arrived (ns; -1: none)")
+        .def_readwrite("last_packet_time", &chunk_object::last_packet_time,
+                       "When the last packet written into the chunk arrived (ns; -1: none)")
         .def_property("data", [](const chunk_object &c) { return c.data; },
                       [](chunk_object &c, py::object v) { check_chunk_buffer(v); c.data = std::move(v); })
         .def_property("present", [](const chunk_object &c) { return c.present; },

@@ -1,6 +1,7 @@
 #include "chunk/chunk_stream.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -222,6 +223,8 @@ bool chunk_stream::batch_begin()
     }
     batch_packet_count = 0;
     stopped_in_batch = false;
+    batch_time = std::chrono::duration_cast<std::chrono::nanoseconds>(
+        std::chrono::steady_clock::now().time_since_epoch()).count();
     return true;
 }
 
@@ -638,6 +641,13 @@ void chunk_stream::copy_payload(const heap_placement &where, const packet_header
         return;   // not placed (or out of range), or the chunk has left the window
     chunk *c = where.target;
     copy(c->data + where.heap_offset + ph.payload_offset, ph.payload, std::size_t(ph.payload_length));
+    // Members of a group write the same chunk from their own threads, each
+    // with its own clock readings: keep the earliest and the latest.
+    const std::int64_t t = ph.time_ns >= 0 ? ph.time_ns : batch_time;
+    if (c->first_packet_time < 0 || t < c->first_packet_time)
+        c->first_packet_time = t;
+    if (t > c->last_packet_time)
+        c->last_packet_time = t;
     if (presence_payload_size)
         c->present[where.heap_index + std::size_t(ph.payload_offset) / presence_payload_size] = 1;
 }

@@ -136,6 +136,7 @@ private:
     std::vector<std::uint64_t> batch_stats;
     batch_counters counters;
     std::size_t batch_packet_count = 0;
+    std::int64_t batch_time = 0;   ///< steady clock (CLOCK_MONOTONIC) ns when the batch began
     bool stopped_in_batch = false;
     bool network_stop_pending = false;   ///< run network_stop_hook once the batch is merged
     std::vector<std::int64_t> item_values;

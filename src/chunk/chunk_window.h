@@ -121,6 +121,7 @@ public:
             {
                 c->chunk_id = std::int64_t(tail);
                 c->stream_id = stream_id;
+                c->first_packet_time = c->last_packet_time = -1;
             }
             slot(tail) = c;
             tail++;

@@ -181,6 +181,11 @@ struct chunk
     std::size_t data_size = 0;
     std::uint8_t *extra = nullptr;
     std::size_t extra_size = 0;
+    /// When the first and the last packet written into the chunk arrived, in
+    /// ns (the transport's clock: CLOCK_MONOTONIC for live transports, the
+    /// capture time for pcap replay); -1 while none has.
+    std::int64_t first_packet_time = -1;
+    std::int64_t last_packet_time = -1;
 
     chunk() = default;
     chunk(const chunk &) = delete;

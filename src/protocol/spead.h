@@ -74,6 +74,9 @@ struct packet_header
     const std::uint8_t *packet = nullptr;    ///< start of the packet (header)
     std::size_t size = 0;                    ///< total packet size: header + pointers + payload
     int all_items = 0;                       ///< total number of item pointers in the packet
+    /// When the packet arrived, in ns, if the transport knows better than
+    /// "when its batch began" (pcap: the record's capture time); -1 otherwise.
+    std::int64_t time_ns = -1;
 };
 
 inline std::uint64_t load_be64(const std::uint8_t *p)

@@ -74,6 +74,8 @@ class StreamConfig:
 class Chunk:
     chunk_id: int
     stream_id: int
+    first_packet_time: int
+    last_packet_time: int
     present: Optional[_PyBuffer]
     data: Optional[_PyBuffer]
     extra: Optional[_PyBuffer]

@@ -169,6 +169,7 @@ pcap_file::pcap_file(const std::string &filename, const std::string &filter)
             throw std::runtime_error("capture file " + name + " is too short (" + std::to_string(size)
                                         + " bytes) to be a pcap or pcapng file");
         const std::uint32_t magic = load_native32(data);
+        classic_nanos = magic == PCAP_MAGIC_NSEC || __builtin_bswap32(magic) == PCAP_MAGIC_NSEC;
         if (magic == PCAP_MAGIC_USEC || magic == PCAP_MAGIC_NSEC)
             open_classic(false);
         else if (__builtin_bswap32(magic) == PCAP_MAGIC_USEC || __builtin_bswap32(magic) == PCAP_MAGIC_NSEC)
@@ -476,9 +477,14 @@ bool pcap_file::next_classic(pcap_frame &out)
             return false;
         }
         const std::uint8_t *frame = data + pos + PCAP_RECORD_HEADER_SIZE;
+        const std::int64_t seconds = read32(pos);
+        const std::int64_t fraction = read32(pos + 4);
         pos += PCAP_RECORD_HEADER_SIZE + caplen;
         if (accept(interfaces.front(), frame, caplen, orig_len, out))
+        {
+            out.time_ns = seconds * 1000000000 + (classic_nanos ? fraction : fraction * 1000);
             return true;
+        }
     }
     return false;
 }
@@ -561,6 +567,7 @@ bool pcap_file::next_pcapng(pcap_frame &out, bool stop_before_packet)
                 return false;
             }
             interfaces.push_back(make_interface(read16(body), read32(body + PCAPNG_IDB_SNAPLEN_OFFSET)));
+            interfaces.back().tsresol = idb_tsresol(body, body_len);
             break;
         case PCAPNG_EPB_TYPE:
         {
@@ -583,7 +590,23 @@ bool pcap_file::next_pcapng(pcap_frame &out, bool stop_before_packet)
                 break;
             }
             if (accept(interfaces[iface], data + body + PCAPNG_EPB_MIN_BODY, caplen, orig_len, out))
+            {
+                const std::uint64_t ts = (std::uint64_t(read32(body + 4)) << 32) | read32(body + 8);
+                const std::uint8_t res = interfaces[iface].tsresol;
+                long double ns;
+                if (res & 0x80)
+                    ns = (long double) ts * 1e9L / (long double) (std::uint64_t(1) << (res & 0x3f));
+                else
+                {
+                    ns = (long double) ts;
+                    for (int i = res; i < 9; i++)
+                        ns *= 10;
+                    for (int i = 9; i < res; i++)
+                        ns /= 10;
+                }
+                out.time_ns = std::int64_t(ns);
                 return true;
+            }
             break;
         }
         case PCAPNG_SPB_TYPE:
@@ -618,6 +641,25 @@ bool pcap_file::next_pcapng(pcap_frame &out, bool stop_before_packet)
         }
     }
     return false;
+}
+
+std::uint8_t pcap_file::idb_tsresol(std::size_t body, std::size_t body_len) const
+{
+    // Options follow the 8 fixed bytes: code (2), length (2), value padded to 4.
+    std::size_t opt = PCAPNG_IDB_MIN_BODY;
+    while (opt + 4 <= body_len)
+    {
+        const std::uint16_t code = read16(body + opt);
+        const std::uint16_t len = read16(body + opt + 2);
+        if (code == 0)
+            break;   // opt_endofopt
+        if (opt + 4 + len > body_len)
+            break;
+        if (code == 9 && len >= 1)   // if_tsresol
+            return data[body + opt + 4];
+        opt += 4 + ((len + 3u) & ~3u);
+    }
+    return 6;   // microseconds
 }
 
 void pcap_file::unknown_interface(std::uint32_t iface)

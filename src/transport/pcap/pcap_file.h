@@ -48,6 +48,7 @@ struct pcap_frame
     std::size_t size = 0;                               ///< captured length
     protocol::link_type link = protocol::link_type::ethernet;
     bool snapped = false;   ///< cut short by the snapshot length (captured < original): not to be decoded
+    std::int64_t time_ns = -1;   ///< the record's capture time, ns since the epoch (-1: none, e.g. pcapng SPB)
 };
 
 class pcap_file
@@ -94,6 +95,7 @@ private:
         protocol::link_type link = protocol::link_type::ethernet;
         std::uint32_t link_number = 0;
         std::uint32_t snaplen = 0;                 ///< 0: unlimited
+        std::uint8_t tsresol = 6;                  ///< pcapng if_tsresol: 10^-n s, or 2^-n s with the top bit
         const compiled_filter *filter = nullptr;   ///< null: no filter (or it failed, see filter_error)
         std::string filter_error;                  ///< non-empty: the filter did not compile for this link type
     };
@@ -129,6 +131,9 @@ private:
     const char *check_block(std::uint32_t &type, std::size_t &length);
     bool accept(const interface_info &iface, const std::uint8_t *frame,
                 std::size_t caplen, std::size_t orig_len, pcap_frame &out);
+    bool classic_nanos = false;          ///< classic pcap with nanosecond timestamps
+    /// pcapng IDB options: the timestamp resolution (if_tsresol), if given.
+    std::uint8_t idb_tsresol(std::size_t body, std::size_t body_len) const;
     void unknown_interface(std::uint32_t iface);
     void start_populator();
     void populate_loop();

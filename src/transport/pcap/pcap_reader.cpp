@@ -77,6 +77,7 @@ void pcap_reader::run_batch()
             // Each packet goes to the core right away, while it is still in cache.
             if (protocol::decode_datagram(headers[0], udp.payload, udp.payload_size))
             {
+                headers[0].time_ns = frame.time_ns;
                 n_headers++;
                 if (!b.add(headers, 1))
                     return;  // the stream has stopped
