@@ -640,6 +640,15 @@ void register_recv(py::module_ &m)
         .def("put", &ring_put, py::arg("chunk"))
         .def("put_nowait", &ring_put_nowait, py::arg("chunk"))
         .def("stop", &chunk_ringbuffer::stop)
+        .def_property_readonly("high_water_mark", [](const chunk_ringbuffer &r) { return r.get_health().high_water; },
+                               "The most chunks the ring has held at once (see reset_high_water_mark)")
+        .def_property_readonly("blocked_puts", [](const chunk_ringbuffer &r) { return r.get_health().blocked_pushes; },
+                               "How often a stream's worker found the ring full when delivering a chunk "
+                               "(and had to wait: the data ring's consumer is too slow)")
+        .def_property_readonly("blocked_gets", [](const chunk_ringbuffer &r) { return r.get_health().blocked_pops; },
+                               "How often a stream's worker found the ring empty when it needed a free "
+                               "chunk (and had to wait: too few chunks, or they come back too late)")
+        .def("reset_high_water_mark", &chunk_ringbuffer::reset_high_water)
         .def("add_producer", &chunk_ringbuffer::add_producer)
         .def("remove_producer", &chunk_ringbuffer::remove_producer)
         .def("__iter__", [](py::object self) { return self; })
@@ -745,6 +754,16 @@ void register_recv(py::module_ &m)
                  return member_object(self, self_obj, self.members.size() - 1);
              },
              py::arg("thread_pool"), py::arg("config") = py_stream_config(), py::arg("chunk_stream_config"))
+        .def_property_readonly("health", [](py_ring_group &self) {
+                 auto h = self.get().get_health();
+                 py::dict d;
+                 d["head"] = h.head;
+                 d["chunks_in_window"] = h.chunks_in_window;
+                 d["lossy_flushes"] = h.lossy_flushes;
+                 d["member_waits"] = h.member_waits;
+                 return d;
+             }, "The group window: oldest chunk ID, chunks under construction, LOSSY flush rounds, "
+                "times a member waited for the others")
         .def("__len__", [](const py_ring_group &self) { return self.members.size(); })
         .def("__getitem__", [](py::object self_obj, std::int64_t index) {
                  py_ring_group &self = self_obj.cast<py_ring_group &>();

@@ -134,7 +134,10 @@ chunk *chunk_group::get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, 
             for (auto &m : members)
                 m->request_flush_until(target);
             last_flush_until = target;
+            lossy_flushes++;
         }
+        if (!(window.get_head() >= target || stopping))
+            member_waits++;
         // Poll now and then for a member whose thread pool has been stopped:
         // its flush requests would never run, and neither could this
         // member's pool be stopped while its thread waits here.
@@ -155,6 +158,14 @@ chunk *chunk_group::get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, 
         [&](chunk *c) { ready(std::unique_ptr<chunk>(c), batch_stats); },   // unreachable after the wait
         [](std::uint64_t) {});
     return window.get(chunk_id);
+}
+
+chunk_group::health chunk_group::get_health()
+{
+    std::lock_guard<std::mutex> lock(mutex);
+    const bool live = window.get_head() != chunk_window::END;
+    return {live ? window.get_head() : 0, live ? std::size_t(window.get_tail() - window.get_head()) : 0,
+            lossy_flushes, member_waits};
 }
 
 bool chunk_group::any_pool_stopped() const

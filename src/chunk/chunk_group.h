@@ -103,6 +103,8 @@ class chunk_group
     std::vector<std::uint64_t> member_heads;     ///< guarded by mutex
     std::uint64_t last_flush_until = 0;          ///< guarded by mutex
     bool stopping = false;                       ///< guarded by mutex
+    std::uint64_t lossy_flushes = 0;             ///< guarded by mutex
+    std::uint64_t member_waits = 0;              ///< guarded by mutex
     std::vector<std::unique_ptr<chunk_group_member>> members;  ///< changed by the user only
 
     /// A chunk for a member (called with the member's lock held).
@@ -133,6 +135,16 @@ public:
                                      const chunk_stream_config &chunk_config);
     std::size_t size() const { return members.size(); }
     chunk_group_member &operator[](std::size_t i) { return *members[i]; }
+
+    /// How the group window is doing.
+    struct health
+    {
+        std::uint64_t head;             ///< oldest chunk ID still in the window
+        std::size_t chunks_in_window;   ///< chunks under construction
+        std::uint64_t lossy_flushes;    ///< LOSSY: times the members were told to let chunks go
+        std::uint64_t member_waits;     ///< times a member waited for the others to move on
+    };
+    health get_health();
 
     /// Stop every member and release every chunk (idempotent; any thread).
     virtual void stop();

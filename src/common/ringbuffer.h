@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -57,6 +58,10 @@ class ringbuffer
     std::size_t capacity_;
     bool stopped = false;
     int producers = 0;
+    // Health counters (guarded by mutex)
+    std::size_t high_water = 0;            ///< most items ever held at once
+    std::uint64_t blocked_pushes = 0;      ///< blocking push() calls that found the ring full
+    std::uint64_t blocked_pops = 0;        ///< blocking pop() calls that found the ring empty
     level_fd data_flag, space_flag;
 
     void update_flags()
@@ -82,6 +87,8 @@ class ringbuffer
     void give(std::unique_lock<std::mutex> &lock, T &&item)
     {
         items.push_back(std::move(item));
+        if (items.size() > high_water)
+            high_water = items.size();
         update_flags();
         lock.unlock();
         data_cond.notify_one();
@@ -117,6 +124,8 @@ public:
     T pop()
     {
         std::unique_lock<std::mutex> lock(mutex);
+        if (items.empty() && !stopped)
+            blocked_pops++;
         data_cond.wait(lock, [&] { return stopped || !items.empty(); });
         if (items.empty())
             throw ringbuffer_stopped();
@@ -153,6 +162,8 @@ public:
     void push(T &item)
     {
         std::unique_lock<std::mutex> lock(mutex);
+        if (items.size() >= capacity_ && !stopped)
+            blocked_pushes++;
         space_cond.wait(lock, [&] { return stopped || items.size() < capacity_; });
         if (stopped)
             throw ringbuffer_stopped();
@@ -168,6 +179,27 @@ public:
         if (items.size() >= capacity_)
             throw ringbuffer_full();
         give(lock, std::move(item));
+    }
+
+    /// Health: the most items held at once, and how often a blocking push()
+    /// (a stream's worker delivering a chunk) found the ring full, or a
+    /// blocking pop() (a worker waiting for a free chunk) found it empty.
+    /// The Python-facing get/put (pop_for/push_for) are not counted.
+    struct health
+    {
+        std::size_t high_water;
+        std::uint64_t blocked_pushes;
+        std::uint64_t blocked_pops;
+    };
+    health get_health() const
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        return {high_water, blocked_pushes, blocked_pops};
+    }
+    void reset_high_water()
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        high_water = items.size();
     }
 
     /// Stop the ring: pushes fail from now on, pops drain what is left.
