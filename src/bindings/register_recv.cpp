@@ -14,6 +14,7 @@
 
 #include "bindings/module.h"
 #include "bindings/py_chunk.h"
+#include "bindings/py_stream.h"
 #include "chunk/ring_stream.h"
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
@@ -30,19 +31,8 @@ namespace
 
 using namespace spead2::chunk;
 
-// How often a blocking ring operation wakes to let Python handle signals.
-constexpr auto SIGNAL_POLL_INTERVAL = std::chrono::milliseconds(50);
-
 constexpr const char *PLACE_SIGNATURE_PLAIN = "void (void *, size_t)";
 constexpr const char *PLACE_SIGNATURE_CONTEXT = "void (void *, size_t, void *)";
-
-// ------------------------------------------------------------- StreamConfig
-
-struct py_stream_config
-{
-    stream_config cfg;
-    py::object memory_allocator = py::none();
-};
 
 // -------------------------------------------------------- ChunkStreamConfig
 
@@ -94,31 +84,6 @@ place_function parse_place(const py::object &obj)
 }
 
 // -------------------------------------------------------- ChunkRingbuffer
-
-// Run a blocking ring operation without the GIL, waking regularly to let
-// Python raise KeyboardInterrupt.
-template<typename F>
-auto interruptible(F &&attempt)
-{
-    for (;;)
-    {
-        decltype(attempt()) result;
-        {
-            py::gil_scoped_release nogil;
-            ring_waiters()++;
-            result = attempt();
-            // At interpreter exit this thread must not take the GIL back.
-            while (interpreter_exiting())
-                std::this_thread::sleep_for(std::chrono::seconds(1));
-            ring_waiters()--;
-        }
-        if (result)
-            return result;
-        if (PyErr_CheckSignals() != 0)
-            throw py::error_already_set();
-    }
-}
-
 py::object ring_get(chunk_ringbuffer &ring)
 {
     auto item = interruptible([&] { return ring.pop_for(SIGNAL_POLL_INTERVAL); });
@@ -186,25 +151,6 @@ struct py_ring_pair
     }
 };
 
-// ------------------------------------------------------------------ streams
-
-// What a Python stream object (ChunkRingStream, ChunkStreamGroupMember)
-// holds besides the C++ stream: the Python objects its readers and callbacks
-// use, kept alive as long as the stream.
-struct py_stream
-{
-    py::object place;          // keeps the place callback's owner alive
-    py::object thread_pool;
-    std::vector<std::unique_ptr<py::buffer_info>> buffers;   // buffer-reader memory
-    std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
-
-    py_stream() = default;
-    py_stream(const py_stream &) = delete;
-    virtual ~py_stream() = default;
-    /// The C++ stream (RuntimeError once destroyed).
-    virtual chunk_stream &get() = 0;
-};
-
 struct py_chunk_ring_stream : public py_ring_pair, public py_stream
 {
     std::unique_ptr<chunk_ring_stream> stream;
@@ -218,7 +164,7 @@ struct py_chunk_ring_stream : public py_ring_pair, public py_stream
         }
     }
 
-    chunk_stream &get() override
+    transport::stream_control &get() override
     {
         if (!stream)
             throw std::runtime_error("stream has been destroyed");
@@ -232,7 +178,7 @@ struct py_ring_group;
 struct py_group_member : public py_stream
 {
     chunk_group_member *member = nullptr;
-    chunk_stream &get() override
+    transport::stream_control &get() override
     {
         if (!member)
             throw std::runtime_error("stream has been destroyed");
@@ -268,7 +214,7 @@ struct py_ring_group : public py_ring_pair
 template<typename Factory>
 bool add_reader(py_stream &self, Factory &&factory)
 {
-    chunk_stream &s = self.get();
+    transport::stream_control &s = self.get();
     py::gil_scoped_release nogil;
     return s.add_reader(factory);
 }
@@ -320,7 +266,7 @@ void register_stream_base(py::module_ &recv)
         })
         .def("_stats_values", [](py_stream &self) { return self.get().get_stats(); })
         .def("start", [](py_stream &self) {
-            chunk_stream &s = self.get();
+            transport::stream_control &s = self.get();
             py::gil_scoped_release nogil;
             s.start();
         })
@@ -630,6 +576,7 @@ void register_recv(py::module_ &m)
         .def_readonly("free_ringbuffer", &py_ring_pair::free_ringbuffer);
 
     register_stream_base(recv);
+    register_heap_stream(recv);
 
     py::class_<py_chunk_ring_stream, py_ring_pair, py_stream>(recv, "ChunkRingStream")
         .def(py::init([](py::object thread_pool, const py_stream_config &config,
