@@ -54,21 +54,21 @@ std::vector<heap_item> received_heap::items(bool descriptors) const
         else if (contiguous)
             addressed.push_back(heap_item{p.id, false, p.value, nullptr, 0});
     }
-    std::stable_sort(addressed.begin(), addressed.end(),
-                     [](const heap_item &a, const heap_item &b) { return a.value < b.value; });
+    // As the reference: each kind sorted by value (stable, so ties keep
+    // their arrival order); an addressed item runs to the next one's address,
+    // so of several at one address only the last keeps the bytes, and
+    // zero-length items are left out.
+    const auto by_value = [](const heap_item &a, const heap_item &b) { return a.value < b.value; };
+    std::stable_sort(addressed.begin(), addressed.end(), by_value);
+    std::stable_sort(immediates.begin(), immediates.end(), by_value);
     const std::uint64_t total = min_length;
     std::vector<heap_item> out;
     for (std::size_t i = 0; i < addressed.size(); i++)
     {
         heap_item &it = addressed[i];
-        std::uint64_t end = total;
-        for (std::size_t j = i + 1; j < addressed.size(); j++)
-            if (addressed[j].value > it.value)
-            {
-                end = addressed[j].value;
-                break;
-            }
-        if (it.id == protocol::NULL_ID || (it.id == protocol::DESCRIPTOR_ID) != descriptors)
+        const std::uint64_t end = i + 1 < addressed.size() ? addressed[i + 1].value : total;
+        if (end <= it.value || it.id == protocol::NULL_ID
+            || (it.id == protocol::DESCRIPTOR_ID) != descriptors)
             continue;
         it.data = payload.data() ? payload.data() + it.value : nullptr;
         it.length = std::size_t(end - it.value);

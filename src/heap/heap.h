@@ -4,9 +4,9 @@
 //
 // A contiguous heap (every byte up to the end of its last item received)
 // yields items: addressed items sorted by address, each running to the next
-// larger address (or the end of the payload), then immediates in arrival
-// order; NULL items only bound their predecessor and descriptors (ID 5) are
-// kept apart.  An incomplete heap keeps no payload and yields only its
+// item's address (or the end of the payload; zero-length ones are left out),
+// then immediates sorted by value; NULL items only bound their predecessor
+// and descriptors (ID 5) are kept apart.  An incomplete heap keeps no payload and yields only its
 // immediates, as in the reference.
 #pragma once
 

@@ -210,7 +210,6 @@ std::size_t heap_stream::claim_slot(std::int64_t cnt)
     if (table[slot].cnt >= 0)
     {
         // FIFO eviction: the oldest heap of this substream makes room.
-        table.unlink(slot);
         counters.evicted++;
         heap_ready(slot);
     }
@@ -261,9 +260,11 @@ void heap_stream::process_packet(const packet_header &ph)
     if (h.heap_length >= 0 && h.received == std::uint64_t(h.heap_length)
         && h.min_length == std::uint64_t(h.heap_length))
     {
-        table.unlink(slot);
         if (stop)
+        {
+            table.unlink(slot);
             building[slot].reset();   // a complete stop heap is discarded
+        }
         else
             heap_ready(slot);
     }
@@ -368,11 +369,13 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
 
 void heap_stream::heap_ready(std::size_t slot)
 {
-    // The caller has unlinked the slot; its live_heap fields are still valid.
+    // The heap leaves the table here (its fields are read first).
     const live_heap &h = table[slot];
+    const std::int64_t cnt = h.cnt;
+    table.unlink(slot);   // clears only cnt and the hash link
     std::unique_ptr<received_heap> out = std::move(building[slot]);
     counters.heaps++;
-    out->cnt = h.cnt;
+    out->cnt = cnt;
     out->heap_length = h.heap_length;
     out->received_length = h.received;
     out->min_length = h.min_length;
@@ -386,7 +389,7 @@ void heap_stream::heap_ready(std::size_t slot)
         if (ring_config.get_contiguous_only())
         {
             log_warning("dropped incomplete heap %lld (%llu/%lld bytes of payload)",
-                        (long long) h.cnt, (unsigned long long) h.received, (long long) h.heap_length);
+                        (long long) cnt, (unsigned long long) h.received, (long long) h.heap_length);
             return;
         }
         out->payload.reset();   // incomplete heaps keep only their immediates
@@ -428,7 +431,6 @@ void heap_stream::push(std::unique_ptr<received_heap> &&h)
 void heap_stream::flush_heaps()
 {
     table.for_each_live([this](std::size_t slot) {
-        table.unlink(slot);
         counters.flushed++;
         heap_ready(slot);
     });
