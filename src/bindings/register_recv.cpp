@@ -18,6 +18,7 @@
 #include "chunk/ring_stream.h"
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
+#include "transport/tcp/tcp_reader.h"
 #include "transport/udp/udp_reader.h"
 #ifdef SPEAD2_HAVE_IBV
 #include "transport/ibv/ibv_reader.h"
@@ -259,6 +260,8 @@ void register_stream_base(py::module_ &recv)
     py::class_<py_stream> cls(recv, "_Stream");
     cls.def_readonly_static("DEFAULT_UDP_MAX_SIZE", &transport::DEFAULT_UDP_MAX_SIZE)
         .def_readonly_static("DEFAULT_UDP_BUFFER_SIZE", &transport::DEFAULT_UDP_BUFFER_SIZE)
+        .def_readonly_static("DEFAULT_TCP_MAX_SIZE", &transport::DEFAULT_TCP_MAX_SIZE)
+        .def_readonly_static("DEFAULT_TCP_BUFFER_SIZE", &transport::DEFAULT_TCP_BUFFER_SIZE)
         .def_property_readonly("config", [](py_stream &self) {
             py_stream_config c;
             c.cfg = self.get().get_config();
@@ -344,6 +347,32 @@ void register_stream_base(py::module_ &recv)
             if (!add_udp(self, spec, max_size))
                 ::close(dup_fd);
         }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
+        // add_tcp_reader: a port to listen on, or a listening socket.
+        .def("add_tcp_reader", [](py_stream &self, std::uint16_t port, std::size_t max_size,
+                                  std::size_t buffer_size, const std::string &bind_hostname) {
+            int fd;
+            {
+                py::gil_scoped_release nogil;
+                fd = transport::open_tcp_acceptor(bind_hostname, port, buffer_size);
+            }
+            if (!add_reader(self, [fd, max_size](transport::packet_sink &sink, worker &w) {
+                    return std::make_shared<transport::tcp_reader>(sink, w, fd, max_size);
+                }))
+                ::close(fd);
+        }, py::arg("port"), py::arg("max_size") = transport::DEFAULT_TCP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_TCP_BUFFER_SIZE, py::arg("bind_hostname") = "")
+        .def("add_tcp_reader", [](py_stream &self, py::object acceptor, std::size_t max_size) {
+            if (!py::hasattr(acceptor, "fileno"))
+                throw py::type_error("acceptor must be a socket.socket (or have fileno())");
+            int dup_fd = ::fcntl(acceptor.attr("fileno")().cast<int>(), F_DUPFD_CLOEXEC, 0);
+            if (dup_fd < 0)
+                throw std::system_error(errno, std::generic_category(), "duplicating the socket");
+            // The reader owns the duplicate (and closes it if construction fails).
+            if (!add_reader(self, [dup_fd, max_size](transport::packet_sink &sink, worker &w) {
+                    return std::make_shared<transport::tcp_reader>(sink, w, dup_fd, max_size);
+                }))
+                ::close(dup_fd);
+        }, py::arg("acceptor"), py::arg("max_size") = transport::DEFAULT_TCP_MAX_SIZE)
         .def("_ibv_reader_kinds", [](const py_stream &self) { return self.ibv_kinds; });
 #ifdef SPEAD2_HAVE_IBV
     cls.def("add_udp_ibv_reader", [](py_stream &self, const transport::ibv_config &config) {
