@@ -421,3 +421,19 @@ def test_asyncio_stream():
         return [first.cnt] + rest
 
     assert asyncio.run(main()) == [1, 2, 3]
+
+
+def test_heap_receive_example_runs():
+    """examples/heap_receive.py, shown in doc/recv-heap.rst, runs and decodes every heap."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(root, "examples", "heap_receive.py")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "start of stream" in proc.stdout
+    assert "heap 2: source = 'Vela'" in proc.stdout
+    assert "heap 4: timestamp = 2048" in proc.stdout
+    assert "heaps received: 4" in proc.stdout
