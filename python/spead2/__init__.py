@@ -39,6 +39,7 @@ from ._spead2 import (  # noqa: F401
     ThreadPool,
 )
 from ._items import Descriptor, Flavour, Item, ItemGroup  # noqa: F401
+from . import _decode  # noqa: F401,E402  (adds ItemGroup.update and friends)
 from ._version import __version__  # noqa: F401
 
 _logger = _logging.getLogger(__name__)

@@ -14,9 +14,11 @@
 
 #include "bindings/module.h"
 #include "bindings/py_chunk.h"
+#include "bindings/py_stream.h"
 #include "chunk/ring_stream.h"
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
+#include "transport/tcp/tcp_reader.h"
 #include "transport/udp/udp_reader.h"
 #ifdef SPEAD2_HAVE_IBV
 #include "transport/ibv/ibv_reader.h"
@@ -30,19 +32,8 @@ namespace
 
 using namespace spead2::chunk;
 
-// How often a blocking ring operation wakes to let Python handle signals.
-constexpr auto SIGNAL_POLL_INTERVAL = std::chrono::milliseconds(50);
-
 constexpr const char *PLACE_SIGNATURE_PLAIN = "void (void *, size_t)";
 constexpr const char *PLACE_SIGNATURE_CONTEXT = "void (void *, size_t, void *)";
-
-// ------------------------------------------------------------- StreamConfig
-
-struct py_stream_config
-{
-    stream_config cfg;
-    py::object memory_allocator = py::none();
-};
 
 // -------------------------------------------------------- ChunkStreamConfig
 
@@ -94,31 +85,6 @@ place_function parse_place(const py::object &obj)
 }
 
 // -------------------------------------------------------- ChunkRingbuffer
-
-// Run a blocking ring operation without the GIL, waking regularly to let
-// Python raise KeyboardInterrupt.
-template<typename F>
-auto interruptible(F &&attempt)
-{
-    for (;;)
-    {
-        decltype(attempt()) result;
-        {
-            py::gil_scoped_release nogil;
-            ring_waiters()++;
-            result = attempt();
-            // At interpreter exit this thread must not take the GIL back.
-            while (interpreter_exiting())
-                std::this_thread::sleep_for(std::chrono::seconds(1));
-            ring_waiters()--;
-        }
-        if (result)
-            return result;
-        if (PyErr_CheckSignals() != 0)
-            throw py::error_already_set();
-    }
-}
-
 py::object ring_get(chunk_ringbuffer &ring)
 {
     auto item = interruptible([&] { return ring.pop_for(SIGNAL_POLL_INTERVAL); });
@@ -186,28 +152,6 @@ struct py_ring_pair
     }
 };
 
-// ------------------------------------------------------------------ streams
-
-// What a Python stream object (ChunkRingStream, ChunkStreamGroupMember)
-// holds besides the C++ stream: the Python objects its readers and callbacks
-// use, kept alive as long as the stream.
-struct py_stream
-{
-    py::object place;          // keeps the place callback's owner alive
-    py::object thread_pool;
-    std::vector<std::unique_ptr<py::buffer_info>> buffers;   // buffer-reader memory
-    std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
-#ifdef SPEAD2_HAVE_IBV
-    std::vector<std::shared_ptr<const transport::ibv_reader_stats>> ibv_stats;
-#endif
-
-    py_stream() = default;
-    py_stream(const py_stream &) = delete;
-    virtual ~py_stream() = default;
-    /// The C++ stream (RuntimeError once destroyed).
-    virtual chunk_stream &get() = 0;
-};
-
 struct py_chunk_ring_stream : public py_ring_pair, public py_stream
 {
     std::unique_ptr<chunk_ring_stream> stream;
@@ -221,7 +165,7 @@ struct py_chunk_ring_stream : public py_ring_pair, public py_stream
         }
     }
 
-    chunk_stream &get() override
+    transport::stream_control &get() override
     {
         if (!stream)
             throw std::runtime_error("stream has been destroyed");
@@ -235,7 +179,7 @@ struct py_ring_group;
 struct py_group_member : public py_stream
 {
     chunk_group_member *member = nullptr;
-    chunk_stream &get() override
+    transport::stream_control &get() override
     {
         if (!member)
             throw std::runtime_error("stream has been destroyed");
@@ -271,7 +215,7 @@ struct py_ring_group : public py_ring_pair
 template<typename Factory>
 bool add_reader(py_stream &self, Factory &&factory)
 {
-    chunk_stream &s = self.get();
+    transport::stream_control &s = self.get();
     py::gil_scoped_release nogil;
     return s.add_reader(factory);
 }
@@ -321,6 +265,8 @@ void register_stream_base(py::module_ &recv)
     py::class_<py_stream> cls(recv, "_Stream");
     cls.def_readonly_static("DEFAULT_UDP_MAX_SIZE", &transport::DEFAULT_UDP_MAX_SIZE)
         .def_readonly_static("DEFAULT_UDP_BUFFER_SIZE", &transport::DEFAULT_UDP_BUFFER_SIZE)
+        .def_readonly_static("DEFAULT_TCP_MAX_SIZE", &transport::DEFAULT_TCP_MAX_SIZE)
+        .def_readonly_static("DEFAULT_TCP_BUFFER_SIZE", &transport::DEFAULT_TCP_BUFFER_SIZE)
         .def_property_readonly("config", [](py_stream &self) {
             py_stream_config c;
             c.cfg = self.get().get_config();
@@ -328,7 +274,7 @@ void register_stream_base(py::module_ &recv)
         })
         .def("_stats_values", [](py_stream &self) { return self.get().get_stats(); })
         .def("start", [](py_stream &self) {
-            chunk_stream &s = self.get();
+            transport::stream_control &s = self.get();
             py::gil_scoped_release nogil;
             s.start();
         })
@@ -406,6 +352,32 @@ void register_stream_base(py::module_ &recv)
             if (!add_udp(self, spec, max_size))
                 ::close(dup_fd);
         }, py::arg("socket"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE)
+        // add_tcp_reader: a port to listen on, or a listening socket.
+        .def("add_tcp_reader", [](py_stream &self, std::uint16_t port, std::size_t max_size,
+                                  std::size_t buffer_size, const std::string &bind_hostname) {
+            int fd;
+            {
+                py::gil_scoped_release nogil;
+                fd = transport::open_tcp_acceptor(bind_hostname, port, buffer_size);
+            }
+            if (!add_reader(self, [fd, max_size](transport::packet_sink &sink, worker &w) {
+                    return std::make_shared<transport::tcp_reader>(sink, w, fd, max_size);
+                }))
+                ::close(fd);
+        }, py::arg("port"), py::arg("max_size") = transport::DEFAULT_TCP_MAX_SIZE,
+           py::arg("buffer_size") = transport::DEFAULT_TCP_BUFFER_SIZE, py::arg("bind_hostname") = "")
+        .def("add_tcp_reader", [](py_stream &self, py::object acceptor, std::size_t max_size) {
+            if (!py::hasattr(acceptor, "fileno"))
+                throw py::type_error("acceptor must be a socket.socket (or have fileno())");
+            int dup_fd = ::fcntl(acceptor.attr("fileno")().cast<int>(), F_DUPFD_CLOEXEC, 0);
+            if (dup_fd < 0)
+                throw std::system_error(errno, std::generic_category(), "duplicating the socket");
+            // The reader owns the duplicate (and closes it if construction fails).
+            if (!add_reader(self, [dup_fd, max_size](transport::packet_sink &sink, worker &w) {
+                    return std::make_shared<transport::tcp_reader>(sink, w, dup_fd, max_size);
+                }))
+                ::close(dup_fd);
+        }, py::arg("acceptor"), py::arg("max_size") = transport::DEFAULT_TCP_MAX_SIZE)
         .def("_ibv_reader_kinds", [](const py_stream &self) { return self.ibv_kinds; })
         .def("_ibv_reader_stats", [](const py_stream &self) {
             // Diagnostics of each ibverbs reader: error completions, queue
@@ -670,6 +642,7 @@ void register_recv(py::module_ &m)
         .def_readonly("free_ringbuffer", &py_ring_pair::free_ringbuffer);
 
     register_stream_base(recv);
+    register_heap_stream(recv);
 
     py::class_<py_chunk_ring_stream, py_ring_pair, py_stream>(recv, "ChunkRingStream")
         .def(py::init([](py::object thread_pool, const py_stream_config &config,

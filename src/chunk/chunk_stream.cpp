@@ -94,8 +94,7 @@ chunk_stream::~chunk_stream()
 
 // ------------------------------------------------------------------ readers
 
-bool chunk_stream::add_reader(
-    const std::function<std::shared_ptr<transport::reader>(transport::packet_sink &, worker &)> &factory)
+bool chunk_stream::add_reader(const transport::reader_factory &factory)
 {
     std::lock_guard<std::mutex> lock(readers_mutex);
     if (stopped.load() || readers_closed)

@@ -26,6 +26,7 @@
 #include "common/thread_pool.h"
 #include "protocol/spead.h"
 #include "transport/reader.h"
+#include "transport/stream_control.h"
 
 namespace spead2::chunk
 {
@@ -33,7 +34,7 @@ namespace spead2::chunk
 using allocate_function = std::function<std::unique_ptr<chunk>(std::int64_t chunk_id, std::uint64_t *batch_stats)>;
 using ready_function = std::function<void(std::unique_ptr<chunk> &&, std::uint64_t *batch_stats)>;
 
-class chunk_stream : public transport::packet_sink
+class chunk_stream : public transport::packet_sink, public transport::stream_control
 {
 public:
     chunk_stream(std::shared_ptr<thread_pool> pool,
@@ -44,23 +45,23 @@ public:
     ~chunk_stream() override;
 
     /// The effective configuration (unsized heaps disallowed, chunk stats added).
-    const stream_config &get_config() const { return config; }
+    const stream_config &get_config() const override { return config; }
     const chunk_stream_config &get_chunk_config() const { return chunk_config; }
     std::shared_ptr<thread_pool> get_thread_pool() const { return pool; }
 
     /// Construct and attach a reader.  @a factory receives the sink and the
     /// worker to bind to.  Ignored (returns false) if the stream has stopped.
-    bool add_reader(const std::function<std::shared_ptr<transport::reader>(transport::packet_sink &, worker &)> &factory);
+    bool add_reader(const transport::reader_factory &factory) override;
 
     /// Start readers held back by explicit_start.
-    void start();
+    void start() override;
     /// Stop the stream from the user's side: chunks still in the window are
     /// flushed to ready, live heaps are flushed, readers are stopped and closed.
-    virtual void stop();
+    void stop() override;
     bool is_stopped() const { return stopped.load(); }
 
     /// A snapshot of the statistics.
-    std::vector<std::uint64_t> get_stats() const;
+    std::vector<std::uint64_t> get_stats() const override;
 
     // packet_sink
     bool batch_begin() override;

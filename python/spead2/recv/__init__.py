@@ -1,8 +1,9 @@
-"""Receiving SPEAD streams into chunks."""
+"""Receiving SPEAD streams: heap at a time (:class:`Stream`) or into chunks."""
 
 from collections.abc import Mapping as _Mapping
 from collections.abc import Sequence as _Sequence
 
+from .. import _decode, _spead2
 from .._spead2 import recv as _recv
 
 Chunk = _recv.Chunk
@@ -13,6 +14,11 @@ ChunkStreamGroupConfig = _recv.ChunkStreamGroupConfig
 ChunkStreamGroupMember = _recv.ChunkStreamGroupMember
 _Stream = _recv._Stream  # base of every stream class (readers, stats, start, stop)
 StreamConfig = _recv.StreamConfig
+RingStreamConfig = _recv.RingStreamConfig
+HeapBase = _recv.HeapBase
+Heap = _recv.Heap
+IncompleteHeap = _recv.IncompleteHeap
+RawItem = _recv.RawItem
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
 if hasattr(_recv, "UdpIbvConfig"):  # built with the ibverbs headers
@@ -153,6 +159,32 @@ def _stats(self) -> StreamStats:
 _Stream.stats = property(_stats)
 
 
+# Heaps: the flavour and descriptors are built in Python (spead2.Flavour is a
+# Python class; descriptors are decoded by spead2._decode).
+HeapBase.flavour = property(_decode.heap_flavour, doc="The heap's :class:`spead2.Flavour`.")
+Heap.get_descriptors = _decode.heap_descriptors
+
+
+class Stream(_recv.Stream):
+    """Stream that delivers heaps one at a time through a ringbuffer.
+
+    Complete (contiguous) heaps are :class:`Heap` objects; with
+    ``RingStreamConfig(contiguous_only=False)`` incomplete ones arrive as
+    :class:`IncompleteHeap`.  :meth:`get` raises :exc:`spead2.Stopped` once
+    the stream has ended and every heap has been taken; iterating yields
+    heaps until then.
+    """
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self.get()
+        except _spead2.Stopped:
+            raise StopIteration from None
+
+
 class ChunkRingStream(_recv.ChunkRingStream):
     """Stream that writes heaps into chunks taken from and returned to ringbuffers.
 
@@ -203,6 +235,10 @@ __all__ = [
     "ChunkStreamGroupConfig",
     "ChunkStreamGroupMember",
     "ChunkStreamRingGroup",
+    "Heap",
+    "IncompleteHeap",
+    "RingStreamConfig",
+    "Stream",
     "StreamConfig",
     "StreamStatConfig",
     "StreamStats",

@@ -1,10 +1,11 @@
-"""asyncio integration for chunk ringbuffers."""
+"""asyncio integration: chunk ringbuffers and heap streams."""
 
 import asyncio
 import collections
 
 import spead2
 from . import ChunkRingbuffer as _ChunkRingbuffer
+from . import Stream as _Stream
 
 
 class _FdWaiter:
@@ -76,6 +77,36 @@ class ChunkRingbuffer(_ChunkRingbuffer):
                 return self.put_nowait(chunk)
             except spead2.Full:
                 await self._space_waiter.wait()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            return await self.get()
+        except spead2.Stopped:
+            raise StopAsyncIteration from None
+
+
+class Stream(_Stream):
+    """A :class:`spead2.recv.Stream` whose :meth:`get` is a coroutine.
+
+    The synchronous form is still available as ``get_nowait``; async
+    iteration yields heaps until the stream has ended.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._waiter = _FdWaiter(self.fd)
+
+    async def get(self):
+        """Retrieve a heap, waiting if necessary; raises :exc:`spead2.Stopped`."""
+        await asyncio.sleep(0)
+        while True:
+            try:
+                return self.get_nowait()
+            except spead2.Empty:
+                await self._waiter.wait()
 
     def __aiter__(self):
         return self

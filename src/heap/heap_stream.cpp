@@ -1,0 +1,439 @@
+#include "heap/heap_stream.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "common/logging.h"
+
+namespace spead2::heap
+{
+
+using protocol::packet_header;
+using chunk::live_heap;
+using chunk::range_set;
+namespace stat_index = chunk::stat_index;
+
+ring_stream_config &ring_stream_config::set_heaps(std::size_t v)
+{
+    if (v == 0)
+        throw std::invalid_argument("heaps must be positive");
+    heaps = v;
+    return *this;
+}
+
+heap_stream::heap_stream(std::shared_ptr<thread_pool> pool_,
+                         const chunk::stream_config &config_,
+                         const ring_stream_config &ring_config_,
+                         std::shared_ptr<memory_allocator> allocator_)
+    : pool(std::move(pool_)),
+      config(config_),
+      ring_config(ring_config_),
+      allocator(allocator_ ? std::move(allocator_) : get_default_allocator()),
+      ring(std::make_shared<heap_ringbuffer>(ring_config_.get_heaps())),
+      copy(memcpy_by_id(config_.get_memcpy())),
+      allow_out_of_order(config_.get_allow_out_of_order()),
+      allow_unsized_heaps(config_.get_allow_unsized_heaps()),
+      stop_on_stop_item(config_.get_stop_on_stop_item()),
+      bug_compat(config_.get_bug_compat()),
+      table(config_.get_max_heaps(), config_.get_substreams()),
+      started(!config_.get_explicit_start())
+{
+    if (!pool)
+        throw std::invalid_argument("thread_pool must not be None");
+    building.resize(table.size());
+    stats.assign(config.get_stats().size(), 0);
+    batch_stats.assign(stats.size(), 0);
+    ring->add_producer();
+}
+
+heap_stream::~heap_stream()
+{
+    stop();
+}
+
+// ------------------------------------------------------------------ readers
+
+bool heap_stream::add_reader(const transport::reader_factory &factory)
+{
+    std::lock_guard<std::mutex> lock(readers_mutex);
+    if (stopped.load() || readers_closed)
+        return false;   // ignored after a stop, as in the reference
+    if (config.get_explicit_start() && started)
+        throw std::runtime_error("Cannot add readers after explicit start");
+    auto r = factory(*this, pool->pick_worker());
+    readers.push_back(r);
+    if (started)
+        r->start();
+    return true;
+}
+
+void heap_stream::start()
+{
+    std::lock_guard<std::mutex> lock(readers_mutex);
+    if (started)
+        return;
+    started = true;
+    if (!stopped.load())
+        for (auto &r : readers)
+            r->start();
+}
+
+void heap_stream::stop_readers()
+{
+    std::vector<std::shared_ptr<transport::reader>> to_close;
+    {
+        std::lock_guard<std::mutex> lock(readers_mutex);
+        if (readers_closed)
+            return;
+        readers_closed = true;
+        to_close.swap(readers);
+    }
+    for (auto &r : to_close)
+        r->request_stop();
+    for (auto &r : to_close)
+        r->get_worker().run_sync([] {});
+    for (auto &r : to_close)
+        r->close();
+}
+
+void heap_stream::stop()
+{
+    // The ring first: a worker blocked pushing a heap is released.
+    ring->stop();
+    {
+        std::lock_guard<std::mutex> lock(queue_mutex);
+        if (!stopped.load())
+        {
+            stopped.store(true);
+            flush_heaps();
+            merge_batch();
+        }
+    }
+    stop_readers();
+}
+
+void heap_stream::stop_received()
+{
+    if (stopped.load())
+        return;
+    stopped.store(true);
+    stopped_in_batch = true;
+    flush_heaps();
+    {
+        std::lock_guard<std::mutex> lock(readers_mutex);
+        for (auto &r : readers)
+            r->request_stop();
+    }
+    // The ring ends once this batch's statistics are merged, so a consumer
+    // that sees the end also sees the final statistics.
+    ring_stop_pending = true;
+}
+
+// -------------------------------------------------------------- statistics
+
+std::vector<std::uint64_t> heap_stream::get_stats() const
+{
+    std::lock_guard<std::mutex> lock(stats_mutex);
+    return stats;
+}
+
+void heap_stream::merge_batch()
+{
+    const auto &cfg = config.get_stats();
+    std::lock_guard<std::mutex> lock(stats_mutex);
+    stats[stat_index::heaps] += counters.heaps;
+    stats[stat_index::incomplete_heaps_evicted] += counters.evicted;
+    stats[stat_index::incomplete_heaps_flushed] += counters.flushed;
+    stats[stat_index::packets] += counters.packets;
+    stats[stat_index::single_packet_heaps] += counters.single_packet_heaps;
+    stats[stat_index::search_dist] += counters.search_dist;
+    for (std::size_t i = stat_index::custom; i < stats.size(); i++)
+        stats[i] = cfg[i].combine(stats[i], batch_stats[i]);
+    counters = batch_counters();
+    std::fill(batch_stats.begin(), batch_stats.end(), 0);
+}
+
+// ------------------------------------------------------------------ batches
+
+bool heap_stream::batch_begin()
+{
+    queue_mutex.lock();
+    if (stopped.load())
+    {
+        queue_mutex.unlock();
+        return false;
+    }
+    batch_packet_count = 0;
+    stopped_in_batch = false;
+    return true;
+}
+
+bool heap_stream::batch_packets(const packet_header *packets, std::size_t n)
+{
+    for (std::size_t i = 0; i < n; i++)
+    {
+        if (stopped.load(std::memory_order_relaxed))
+            return false;
+        batch_packet_count++;
+        process_packet(packets[i]);
+    }
+    return !stopped.load(std::memory_order_relaxed);
+}
+
+void heap_stream::batch_end(bool end_of_stream)
+{
+    if (end_of_stream)
+        stop_received();
+    const bool count_batch = !(stopped_in_batch && batch_packet_count == 0);
+    {
+        std::lock_guard<std::mutex> lock(stats_mutex);
+        if (count_batch)
+        {
+            stats[stat_index::batches]++;
+            stats[stat_index::max_batch] = std::max<std::uint64_t>(stats[stat_index::max_batch], batch_packet_count);
+        }
+    }
+    merge_batch();
+    if (ring_stop_pending)
+    {
+        ring_stop_pending = false;
+        ring->remove_producer();
+    }
+    queue_mutex.unlock();
+}
+
+// ------------------------------------------------------------ heap assembly
+
+std::size_t heap_stream::claim_slot(std::int64_t cnt)
+{
+    const std::size_t slot = table.next_slot(cnt);
+    if (table[slot].cnt >= 0)
+    {
+        // FIFO eviction: the oldest heap of this substream makes room.
+        counters.evicted++;
+        heap_ready(slot);
+    }
+    return slot;
+}
+
+void heap_stream::process_packet(const packet_header &ph)
+{
+    counters.packets++;
+    if (ph.heap_length < 0 && !allow_unsized_heaps)
+    {
+        log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
+                  (long long) ph.heap_cnt);
+        return;
+    }
+    std::int32_t found = -1;
+    if (ph.heap_length >= 0 && ph.payload_length == ph.heap_length)
+        counters.single_packet_heaps++;   // a whole heap: never looked up
+    else
+        found = table.find(ph.heap_cnt, counters.search_dist);
+    if (found < 0)
+    {
+        if (!allow_out_of_order && ph.payload_offset != 0)
+        {
+            log_debug("dropped packet of heap %lld: first packet has non-zero offset",
+                      (long long) ph.heap_cnt);
+            return;
+        }
+        const std::size_t slot = claim_slot(ph.heap_cnt);
+        live_heap &h = table[slot];
+        h.cnt = ph.heap_cnt;
+        h.heap_length = -1;
+        h.received = 0;
+        h.min_length = 0;
+        h.heap_address_bits = ph.heap_address_bits;
+        h.stop_item = false;
+        h.ranges.clear();
+        if (!building[slot])
+            building[slot] = std::make_unique<received_heap>();
+        table.link(slot);
+        found = std::int32_t(slot);
+    }
+    const std::size_t slot = std::size_t(found);
+    if (!add_to_heap(slot, ph))
+        return;
+    live_heap &h = table[slot];
+    const bool stop = h.stop_item && stop_on_stop_item;
+    if (h.heap_length >= 0 && h.received == std::uint64_t(h.heap_length)
+        && h.min_length == std::uint64_t(h.heap_length))
+    {
+        if (stop)
+        {
+            table.unlink(slot);
+            building[slot].reset();   // a complete stop heap is discarded
+        }
+        else
+            heap_ready(slot);
+    }
+    if (stop)
+        stop_received();
+}
+
+bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
+{
+    live_heap &h = table[slot];
+    received_heap &data = *building[slot];
+    if (ph.heap_address_bits != h.heap_address_bits)
+    {
+        log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
+        return false;
+    }
+    if (ph.heap_length >= 0)
+    {
+        if (h.heap_length >= 0 && ph.heap_length != h.heap_length)
+        {
+            log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
+            return false;
+        }
+        if (std::uint64_t(ph.heap_length) < h.min_length)
+        {
+            log_info("dropped packet of heap %lld: heap length too small for its items",
+                     (long long) ph.heap_cnt);
+            return false;
+        }
+    }
+    const std::uint64_t start = std::uint64_t(ph.payload_offset);
+    const std::uint64_t end = start + std::uint64_t(ph.payload_length);
+    if (!allow_out_of_order)
+    {
+        if (start != h.received)
+        {
+            if (start < h.received)
+                log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
+                            (long long) ph.heap_cnt, (unsigned long long) start,
+                            (unsigned long long) h.received);
+            else
+                log_debug("dropped packet of heap %lld: gap in heap", (long long) ph.heap_cnt);
+            return false;
+        }
+    }
+    else if (ph.payload_length > 0)
+    {
+        switch (h.ranges.insert(start, end))
+        {
+        case range_set::result::added:
+            break;
+        case range_set::result::duplicate:
+            log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
+            return false;
+        case range_set::result::overlap:
+            log_warning("dropped packet of heap %lld: overlaps data already received",
+                        (long long) ph.heap_cnt);
+            return false;
+        }
+    }
+
+    // Accepted: make room for the payload.
+    if (ph.heap_length >= 0 && h.heap_length < 0)
+    {
+        h.heap_length = ph.heap_length;
+        h.min_length = std::max(h.min_length, std::uint64_t(ph.heap_length));
+        data.payload.reserve(allocator, std::size_t(ph.heap_length), true);
+    }
+    else if (h.min_length < end)
+    {
+        h.min_length = end;
+        if (h.heap_length < 0)
+            data.payload.reserve(allocator, std::size_t(end), false);
+    }
+    h.received += std::uint64_t(ph.payload_length);
+
+    const int hab = ph.heap_address_bits;
+    for (int i = 0; i < ph.n_items; i++)
+    {
+        const std::uint64_t raw = protocol::load_be64(ph.pointers + i * protocol::ITEM_POINTER_SIZE);
+        const auto ptr = protocol::decode_item_pointer(raw, hab);
+        if (ptr.id >= protocol::HEAP_CNT_ID && ptr.id <= protocol::PAYLOAD_LENGTH_ID)
+            continue;
+        if (ptr.immediate)
+        {
+            if (ptr.id == protocol::STREAM_CTRL_ID && ptr.value == protocol::CTRL_STREAM_STOP)
+                h.stop_item = true;
+        }
+        else if (ptr.value > h.min_length)
+        {
+            h.min_length = ptr.value;
+            if (h.heap_length < 0)
+                data.payload.reserve(allocator, std::size_t(ptr.value), false);
+        }
+        if (std::find(data.pointers.begin(), data.pointers.end(), raw) == data.pointers.end())
+            data.pointers.push_back(raw);
+    }
+    if (ph.payload_length > 0)
+        copy(data.payload.data() + start, ph.payload, std::size_t(ph.payload_length));
+    return true;
+}
+
+void heap_stream::heap_ready(std::size_t slot)
+{
+    // The heap leaves the table here (its fields are read first).
+    const live_heap &h = table[slot];
+    const std::int64_t cnt = h.cnt;
+    table.unlink(slot);   // clears only cnt and the hash link
+    std::unique_ptr<received_heap> out = std::move(building[slot]);
+    counters.heaps++;
+    out->cnt = cnt;
+    out->heap_length = h.heap_length;
+    out->received_length = h.received;
+    out->min_length = h.min_length;
+    out->heap_address_bits = h.heap_address_bits;
+    out->bug_compat = bug_compat;
+    out->contiguous = h.received == h.min_length;
+    out->complete = h.heap_length >= 0 && out->contiguous && h.min_length == std::uint64_t(h.heap_length);
+    out->end_of_stream = h.stop_item;
+    if (!out->contiguous)
+    {
+        if (ring_config.get_contiguous_only())
+        {
+            log_warning("dropped incomplete heap %lld (%llu/%lld bytes of payload)",
+                        (long long) cnt, (unsigned long long) h.received, (long long) h.heap_length);
+            return;
+        }
+        out->payload.reset();   // incomplete heaps keep only their immediates
+        if (ring_config.get_incomplete_keep_payload_ranges())
+        {
+            if (allow_out_of_order)
+                for (std::size_t i = 0; i < h.ranges.size(); i++)
+                    out->payload_ranges.push_back(h.ranges[i]);
+            else if (h.received > 0)
+                out->payload_ranges.emplace_back(0, h.received);
+        }
+    }
+    push(std::move(out));
+}
+
+void heap_stream::push(std::unique_ptr<received_heap> &&h)
+{
+    try
+    {
+        try
+        {
+            ring->try_push(h);
+        }
+        catch (ringbuffer_full &)
+        {
+            {
+                std::lock_guard<std::mutex> lock(stats_mutex);
+                stats[stat_index::worker_blocked]++;
+            }
+            ring->push(h);
+        }
+    }
+    catch (ringbuffer_stopped &)
+    {
+        log_info("dropped heap %lld due to external stop", (long long) h->cnt);
+    }
+}
+
+void heap_stream::flush_heaps()
+{
+    table.for_each_live([this](std::size_t slot) {
+        counters.flushed++;
+        heap_ready(slot);
+    });
+}
+
+} // namespace spead2::heap
