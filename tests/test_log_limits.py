@@ -39,7 +39,7 @@ def spead2_log():
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(old)
-    spead2._spead2._set_log_limits(5, 10.0)
+    spead2.set_log_limits()
 
 
 def wait_for(handler, pattern, timeout=10):

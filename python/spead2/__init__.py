@@ -55,6 +55,18 @@ class MemoryAllocator:
     """
 
 
+def set_log_limits(first_logged: int = 5, summary_interval: float = 10.0) -> None:
+    """Limit log lines about dropped packets (bad, duplicate, out-of-order...).
+
+    The first `first_logged` packets of each kind are logged one by one, per
+    stream (and for the packet decoder); after that they are only counted, and
+    a summary of the counts is logged at most every `summary_interval`
+    seconds and when the stream stops.  Statistics always count every packet.
+    This is not in the reference, which logs every packet.
+    """
+    _spead2._set_log_limits(int(first_logged), float(summary_interval))
+
+
 def parse_range_list(ranges: str) -> list:
     """Parse a string like ``"2,3-5,8"`` into ``[2, 3, 4, 5, 8]``."""
     if not ranges:
