@@ -71,7 +71,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
           {"duplicate", log_level::debug},
           {"overlapping", log_level::warning},
           {"heaps placed out of range", log_level::warning}}),
-      started(!user_config.get_explicit_start())
+      readers(user_config.get_explicit_start())
 {
     if (!this->pool)
         throw std::invalid_argument("thread_pool must not be None");
@@ -96,47 +96,17 @@ chunk_stream::~chunk_stream()
 
 bool chunk_stream::add_reader(const transport::reader_factory &factory)
 {
-    std::lock_guard<std::mutex> lock(readers_mutex);
-    if (stopped.load() || readers_closed)
-        return false;   // readers added after a stop are ignored, as in the reference
-    if (config.get_explicit_start() && started)
-        throw std::runtime_error("Cannot add readers after explicit start");
-    auto r = factory(*this, pool->pick_worker());
-    readers.push_back(r);
-    if (started)
-        r->start();
-    return true;
+    return readers.add(factory, *this, *pool, stopped.load());
 }
 
 void chunk_stream::start()
 {
-    std::lock_guard<std::mutex> lock(readers_mutex);
-    if (started)
-        return;
-    started = true;
-    if (!stopped.load())
-        for (auto &r : readers)
-            r->start();
+    readers.start(stopped.load());
 }
 
 void chunk_stream::stop_readers()
 {
-    std::vector<std::shared_ptr<transport::reader>> to_close;
-    {
-        std::lock_guard<std::mutex> lock(readers_mutex);
-        if (readers_closed)
-            return;
-        readers_closed = true;
-        to_close.swap(readers);
-    }
-    for (auto &r : to_close)
-        r->request_stop();
-    // A task already running on a reader's worker finishes before this returns;
-    // tasks queued later see the stop flag and do nothing.
-    for (auto &r : to_close)
-        r->get_worker().run_sync([] {});
-    for (auto &r : to_close)
-        r->close();
+    readers.close();
 }
 
 void chunk_stream::stop()
@@ -168,11 +138,7 @@ void chunk_stream::stop_received()
     flush_chunks();
     drops.summarise(true);
     protocol::summarise_decode_log(true);
-    {
-        std::lock_guard<std::mutex> lock(readers_mutex);
-        for (auto &r : readers)
-            r->request_stop();
-    }
+    readers.request_stop();
     // The hook (e.g. ending the data ring) waits until the statistics of this
     // batch are merged, so a consumer that sees the end also sees final stats.
     network_stop_pending = true;

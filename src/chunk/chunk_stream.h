@@ -26,6 +26,7 @@
 #include "common/thread_pool.h"
 #include "protocol/spead.h"
 #include "transport/reader.h"
+#include "transport/reader_set.h"
 #include "transport/stream_control.h"
 
 namespace spead2::chunk
@@ -145,14 +146,11 @@ private:
     chunk_place_data place_data;
 
     std::atomic<bool> stopped{false};
-    bool started;
 
     mutable std::mutex stats_mutex;
     std::vector<std::uint64_t> stats;
 
-    std::mutex readers_mutex;
-    std::vector<std::shared_ptr<transport::reader>> readers;
-    bool readers_closed = false;
+    transport::reader_set readers;
 
     // Heap assembly
     void process_packet(const protocol::packet_header &ph);

@@ -36,7 +36,7 @@ heap_stream::heap_stream(std::shared_ptr<thread_pool> pool_,
       stop_on_stop_item(config_.get_stop_on_stop_item()),
       bug_compat(config_.get_bug_compat()),
       table(config_.get_max_heaps(), config_.get_substreams()),
-      started(!config_.get_explicit_start())
+      readers(config_.get_explicit_start())
 {
     if (!pool)
         throw std::invalid_argument("thread_pool must not be None");
@@ -55,45 +55,17 @@ heap_stream::~heap_stream()
 
 bool heap_stream::add_reader(const transport::reader_factory &factory)
 {
-    std::lock_guard<std::mutex> lock(readers_mutex);
-    if (stopped.load() || readers_closed)
-        return false;   // ignored after a stop, as in the reference
-    if (config.get_explicit_start() && started)
-        throw std::runtime_error("Cannot add readers after explicit start");
-    auto r = factory(*this, pool->pick_worker());
-    readers.push_back(r);
-    if (started)
-        r->start();
-    return true;
+    return readers.add(factory, *this, *pool, stopped.load());
 }
 
 void heap_stream::start()
 {
-    std::lock_guard<std::mutex> lock(readers_mutex);
-    if (started)
-        return;
-    started = true;
-    if (!stopped.load())
-        for (auto &r : readers)
-            r->start();
+    readers.start(stopped.load());
 }
 
 void heap_stream::stop_readers()
 {
-    std::vector<std::shared_ptr<transport::reader>> to_close;
-    {
-        std::lock_guard<std::mutex> lock(readers_mutex);
-        if (readers_closed)
-            return;
-        readers_closed = true;
-        to_close.swap(readers);
-    }
-    for (auto &r : to_close)
-        r->request_stop();
-    for (auto &r : to_close)
-        r->get_worker().run_sync([] {});
-    for (auto &r : to_close)
-        r->close();
+    readers.close();
 }
 
 void heap_stream::stop()
@@ -119,11 +91,7 @@ void heap_stream::stop_received()
     stopped.store(true);
     stopped_in_batch = true;
     flush_heaps();
-    {
-        std::lock_guard<std::mutex> lock(readers_mutex);
-        for (auto &r : readers)
-            r->request_stop();
-    }
+    readers.request_stop();
     // The ring ends once this batch's statistics are merged, so a consumer
     // that sees the end also sees the final statistics.
     ring_stop_pending = true;

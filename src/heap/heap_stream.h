@@ -24,6 +24,7 @@
 #include "heap/memory.h"
 #include "protocol/spead.h"
 #include "transport/reader.h"
+#include "transport/reader_set.h"
 #include "transport/stream_control.h"
 
 namespace spead2::heap
@@ -107,14 +108,11 @@ private:
     bool ring_stop_pending = false;
 
     std::atomic<bool> stopped{false};
-    bool started;
 
     mutable std::mutex stats_mutex;
     std::vector<std::uint64_t> stats;
 
-    std::mutex readers_mutex;
-    std::vector<std::shared_ptr<transport::reader>> readers;
-    bool readers_closed = false;
+    transport::reader_set readers;
 
     void process_packet(const protocol::packet_header &ph);
     std::size_t claim_slot(std::int64_t cnt);
