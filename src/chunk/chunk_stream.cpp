@@ -59,6 +59,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       stop_on_stop_item(user_config.get_stop_on_stop_item()),
       stream_id(user_config.get_stream_id()),
       heaps(max_heaps, substreams),
+      statistics(config.get_stats()),
       window(chunk_config.get_max_chunks()),
       drops("packets dropped", {
           {"without HEAP_LENGTH", log_level::debug},
@@ -81,8 +82,6 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
         throw std::invalid_argument("allocate and ready callbacks must be set");
     first_chunk_stat = config.get_stat_index(CHUNK_STAT_NAMES[0]);
 
-    stats.assign(config.get_stats().size(), 0);
-    batch_stats.assign(stats.size(), 0);
     item_values.assign(chunk_config.get_items().size(), -1);
     extra_scratch.assign(chunk_config.get_max_heap_extra(), 0);
 }
@@ -148,32 +147,20 @@ void chunk_stream::stop_received()
 
 std::vector<std::uint64_t> chunk_stream::get_stats() const
 {
-    std::lock_guard<std::mutex> lock(stats_mutex);
-    return stats;
+    return statistics.snapshot();
 }
 
 void chunk_stream::merge_batch()
 {
-    const auto &cfg = config.get_stats();
-    std::lock_guard<std::mutex> lock(stats_mutex);
-    stats[stat_index::heaps] += counters.heaps;
-    stats[stat_index::incomplete_heaps_evicted] += counters.evicted;
-    stats[stat_index::incomplete_heaps_flushed] += counters.flushed;
-    stats[stat_index::packets] += counters.packets;
-    stats[stat_index::single_packet_heaps] += counters.single_packet_heaps;
-    stats[stat_index::search_dist] += counters.search_dist;
-    stats[first_chunk_stat + 0] += counters.too_old;
-    stats[first_chunk_stat + 1] += counters.rejected;
-    stats[first_chunk_stat + 2] += counters.out_of_range;
-    stats[first_chunk_stat + 3] += counters.malformed;
-    // Every statistic from the first custom one on is merged from batch_stats,
-    // the chunk statistics included: as in the reference (where they are
-    // ordinary statistics appended after the user's), a place callback that
-    // writes to their index adds to them.
-    for (std::size_t i = stat_index::custom; i < stats.size(); i++)
-        stats[i] = cfg[i].combine(stats[i], batch_stats[i]);
-    counters = batch_counters();
-    std::fill(batch_stats.begin(), batch_stats.end(), 0);
+    // The chunk statistics come after the user's custom ones (callback
+    // writes to them were merged with the custom ones).
+    statistics.merge([this](std::vector<std::uint64_t> &totals) {
+        totals[first_chunk_stat + 0] += chunk_counts.too_old;
+        totals[first_chunk_stat + 1] += chunk_counts.rejected;
+        totals[first_chunk_stat + 2] += chunk_counts.out_of_range;
+        totals[first_chunk_stat + 3] += chunk_counts.malformed;
+    });
+    chunk_counts = chunk_counters();
 }
 
 // ------------------------------------------------------------------ batches
@@ -215,7 +202,7 @@ bool chunk_stream::batch_packets(const packet_header *packets, std::size_t n)
 
 void chunk_stream::batch_malformed(std::size_t n)
 {
-    counters.malformed += n;
+    chunk_counts.malformed += n;
 }
 
 void chunk_stream::batch_end(bool end_of_stream)
@@ -223,14 +210,8 @@ void chunk_stream::batch_end(bool end_of_stream)
     if (end_of_stream)
         stop_received();
     const bool count_batch = !(stopped_in_batch && batch_packet_count == 0);
-    {
-        std::lock_guard<std::mutex> lock(stats_mutex);
-        if (count_batch)
-        {
-            stats[stat_index::batches]++;
-            stats[stat_index::max_batch] = std::max<std::uint64_t>(stats[stat_index::max_batch], batch_packet_count);
-        }
-    }
+    if (count_batch)
+        statistics.count_batch(batch_packet_count);
     merge_batch();
     drops.summarise();
     protocol::summarise_decode_log();
@@ -252,7 +233,7 @@ std::size_t chunk_stream::claim_slot(std::int64_t cnt)
     {
         // FIFO eviction: the oldest heap of this substream makes room.
         heaps.unlink(slot);
-        counters.evicted++;
+        statistics.counters.evicted++;
         heap_done(h, false);
     }
     return slot;
@@ -297,7 +278,7 @@ bool chunk_stream::scan_pointers(const packet_header &ph, std::uint64_t &max_add
 
 void chunk_stream::process_packet(const packet_header &ph)
 {
-    counters.packets++;
+    statistics.counters.packets++;
     if (ph.heap_length < 0)
     {
         if (drops.note(DROP_UNSIZED))
@@ -311,7 +292,7 @@ void chunk_stream::process_packet(const packet_header &ph)
         return;
     }
 
-    std::int32_t found = heaps.find(ph.heap_cnt, counters.search_dist);
+    std::int32_t found = heaps.find(ph.heap_cnt, statistics.counters.search_dist);
     if (found < 0)
     {
         if (!allow_out_of_order && ph.payload_offset != 0)
@@ -416,7 +397,7 @@ void chunk_stream::process_single(const packet_header &ph)
     // A heap in one packet is never looked up (so a duplicate is delivered
     // twice), but, as in the reference, it still takes the next slot of its
     // substream, evicting the heap that held it.
-    counters.single_packet_heaps++;
+    statistics.counters.single_packet_heaps++;
     const std::size_t slot = claim_slot(ph.heap_cnt);
     std::uint64_t max_address;
     bool stop_flag;
@@ -432,7 +413,7 @@ void chunk_stream::process_single(const packet_header &ph)
     {
         if (!stop)
         {
-            counters.heaps++;
+            statistics.counters.heaps++;
             mark_complete(where);
         }
         // else: a complete stop heap is discarded
@@ -464,7 +445,7 @@ void chunk_stream::process_single(const packet_header &ph)
 
 void chunk_stream::heap_done(live_heap &h, bool complete)
 {
-    counters.heaps++;
+    statistics.counters.heaps++;
     if (complete)
         mark_complete(h.where);
 }
@@ -474,7 +455,7 @@ void chunk_stream::flush_heaps()
     heaps.for_each_live([this](std::size_t slot) {
         live_heap &h = heaps[slot];
         heaps.unlink(slot);
-        counters.flushed++;
+        statistics.counters.flushed++;
         heap_done(h, false);
     });
 }
@@ -483,12 +464,12 @@ void chunk_stream::flush_heaps()
 
 chunk *chunk_stream::acquire_chunk(std::int64_t chunk_id)
 {
-    return allocate(chunk_id, batch_stats.data()).release();
+    return allocate(chunk_id, statistics.batch.data()).release();
 }
 
 void chunk_stream::release_chunk(chunk *c)
 {
-    ready(std::unique_ptr<chunk>(c), batch_stats.data());
+    ready(std::unique_ptr<chunk>(c), statistics.batch.data());
 }
 
 void chunk_stream::flush_chunks()
@@ -535,7 +516,7 @@ heap_placement chunk_stream::place(const packet_header &ph)
     d.chunk_id = -1;
     d.heap_index = 0;
     d.heap_offset = 0;
-    d.batch_stats = batch_stats.data();
+    d.batch_stats = statistics.batch.data();
     d.extra = extra_scratch.empty() ? nullptr : extra_scratch.data();
     d.extra_offset = 0;
     d.extra_size = 0;
@@ -543,13 +524,13 @@ heap_placement chunk_stream::place(const packet_header &ph)
 
     if (d.chunk_id < 0)
     {
-        counters.rejected++;
+        chunk_counts.rejected++;
         return result;
     }
     const std::uint64_t id = std::uint64_t(d.chunk_id);
     if (id < window.get_head())
     {
-        counters.too_old++;
+        chunk_counts.too_old++;
         return result;
     }
     if (id >= window.get_tail())
@@ -584,7 +565,7 @@ heap_placement chunk_stream::place(const packet_header &ph)
                         (long long) ph.heap_cnt, (long long) d.chunk_id, problem,
                         d.heap_index, d.heap_offset, (unsigned long long) length,
                         d.extra_offset, d.extra_size);
-        counters.out_of_range++;
+        chunk_counts.out_of_range++;
         // The heap keeps its chunk ID (so a completion after the chunk has
         // left the window still counts as too old, as in the reference) but
         // has no target: nothing of it is written.
@@ -642,7 +623,7 @@ void chunk_stream::mark_complete(const heap_placement &where)
         return;
     if (behind_window(where.chunk_id))
     {
-        counters.too_old++;
+        chunk_counts.too_old++;
         return;
     }
     if (!where.target)

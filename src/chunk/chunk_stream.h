@@ -21,6 +21,7 @@
 #include "chunk/chunk_window.h"
 #include "chunk/config.h"
 #include "chunk/heap_table.h"
+#include "chunk/stream_stats.h"
 #include "common/log_limiter.h"
 #include "common/memcpy.h"
 #include "common/thread_pool.h"
@@ -91,19 +92,13 @@ protected:
     /// Release chunks until the window's head is at least @a target (no-op
     /// once stopped).  Takes the stream lock.
     void flush_window_until(std::uint64_t target);
-    std::uint64_t *get_batch_stats() { return batch_stats.data(); }
+    std::uint64_t *get_batch_stats() { return statistics.batch.data(); }
     std::uintptr_t get_stream_id() const { return stream_id; }
 
 private:
-    /// Per-batch counters, merged into the stream statistics at batch end.
-    struct batch_counters
+    /// Per-batch counts of the chunk statistics (the core ones are in statistics.counters).
+    struct chunk_counters
     {
-        std::uint64_t heaps = 0;
-        std::uint64_t evicted = 0;
-        std::uint64_t flushed = 0;
-        std::uint64_t packets = 0;
-        std::uint64_t single_packet_heaps = 0;
-        std::uint64_t search_dist = 0;
         std::uint64_t too_old = 0;
         std::uint64_t rejected = 0;
         std::uint64_t out_of_range = 0;
@@ -127,6 +122,7 @@ private:
     // Guarded by queue_mutex
     std::mutex queue_mutex;
     heap_table heaps;
+    stream_statistics statistics;
     chunk_window window;
     /// Kinds of dropped packets for the rate-limited log (order as in the constructor).
     enum drop_kind : std::size_t
@@ -135,8 +131,7 @@ private:
         DROP_OUT_OF_ORDER, DROP_GAP, DROP_DUPLICATE, DROP_OVERLAP, DROP_OUT_OF_RANGE
     };
     log_limiter drops;
-    std::vector<std::uint64_t> batch_stats;
-    batch_counters counters;
+    chunk_counters chunk_counts;
     std::size_t batch_packet_count = 0;
     std::int64_t batch_time = 0;   ///< steady clock (CLOCK_MONOTONIC) ns when the batch began
     bool stopped_in_batch = false;
@@ -147,8 +142,6 @@ private:
 
     std::atomic<bool> stopped{false};
 
-    mutable std::mutex stats_mutex;
-    std::vector<std::uint64_t> stats;
 
     transport::reader_set readers;
 

@@ -36,13 +36,12 @@ heap_stream::heap_stream(std::shared_ptr<thread_pool> pool_,
       stop_on_stop_item(config_.get_stop_on_stop_item()),
       bug_compat(config_.get_bug_compat()),
       table(config_.get_max_heaps(), config_.get_substreams()),
+      statistics(config_.get_stats()),
       readers(config_.get_explicit_start())
 {
     if (!pool)
         throw std::invalid_argument("thread_pool must not be None");
     building.resize(table.size());
-    stats.assign(config.get_stats().size(), 0);
-    batch_stats.assign(stats.size(), 0);
     ring->add_producer();
 }
 
@@ -101,24 +100,12 @@ void heap_stream::stop_received()
 
 std::vector<std::uint64_t> heap_stream::get_stats() const
 {
-    std::lock_guard<std::mutex> lock(stats_mutex);
-    return stats;
+    return statistics.snapshot();
 }
 
 void heap_stream::merge_batch()
 {
-    const auto &cfg = config.get_stats();
-    std::lock_guard<std::mutex> lock(stats_mutex);
-    stats[stat_index::heaps] += counters.heaps;
-    stats[stat_index::incomplete_heaps_evicted] += counters.evicted;
-    stats[stat_index::incomplete_heaps_flushed] += counters.flushed;
-    stats[stat_index::packets] += counters.packets;
-    stats[stat_index::single_packet_heaps] += counters.single_packet_heaps;
-    stats[stat_index::search_dist] += counters.search_dist;
-    for (std::size_t i = stat_index::custom; i < stats.size(); i++)
-        stats[i] = cfg[i].combine(stats[i], batch_stats[i]);
-    counters = batch_counters();
-    std::fill(batch_stats.begin(), batch_stats.end(), 0);
+    statistics.merge([](std::vector<std::uint64_t> &) {});
 }
 
 // ------------------------------------------------------------------ batches
@@ -153,14 +140,8 @@ void heap_stream::batch_end(bool end_of_stream)
     if (end_of_stream)
         stop_received();
     const bool count_batch = !(stopped_in_batch && batch_packet_count == 0);
-    {
-        std::lock_guard<std::mutex> lock(stats_mutex);
-        if (count_batch)
-        {
-            stats[stat_index::batches]++;
-            stats[stat_index::max_batch] = std::max<std::uint64_t>(stats[stat_index::max_batch], batch_packet_count);
-        }
-    }
+    if (count_batch)
+        statistics.count_batch(batch_packet_count);
     merge_batch();
     if (ring_stop_pending)
     {
@@ -178,7 +159,7 @@ std::size_t heap_stream::claim_slot(std::int64_t cnt)
     if (table[slot].cnt >= 0)
     {
         // FIFO eviction: the oldest heap of this substream makes room.
-        counters.evicted++;
+        statistics.counters.evicted++;
         heap_ready(slot);
     }
     return slot;
@@ -186,7 +167,7 @@ std::size_t heap_stream::claim_slot(std::int64_t cnt)
 
 void heap_stream::process_packet(const packet_header &ph)
 {
-    counters.packets++;
+    statistics.counters.packets++;
     if (ph.heap_length < 0 && !allow_unsized_heaps)
     {
         log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
@@ -195,9 +176,9 @@ void heap_stream::process_packet(const packet_header &ph)
     }
     std::int32_t found = -1;
     if (ph.heap_length >= 0 && ph.payload_length == ph.heap_length)
-        counters.single_packet_heaps++;   // a whole heap: never looked up
+        statistics.counters.single_packet_heaps++;   // a whole heap: never looked up
     else
-        found = table.find(ph.heap_cnt, counters.search_dist);
+        found = table.find(ph.heap_cnt, statistics.counters.search_dist);
     if (found < 0)
     {
         if (!allow_out_of_order && ph.payload_offset != 0)
@@ -342,7 +323,7 @@ void heap_stream::heap_ready(std::size_t slot)
     const std::int64_t cnt = h.cnt;
     table.unlink(slot);   // clears only cnt and the hash link
     std::unique_ptr<received_heap> out = std::move(building[slot]);
-    counters.heaps++;
+    statistics.counters.heaps++;
     out->cnt = cnt;
     out->heap_length = h.heap_length;
     out->received_length = h.received;
@@ -384,8 +365,7 @@ void heap_stream::push(std::unique_ptr<received_heap> &&h)
         catch (ringbuffer_full &)
         {
             {
-                std::lock_guard<std::mutex> lock(stats_mutex);
-                stats[stat_index::worker_blocked]++;
+                statistics.add(stat_index::worker_blocked, 1);
             }
             ring->push(h);
         }
@@ -399,7 +379,7 @@ void heap_stream::push(std::unique_ptr<received_heap> &&h)
 void heap_stream::flush_heaps()
 {
     table.for_each_live([this](std::size_t slot) {
-        counters.flushed++;
+        statistics.counters.flushed++;
         heap_ready(slot);
     });
 }

@@ -17,6 +17,7 @@
 
 #include "chunk/config.h"
 #include "chunk/heap_table.h"
+#include "chunk/stream_stats.h"
 #include "common/memcpy.h"
 #include "common/ringbuffer.h"
 #include "common/thread_pool.h"
@@ -76,15 +77,6 @@ public:
     void batch_end(bool end_of_stream) override;
 
 private:
-    struct batch_counters
-    {
-        std::uint64_t heaps = 0;
-        std::uint64_t evicted = 0;
-        std::uint64_t flushed = 0;
-        std::uint64_t packets = 0;
-        std::uint64_t single_packet_heaps = 0;
-        std::uint64_t search_dist = 0;
-    };
 
     std::shared_ptr<thread_pool> pool;
     chunk::stream_config config;
@@ -101,16 +93,13 @@ private:
     std::mutex queue_mutex;
     chunk::heap_table table;
     std::vector<std::unique_ptr<received_heap>> building;   ///< per slot of the table
-    std::vector<std::uint64_t> batch_stats;
-    batch_counters counters;
+    chunk::stream_statistics statistics;
     std::size_t batch_packet_count = 0;
     bool stopped_in_batch = false;
     bool ring_stop_pending = false;
 
     std::atomic<bool> stopped{false};
 
-    mutable std::mutex stats_mutex;
-    std::vector<std::uint64_t> stats;
 
     transport::reader_set readers;
 
