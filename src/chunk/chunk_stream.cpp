@@ -61,17 +61,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       heaps(max_heaps, substreams),
       statistics(config.get_stats()),
       window(chunk_config.get_max_chunks()),
-      drops("packets dropped", {
-          {"without HEAP_LENGTH", log_level::debug},
-          {"first packet not at offset 0", log_level::debug},
-          {"heap length changed", log_level::info},
-          {"flavour changed", log_level::info},
-          {"heap length too small for its items", log_level::info},
-          {"out-of-order", log_level::warning},
-          {"gap in heap", log_level::debug},
-          {"duplicate", log_level::debug},
-          {"overlapping", log_level::warning},
-          {"heaps placed out of range", log_level::warning}}),
+      drops(make_drop_log()),
       readers(user_config.get_explicit_start())
 {
     if (!this->pool)

@@ -20,6 +20,7 @@
 
 #include "chunk/chunk_window.h"
 #include "chunk/config.h"
+#include "chunk/drop_log.h"
 #include "chunk/heap_table.h"
 #include "chunk/stream_stats.h"
 #include "common/log_limiter.h"
@@ -124,12 +125,6 @@ private:
     heap_table heaps;
     stream_statistics statistics;
     chunk_window window;
-    /// Kinds of dropped packets for the rate-limited log (order as in the constructor).
-    enum drop_kind : std::size_t
-    {
-        DROP_UNSIZED, DROP_FIRST_OFFSET, DROP_LENGTH_CHANGED, DROP_FLAVOUR_CHANGED, DROP_TOO_SMALL,
-        DROP_OUT_OF_ORDER, DROP_GAP, DROP_DUPLICATE, DROP_OVERLAP, DROP_OUT_OF_RANGE
-    };
     log_limiter drops;
     chunk_counters chunk_counts;
     std::size_t batch_packet_count = 0;

@@ -37,6 +37,7 @@ heap_stream::heap_stream(std::shared_ptr<thread_pool> pool_,
       bug_compat(config_.get_bug_compat()),
       table(config_.get_max_heaps(), config_.get_substreams()),
       statistics(config_.get_stats()),
+      drops(chunk::make_drop_log()),
       readers(config_.get_explicit_start())
 {
     if (!pool)
@@ -77,6 +78,7 @@ void heap_stream::stop()
         {
             stopped.store(true);
             flush_heaps();
+            drops.summarise(true);
             merge_batch();
         }
     }
@@ -90,6 +92,8 @@ void heap_stream::stop_received()
     stopped.store(true);
     stopped_in_batch = true;
     flush_heaps();
+    drops.summarise(true);
+    protocol::summarise_decode_log(true);
     readers.request_stop();
     // The ring ends once this batch's statistics are merged, so a consumer
     // that sees the end also sees the final statistics.
@@ -143,6 +147,8 @@ void heap_stream::batch_end(bool end_of_stream)
     if (count_batch)
         statistics.count_batch(batch_packet_count);
     merge_batch();
+    drops.summarise();
+    protocol::summarise_decode_log();
     if (ring_stop_pending)
     {
         ring_stop_pending = false;
@@ -170,8 +176,9 @@ void heap_stream::process_packet(const packet_header &ph)
     statistics.counters.packets++;
     if (ph.heap_length < 0 && !allow_unsized_heaps)
     {
-        log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
-                  (long long) ph.heap_cnt);
+        if (drops.note(chunk::DROP_UNSIZED))
+            log_debug("dropped packet of heap %lld: no HEAP_LENGTH (unsized heaps are not allowed)",
+                      (long long) ph.heap_cnt);
         return;
     }
     std::int32_t found = -1;
@@ -183,8 +190,9 @@ void heap_stream::process_packet(const packet_header &ph)
     {
         if (!allow_out_of_order && ph.payload_offset != 0)
         {
-            log_debug("dropped packet of heap %lld: first packet has non-zero offset",
-                      (long long) ph.heap_cnt);
+            if (drops.note(chunk::DROP_FIRST_OFFSET))
+                log_debug("dropped packet of heap %lld: first packet has non-zero offset",
+                          (long long) ph.heap_cnt);
             return;
         }
         const std::size_t slot = claim_slot(ph.heap_cnt);
@@ -227,20 +235,23 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
     received_heap &data = *building[slot];
     if (ph.heap_address_bits != h.heap_address_bits)
     {
-        log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
+        if (drops.note(chunk::DROP_FLAVOUR_CHANGED))
+            log_info("dropped packet of heap %lld: flavour changed", (long long) ph.heap_cnt);
         return false;
     }
     if (ph.heap_length >= 0)
     {
         if (h.heap_length >= 0 && ph.heap_length != h.heap_length)
         {
-            log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
+            if (drops.note(chunk::DROP_LENGTH_CHANGED))
+                log_info("dropped packet of heap %lld: heap length changed", (long long) ph.heap_cnt);
             return false;
         }
         if (std::uint64_t(ph.heap_length) < h.min_length)
         {
-            log_info("dropped packet of heap %lld: heap length too small for its items",
-                     (long long) ph.heap_cnt);
+            if (drops.note(chunk::DROP_TOO_SMALL))
+                log_info("dropped packet of heap %lld: heap length too small for its items",
+                         (long long) ph.heap_cnt);
             return false;
         }
     }
@@ -251,10 +262,13 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
         if (start != h.received)
         {
             if (start < h.received)
-                log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
-                            (long long) ph.heap_cnt, (unsigned long long) start,
-                            (unsigned long long) h.received);
-            else
+            {
+                if (drops.note(chunk::DROP_OUT_OF_ORDER))
+                    log_warning("dropped packet of heap %lld: out-of-order packet (offset %llu, expected %llu)",
+                                (long long) ph.heap_cnt, (unsigned long long) start,
+                                (unsigned long long) h.received);
+            }
+            else if (drops.note(chunk::DROP_GAP))
                 log_debug("dropped packet of heap %lld: gap in heap", (long long) ph.heap_cnt);
             return false;
         }
@@ -266,11 +280,13 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
         case range_set::result::added:
             break;
         case range_set::result::duplicate:
-            log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
+            if (drops.note(chunk::DROP_DUPLICATE))
+                log_debug("dropped duplicate packet of heap %lld", (long long) ph.heap_cnt);
             return false;
         case range_set::result::overlap:
-            log_warning("dropped packet of heap %lld: overlaps data already received",
-                        (long long) ph.heap_cnt);
+            if (drops.note(chunk::DROP_OVERLAP))
+                log_warning("dropped packet of heap %lld: overlaps data already received",
+                            (long long) ph.heap_cnt);
             return false;
         }
     }
@@ -337,8 +353,9 @@ void heap_stream::heap_ready(std::size_t slot)
     {
         if (ring_config.get_contiguous_only())
         {
-            log_warning("dropped incomplete heap %lld (%llu/%lld bytes of payload)",
-                        (long long) cnt, (unsigned long long) h.received, (long long) h.heap_length);
+            if (drops.note(chunk::DROP_INCOMPLETE_HEAP))
+                log_warning("dropped incomplete heap %lld (%llu/%lld bytes of payload)",
+                            (long long) cnt, (unsigned long long) h.received, (long long) h.heap_length);
             return;
         }
         out->payload.reset();   // incomplete heaps keep only their immediates

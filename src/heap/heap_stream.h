@@ -17,6 +17,7 @@
 
 #include "chunk/config.h"
 #include "chunk/heap_table.h"
+#include "chunk/drop_log.h"
 #include "chunk/stream_stats.h"
 #include "common/memcpy.h"
 #include "common/ringbuffer.h"
@@ -94,6 +95,7 @@ private:
     chunk::heap_table table;
     std::vector<std::unique_ptr<received_heap>> building;   ///< per slot of the table
     chunk::stream_statistics statistics;
+    log_limiter drops;   ///< rate-limited log of dropped packets
     std::size_t batch_packet_count = 0;
     bool stopped_in_batch = false;
     bool ring_stop_pending = false;
