@@ -54,7 +54,7 @@ def test_stub_matches_runtime(module_name):
             assert hasattr(obj, member), f"{module_name}.{name}.{member} is stubbed but missing"
     if module_name != "spead2.recv.asyncio":
         public = {n for n in dir(module) if not n.startswith("_")}
-        submodules = {"recv", "send", "numba", "tools", "asyncio", "prometheus"}
+        submodules = {"recv", "send", "numba", "tools", "asyncio", "prometheus", "place"}
         missing = public - set(names) - submodules
         assert not missing, f"public names of {module_name} missing from its stub: {sorted(missing)}"
 

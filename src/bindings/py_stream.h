@@ -77,5 +77,7 @@ struct py_stream
 
 /// spead2.recv.Stream, Heap, IncompleteHeap, RingStreamConfig (register_heap.cpp).
 void register_heap_stream(py::module_ &recv);
+/// The built-in place callbacks' parameter holders (register_place.cpp).
+void register_place(py::module_ &recv);
 
 } // namespace spead2::bindings

@@ -643,6 +643,7 @@ void register_recv(py::module_ &m)
 
     register_stream_base(recv);
     register_heap_stream(recv);
+    register_place(recv);
 
     py::class_<py_chunk_ring_stream, py_ring_pair, py_stream>(recv, "ChunkRingStream")
         .def(py::init([](py::object thread_pool, const py_stream_config &config,
