@@ -24,17 +24,9 @@ stream_stat_indices = _recv.stream_stat_indices
 if hasattr(_recv, "UdpIbvConfig"):  # built with the ibverbs headers
     UdpIbvConfig = _recv.UdpIbvConfig
 
-_CORE_STATS = (
-    "heaps",
-    "incomplete_heaps_evicted",
-    "incomplete_heaps_flushed",
-    "packets",
-    "batches",
-    "max_batch",
-    "single_packet_heaps",
-    "search_dist",
-    "worker_blocked",
-)
+# The core statistics, as the C++ core defines them (a fresh StreamConfig has
+# exactly these, in index order).
+_CORE_STATS = tuple(c.name for c in _recv.StreamConfig().stats)
 
 
 class StreamStats:
