@@ -50,7 +50,9 @@ CASES = {
 #: loop (both packages).  "batch": the reference's ``send_heaps`` with
 #: ``--batch`` references to the heap per call (ours has no send_heaps).
 #: "sync-nogso": "sync" with ``allow_gso=False`` (ours only).
-MODES = ("sync", "sync-nogso", "batch")
+#: "rate": "sync" with ``StreamConfig(rate=--rate-gbps)`` and the default
+#: burst settings: reports how close the achieved rate is to the requested one.
+MODES = ("sync", "sync-nogso", "batch", "rate")
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +94,8 @@ def worker(args):
     thread_pool = spead2.ThreadPool()
     # send_heaps needs room for the whole batch in the stream's heap queue.
     max_heaps = max(args.batch, 4) if args.mode == "batch" else 4
-    config = spead2.send.StreamConfig(max_packet_size=case["max_packet"], max_heaps=max_heaps)
+    rate = args.rate_gbps * 1e9 / 8 if args.mode == "rate" else 0.0
+    config = spead2.send.StreamConfig(max_packet_size=case["max_packet"], max_heaps=max_heaps, rate=rate)
 
     probe = spead2.send.BytesStream(thread_pool, config)
     probe.send_heap(heap)
@@ -107,7 +110,7 @@ def worker(args):
     else:
         stream = spead2.send.UdpStream(thread_pool, [rx.getsockname()], config)
 
-    if args.mode in ("sync", "sync-nogso"):
+    if args.mode in ("sync", "sync-nogso", "rate"):
         def send_some():
             for _ in range(64):
                 stream.send_heap(heap)
@@ -146,6 +149,8 @@ def worker(args):
         "pps": heaps * packets_per_heap / elapsed,
         "gbps": heaps * bytes_per_heap * 8 / elapsed / 1e9,
         "using_gso": getattr(stream, "using_gso", None),
+        "requested_gbps": rate * 8 / 1e9,
+        "rate_error": (heaps * bytes_per_heap / elapsed) / rate - 1 if rate else None,
         "spead2_file": spead2.__file__,
         "spead2_version": getattr(spead2, "__version__", "?"),
     }
@@ -161,8 +166,11 @@ def worker(args):
 
 def run_worker(python, case, mode, args):
     cmd = [python, os.path.abspath(__file__), "--worker", "--case", case, "--mode", mode,
-           "--duration", str(args.duration), "--warmup", str(args.warmup), "--batch", str(args.batch)]
+           "--duration", str(args.duration), "--warmup", str(args.warmup), "--batch", str(args.batch),
+           "--rate-gbps", str(args.rate_gbps)]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_PRELOAD")}
+    if python == sys.executable and "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # ours may be a build tree, never the reference
     env["OPENBLAS_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env,
                           timeout=args.duration + args.warmup + 120)
@@ -189,10 +197,16 @@ def main():
     parser.add_argument("--warmup", type=float, default=0.2, help="untimed seconds per run [%(default)s]")
     parser.add_argument("--batch", type=int, default=64, help="heaps per send_heaps call (batch mode)")
     parser.add_argument("--json", help="write every run and the summary to this file")
+    parser.add_argument("--rate-gbps", type=float, default=1.0, help="(rate mode) requested rate [%(default)s]")
+    parser.add_argument("--accuracy", metavar="GBPS,...",
+                        help="instead of throughput: pacing accuracy of both packages at these rates "
+                             "(default burst settings), one row per case and rate")
     args = parser.parse_args()
 
     if args.worker:
         return worker(args)
+    if args.accuracy:
+        return accuracy(args)
 
     cases = [c for c in args.cases.split(",") if c]
     ref_modes = [m for m in args.ref_modes.split(",") if m]
@@ -252,6 +266,21 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "runs": {"|".join(k): v for k, v in runs.items()},
                        "args": vars(args)}, f, indent=1)
+    return 0
+
+
+def accuracy(args):
+    """Achieved / requested rate for each case and rate, ours and the reference alternating."""
+    cases = [c for c in args.cases.split(",") if c]
+    print(f"{'case':<6} {'asked Gb/s':>10} {'ours Gb/s':>10} {'ours err':>9} {'ref Gb/s':>10} {'ref err':>9}")
+    for case in cases:
+        for gbps in [float(x) for x in args.accuracy.split(",") if x]:
+            args.rate_gbps = gbps
+            row = {}
+            for side, python in (("ours", sys.executable), ("ref", args.ref_python)):
+                row[side] = run_worker(python, case, "rate", args)
+            print(f"{case:<6} {gbps:10.2f} {row['ours']['gbps']:10.3f} {row['ours']['rate_error']:+9.2%} "
+                  f"{row['ref']['gbps']:10.3f} {row['ref']['rate_error']:+9.2%}", flush=True)
     return 0
 
 

@@ -258,7 +258,7 @@ class FakeBytesStream:
         self._data = bytearray()
         self._next_cnt = 1
 
-    def send_heap(self, heap, cnt=-1, substream_index=0):
+    def send_heap(self, heap, cnt=-1, substream_index=0, rate=-1.0):
         if not isinstance(heap, FakeHeap):
             raise TypeError(f"send_heap needs a _Heap, not {type(heap).__name__}")
         if cnt < 0:
@@ -274,6 +274,32 @@ class FakeBytesStream:
     def getvalue(self):
         return bytes(self._data)
 
+    # What spead2.send.asyncio needs of a compiled stream (serial groups only).
+    def _reserve(self, n):
+        pass
+
+    def _send_reserved(self, heaps, mode):
+        return sum(FakeBytesStream.send_heap(self, getattr(ref.heap, "_heap", ref.heap), ref.cnt, ref.substream_index)
+                   for ref in heaps.refs)
+
+
+class FakeHeapReference:
+    def __init__(self, heap, *, cnt=-1, substream_index=0, rate=-1.0):
+        self.heap, self.cnt, self.substream_index, self.rate = heap, cnt, substream_index, rate
+
+
+class FakeHeapReferenceList:
+    def __init__(self, heaps):
+        self.refs = list(heaps)
+
+    def __len__(self):
+        return len(self.refs)
+
+
+class FakeGroupMode:
+    ROUND_ROBIN = 0
+    SERIAL = 1
+
 
 def make_fake_spead2_module():
     """A stand-in for ``spead2._spead2`` with constants and a ``send`` submodule."""
@@ -283,6 +309,9 @@ def make_fake_spead2_module():
     send._Heap = FakeHeap
     send.StreamConfig = FakeStreamConfig
     send.BytesStream = FakeBytesStream
+    send.HeapReference = FakeHeapReference
+    send.HeapReferenceList = FakeHeapReferenceList
+    send.GroupMode = FakeGroupMode
     core.send = send
     return core
 

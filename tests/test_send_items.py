@@ -791,7 +791,8 @@ class TestAsyncio:
         item = group.add_item(0x1000, "x", "", (), format=[("u", 32)], value=0)
 
         async def main():
-            stream = module.BytesStream(api.thread_pool, api.send.StreamConfig())
+            # 20 heaps queued at once need max_heaps >= 20 (as in the reference).
+            stream = module.BytesStream(api.thread_pool, api.send.StreamConfig(max_heaps=20))
             futures = []
             for i in range(20):
                 item.value = i

@@ -58,7 +58,7 @@ packet_generator::packet_generator(const heap &h, std::int64_t cnt, std::size_t 
 {
     if (max_packet_size < MIN_PACKET_SIZE)
         throw std::invalid_argument("max_packet_size must be at least " + std::to_string(MIN_PACKET_SIZE)
-                                    + " bytes (header, item pointers and one payload byte)");
+                                    + " bytes (header, the special items, one item pointer and 8 bytes of payload)");
     if (cnt < 0 || (hab < 64 && (std::uint64_t(cnt) >> hab) != 0))
         throw std::invalid_argument("heap cnt " + std::to_string(cnt) + " does not fit in the flavour");
     const std::uint64_t limit = hab < 64 ? (std::uint64_t(1) << hab) : ~std::uint64_t(0);
@@ -85,7 +85,8 @@ packet_generator::packet_generator(const heap &h, std::int64_t cnt, std::size_t 
     if (payload_size >= limit)
         throw std::invalid_argument("heap payload too large for the flavour");
     if (h.get_repeat_pointers()
-        && PACKET_HEADER_SIZE + (SPECIAL_ITEMS + pointers.size()) * ITEM_POINTER_SIZE + 1 > max_packet_size)
+        && PACKET_HEADER_SIZE + (SPECIAL_ITEMS + pointers.size()) * ITEM_POINTER_SIZE + PAYLOAD_GRANULARITY
+               > max_packet_size)
         throw std::invalid_argument("repeat_pointers is set but the item pointers do not fit in one packet");
 }
 
@@ -93,7 +94,8 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
 {
     // Choose the item pointers for this packet.
     std::size_t first, count;
-    const std::size_t max_ptrs = (max_packet_size - PACKET_HEADER_SIZE - 1) / ITEM_POINTER_SIZE - SPECIAL_ITEMS;
+    const std::size_t max_ptrs = (max_packet_size - PACKET_HEADER_SIZE - PAYLOAD_GRANULARITY) / ITEM_POINTER_SIZE
+                                 - SPECIAL_ITEMS;
     if (h.get_repeat_pointers())
     {
         first = 0;
@@ -107,7 +109,9 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
     }
     const std::size_t n_items = SPECIAL_ITEMS + count;
     const std::size_t header_bytes = PACKET_HEADER_SIZE + n_items * ITEM_POINTER_SIZE;
-    std::size_t space = max_packet_size - header_bytes;
+    // Payload goes in multiples of 8 bytes per packet (the last one may be
+    // shorter), as the reference cuts heaps.
+    std::size_t space = (max_packet_size - header_bytes) & ~std::size_t(7);
     std::uint64_t length = std::min<std::uint64_t>(space, payload_size - offset);
 
     const std::uint64_t header = (std::uint64_t(0x5304) << 48)

@@ -20,8 +20,11 @@ namespace spead2::send
 constexpr std::size_t PACKET_HEADER_SIZE = 8;
 constexpr std::size_t ITEM_POINTER_SIZE = 8;
 constexpr std::size_t SPECIAL_ITEMS = 4;
-/// The smallest max_packet_size that can carry a payload byte after the specials.
-constexpr std::size_t MIN_PACKET_SIZE = PACKET_HEADER_SIZE + SPECIAL_ITEMS * ITEM_POINTER_SIZE + ITEM_POINTER_SIZE + 1;
+/// Payload is cut into packets in multiples of this many bytes.
+constexpr std::size_t PAYLOAD_GRANULARITY = 8;
+/// The smallest max_packet_size: header, specials, one item pointer and one payload unit.
+constexpr std::size_t MIN_PACKET_SIZE
+    = PACKET_HEADER_SIZE + SPECIAL_ITEMS * ITEM_POINTER_SIZE + ITEM_POINTER_SIZE + PAYLOAD_GRANULARITY;
 
 struct heap_item
 {

@@ -56,8 +56,8 @@ stream_config &stream_config::set_max_heaps(std::size_t v)
 
 stream_config &stream_config::set_burst_rate_ratio(double v)
 {
-    if (!(v >= 1.0))
-        throw std::invalid_argument("burst_rate_ratio must be at least 1");
+    if (!(v >= 1.0) || !std::isfinite(v))
+        throw std::invalid_argument("burst rate ratio must be at least 1.0 and finite");
     burst_rate_ratio = v;
     return *this;
 }
@@ -67,76 +67,157 @@ stream_config &stream_config::set_burst_rate_ratio(double v)
 stream::stream(const stream_config &config)
     : config(config),
       buffer(SEND_BATCH_PACKETS * config.get_max_packet_size()),
-      sizes(SEND_BATCH_PACKETS)
+      sizes(SEND_BATCH_PACKETS),
+      substreams(SEND_BATCH_PACKETS),
+      rate_pacer(real_clock, config.get_burst_size(), config.get_burst_rate_ratio())
 {
 }
 
 void stream::set_cnt_sequence(std::int64_t next, std::int64_t step)
 {
     if (step == 0)
-        throw std::invalid_argument("cnt step cannot be zero");
+        throw std::invalid_argument("step cannot be 0");
     std::lock_guard<std::mutex> lock(mutex);
     next_cnt = next;
     cnt_step = step;
 }
 
-void stream::pace(std::size_t bytes)
+void stream::reserve(std::size_t n)
 {
-    const double rate = config.get_rate();
-    if (rate <= 0.0)
-        return;
-    auto seconds = [](double s) {
-        return std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(s));
-    };
-    auto now = clock::now();
-    if (!schedule_valid || schedule < now - std::chrono::milliseconds(100))
+    std::lock_guard<std::mutex> lock(flight_mutex);
+    if (in_flight + n > config.get_max_heaps())
     {
-        schedule = burst_start = now;
-        burst_bytes = 0;
-        schedule_valid = true;
+        log_warning("async_send_heap(s): dropping heap because queue is full");
+        throw send_error(std::make_error_code(std::errc::resource_unavailable_try_again),
+                         "more than max_heaps (" + std::to_string(config.get_max_heaps())
+                         + ") heaps would be in flight");
     }
-    schedule += seconds(bytes / rate);
-    burst_bytes += bytes;
-    if (burst_bytes < config.get_burst_size())
-        return;
-    const auto wake = std::max(schedule, burst_start + seconds(burst_bytes / (rate * config.get_burst_rate_ratio())));
-    if (wake > now)
-        std::this_thread::sleep_until(wake);
-    // The next burst is timed from when this one was due to end, so that
-    // oversleeping is made up for instead of accumulating.
-    burst_start = std::max(wake, now);
-    burst_bytes = 0;
+    in_flight += n;
 }
 
-std::size_t stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream)
+void stream::release(std::size_t n)
 {
-    if (substream >= num_substreams())
-        throw std::out_of_range("substream_index " + std::to_string(substream) + " is out of range (stream has "
-                                + std::to_string(num_substreams()) + ")");
+    std::lock_guard<std::mutex> lock(flight_mutex);
+    in_flight -= std::min(n, in_flight);
+}
+
+std::size_t stream::send_heap(const heap &h, std::int64_t cnt, std::size_t substream, double rate)
+{
+    heap_reference ref;
+    ref.h = &h;
+    ref.cnt = cnt;
+    ref.substream_index = substream;
+    ref.rate = rate;
+    return send_heaps(&ref, 1, group_mode::serial);
+}
+
+namespace
+{
+
+[[noreturn]] void invalid_group(const char *log, const std::string &message)
+{
+    log_warning("%s", log);
+    throw send_error(std::make_error_code(std::errc::invalid_argument), message);
+}
+
+std::uint64_t cnt_mask(int heap_address_bits)
+{
+    return heap_address_bits >= 64 ? ~std::uint64_t(0) : (std::uint64_t(1) << heap_address_bits) - 1;
+}
+
+} // anonymous namespace
+
+std::size_t stream::send_heaps(const heap_reference *refs, std::size_t n, group_mode mode, bool reserved)
+{
+    struct release_guard
+    {
+        stream &s;
+        std::size_t n;
+        ~release_guard() { s.release(n); }
+    };
+    if (!reserved)
+        reserve(n);
+    release_guard guard{*this, n};
+
+    if (n == 0)
+        invalid_group("Empty heap group", "send_heaps: the group of heaps is empty");
+    for (std::size_t i = 0; i < n; i++)
+        if (refs[i].substream_index >= num_substreams())
+            invalid_group("async_send_heap(s): dropping heap because substream index is out of range",
+                          "substream_index " + std::to_string(refs[i].substream_index)
+                          + " is out of range (the stream has " + std::to_string(num_substreams())
+                          + " substreams)");
+
     std::lock_guard<std::mutex> lock(mutex);
-    if (cnt < 0)
+    // Heap cnts: explicit ones must fit in the heap's flavour; automatic ones
+    // come from the sequence (masked to the flavour, as the reference does),
+    // which only advances when the group is accepted.
+    std::int64_t next = next_cnt;
+    generators.clear();
+    rates.clear();
+    for (std::size_t i = 0; i < n; i++)
     {
-        cnt = next_cnt;
-        next_cnt += cnt_step;
-    }
-    packet_generator gen(h, cnt, config.get_max_packet_size());
-    const std::size_t max_batch_bytes = config.get_rate() > 0
-        ? std::max(config.get_burst_size(), config.get_max_packet_size())
-        : buffer.size();
-    std::size_t total = 0;
-    while (gen.has_next())
-    {
-        std::size_t n = 0, used = 0;
-        while (n < SEND_BATCH_PACKETS && gen.has_next()
-               && used + config.get_max_packet_size() <= buffer.size()
-               && (n == 0 || used + config.get_max_packet_size() <= max_batch_bytes))
+        const heap &h = *refs[i].h;
+        const std::uint64_t mask = cnt_mask(h.get_heap_address_bits());
+        std::uint64_t cnt;
+        if (refs[i].cnt < 0)
         {
-            sizes[n] = gen.next_packet(buffer.data() + used);
-            used += sizes[n];
-            n++;
+            cnt = std::uint64_t(next) & mask;
+            next += cnt_step;
         }
-        transmit(buffer.data(), sizes.data(), n, substream);
-        pace(used);
+        else
+        {
+            cnt = std::uint64_t(refs[i].cnt);
+            if (cnt & ~mask)
+                invalid_group("async_send_heap(s): dropping heap because cnt is out of range",
+                              "heap cnt " + std::to_string(cnt) + " does not fit in "
+                              + std::to_string(h.get_heap_address_bits()) + " bits");
+        }
+        generators.emplace_back(h, std::int64_t(cnt), config.get_max_packet_size());
+        rates.push_back(refs[i].rate < 0.0 ? config.get_rate() : refs[i].rate);
+    }
+    next_cnt = next;
+
+    bool paced = false;
+    for (double r : rates)
+        paced |= r > 0.0;
+    const std::size_t max_packet = config.get_max_packet_size();
+    // With pacing, a batch never spans more than one burst.
+    const std::size_t max_batch_bytes = paced ? std::max(config.get_burst_size(), max_packet) : buffer.size();
+    if (paced)
+        rate_pacer.begin();
+
+    active.clear();
+    for (std::size_t i = 0; i < n; i++)
+        active.push_back(i);
+    std::size_t turn = 0;   // position in active of the heap whose packet is next
+    std::size_t total = 0;
+    while (!active.empty())
+    {
+        std::size_t count = 0, used = 0;
+        while (!active.empty() && count < SEND_BATCH_PACKETS && used + max_packet <= buffer.size()
+               && (count == 0 || used + max_packet <= max_batch_bytes)
+               && !(paced && rate_pacer.burst_full()))
+        {
+            const std::size_t idx = active[turn];
+            packet_generator &gen = generators[idx];
+            const std::size_t size = gen.next_packet(buffer.data() + used);
+            sizes[count] = size;
+            substreams[count] = refs[idx].substream_index;
+            if (paced)
+                rate_pacer.add(size, rates[idx]);
+            used += size;
+            count++;
+            if (!gen.has_next())
+                active.erase(active.begin() + std::ptrdiff_t(turn));
+            else if (mode == group_mode::round_robin)
+                turn++;
+            if (turn >= active.size())
+                turn = 0;
+        }
+        transmit(buffer.data(), sizes.data(), substreams.data(), count);
+        if (paced)
+            rate_pacer.end_batch();
         total += used;
     }
     return total;
@@ -144,7 +225,7 @@ std::size_t stream::send_heap(const heap &h, std::int64_t cnt, std::size_t subst
 
 // ------------------------------------------------------------- bytes_stream
 
-void bytes_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t)
+void bytes_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *, std::size_t n)
 {
     std::size_t total = 0;
     for (std::size_t i = 0; i < n; i++)
@@ -165,11 +246,12 @@ inproc_stream::inproc_stream(const stream_config &config,
             throw std::invalid_argument("queues must not be None");
 }
 
-void inproc_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+void inproc_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
+                             std::size_t n)
 {
     for (std::size_t i = 0; i < n; i++)
     {
-        queues[sub]->add_packet(d, sizes[i]);
+        queues[subs[i]]->add_packet(d, sizes[i]);
         d += sizes[i];
     }
 }
@@ -211,6 +293,14 @@ udp_stream::udp_stream(const stream_config &config, std::vector<udp_endpoint> en
 {
     if (this->endpoints.empty())
         throw std::invalid_argument("endpoints is empty");
+    for (const auto &ep : this->endpoints)
+    {
+        sockaddr_storage ss{};
+        sockaddr_in sa = to_sockaddr(ep);
+        std::memcpy(&ss, &sa, sizeof(sa));
+        addresses.push_back(ss);
+        address_lengths.push_back(sizeof(sa));
+    }
     fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         throw std::system_error(errno, std::generic_category(), "socket");
@@ -259,9 +349,9 @@ udp_stream::~udp_stream()
         close(fd);
 }
 
-void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
+                            std::size_t n)
 {
-    sockaddr_in sa = to_sockaddr(endpoints[sub]);
     mmsghdr msgs[SEND_BATCH_PACKETS];
     iovec iov[SEND_BATCH_PACKETS];
     std::memset(msgs, 0, sizeof(msgs[0]) * n);
@@ -270,8 +360,8 @@ void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, std
         iov[i].iov_base = const_cast<std::uint8_t *>(d);
         iov[i].iov_len = sizes[i];
         d += sizes[i];
-        msgs[i].msg_hdr.msg_name = &sa;
-        msgs[i].msg_hdr.msg_namelen = sizeof(sa);
+        msgs[i].msg_hdr.msg_name = &addresses[subs[i]];
+        msgs[i].msg_hdr.msg_namelen = address_lengths[subs[i]];
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
@@ -291,11 +381,12 @@ void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, std
     }
 }
 
-bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
+                          std::size_t n)
 {
-    // Group runs of equal-sized packets (the last of a run may be shorter)
-    // into GSO super-datagrams, and send all of them with one sendmmsg.
-    sockaddr_in sa = to_sockaddr(endpoints[sub]);
+    // Group runs of equal-sized packets to one destination (the last of a run
+    // may be shorter) into GSO super-datagrams, and send all of them with one
+    // sendmmsg.
     mmsghdr msgs[SEND_BATCH_PACKETS];
     iovec iov[SEND_BATCH_PACKETS];
     alignas(cmsghdr) char control[SEND_BATCH_PACKETS][CMSG_SPACE(sizeof(std::uint16_t))];
@@ -307,7 +398,7 @@ bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, std::
         std::size_t j = i, bytes = 0;
         while (j < n && j - i < GSO_MAX_SEGMENTS && bytes + sizes[j] <= GSO_MAX_BYTES)
         {
-            if (sizes[j] > seg)
+            if (sizes[j] > seg || subs[j] != subs[i])
                 break;
             bytes += sizes[j];
             j++;
@@ -318,8 +409,8 @@ bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, std::
         std::memset(&m, 0, sizeof(m));
         iov[n_msgs].iov_base = const_cast<std::uint8_t *>(d);
         iov[n_msgs].iov_len = bytes;
-        m.msg_hdr.msg_name = &sa;
-        m.msg_hdr.msg_namelen = sizeof(sa);
+        m.msg_hdr.msg_name = &addresses[subs[i]];
+        m.msg_hdr.msg_namelen = address_lengths[subs[i]];
         m.msg_hdr.msg_iov = &iov[n_msgs];
         m.msg_hdr.msg_iovlen = 1;
         if (j - i > 1)
@@ -355,16 +446,17 @@ bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, std::
     return true;
 }
 
-void udp_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+void udp_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
+                          std::size_t n)
 {
     if (gso)
     {
-        if (send_gso(d, sizes, n, sub))
+        if (send_gso(d, sizes, subs, n))
             return;
         log_info("UDP GSO is not available; sending one datagram per packet");
         gso = false;
     }
-    send_plain(d, sizes, n, sub);
+    send_plain(d, sizes, subs, n);
 }
 
 // -------------------------------------------------------------- pcap_stream
@@ -442,13 +534,14 @@ void pcap_stream::flush()
         std::fflush(file);
 }
 
-void pcap_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub)
+void pcap_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
+                           std::size_t n)
 {
-    const udp_endpoint &dst = endpoints[sub];
     timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     for (std::size_t i = 0; i < n; i++)
     {
+        const udp_endpoint &dst = endpoints[subs[i]];
         const std::size_t payload = sizes[i];
         const std::size_t frame = FRAME_HEADERS + payload;
         std::uint32_t record[4] = {std::uint32_t(ts.tv_sec), std::uint32_t(ts.tv_nsec),

@@ -3,8 +3,10 @@
 // transport at the configured rate.
 //
 // Sending is synchronous on the caller's thread (the Python bindings release
-// the GIL): there is no per-heap queue or hand-off, so send_heap returns when
-// the last packet has been given to the transport.
+// the GIL), so send_heap(s) returns when the last packet has been given to
+// the transport.  The asyncio layer queues heaps for one worker thread per
+// stream; max_heaps bounds the heaps reserved or in flight (reserve()), and a
+// group that would exceed it is refused with EAGAIN, as the reference does.
 #pragma once
 
 #include <chrono>
@@ -16,7 +18,12 @@
 #include <string>
 #include <vector>
 
+#include <system_error>
+
+#include <sys/socket.h>
+
 #include "send/heap.h"
+#include "send/pacer.h"
 
 namespace spead2::transport
 {
@@ -33,6 +40,23 @@ constexpr double DEFAULT_BURST_RATE_RATIO = 1.05;
 /// Packets gathered before a batch is handed to the transport.
 constexpr std::size_t SEND_BATCH_PACKETS = 64;
 
+/// How the rate is enforced.  No transport here has hardware rate limiting,
+/// so HW and AUTO pace in software like SW.
+enum class rate_method : int
+{
+    sw = 0,
+    hw = 1,
+    automatic = 2,
+};
+constexpr rate_method DEFAULT_RATE_METHOD = rate_method::automatic;
+
+/// How the packets of the heaps of one send_heaps call are interleaved.
+enum class group_mode : int
+{
+    round_robin = 0,   ///< one packet of each unfinished heap in turn
+    serial = 1,        ///< all packets of one heap, then the next
+};
+
 class stream_config
 {
     std::size_t max_packet_size = DEFAULT_MAX_PACKET_SIZE;
@@ -40,6 +64,7 @@ class stream_config
     std::size_t burst_size = DEFAULT_BURST_SIZE;
     std::size_t max_heaps = DEFAULT_MAX_HEAPS;
     double burst_rate_ratio = DEFAULT_BURST_RATE_RATIO;
+    rate_method method = DEFAULT_RATE_METHOD;
 public:
     stream_config &set_max_packet_size(std::size_t v);
     std::size_t get_max_packet_size() const { return max_packet_size; }
@@ -52,35 +77,71 @@ public:
     std::size_t get_max_heaps() const { return max_heaps; }
     stream_config &set_burst_rate_ratio(double v);
     double get_burst_rate_ratio() const { return burst_rate_ratio; }
+    stream_config &set_rate_method(rate_method m) { method = m; return *this; }
+    rate_method get_rate_method() const { return method; }
+    /// The rate at which a burst may be sent (rate × burst_rate_ratio).
+    double get_burst_rate() const { return rate * burst_rate_ratio; }
+};
+
+/// One heap of a send_heaps call.
+struct heap_reference
+{
+    const heap *h = nullptr;
+    std::int64_t cnt = -1;             ///< < 0: the next number of the stream's sequence
+    std::size_t substream_index = 0;
+    double rate = -1.0;                ///< < 0: the stream's rate; 0: not paced
+};
+
+/// A heap (group) that cannot be sent: code() is EINVAL for a bad request
+/// (empty group, substream out of range, cnt out of range) and EAGAIN when
+/// more than max_heaps heaps would be in flight.
+class send_error : public std::system_error
+{
+public:
+    using std::system_error::system_error;
 };
 
 class stream
 {
     stream_config config;
-    std::mutex mutex;                 ///< one heap at a time
+    std::mutex mutex;                 ///< one group at a time
     std::int64_t next_cnt = 1;
     std::int64_t cnt_step = 1;
     std::vector<std::uint8_t> buffer;     ///< SEND_BATCH_PACKETS packets back to back
     std::vector<std::size_t> sizes;
-    // Rate control
-    using clock = std::chrono::steady_clock;
-    clock::time_point schedule{};        ///< when the bytes sent so far are due, at the rate
-    clock::time_point burst_start{};     ///< last wake-up: the burst-rate clock counts from here
-    std::size_t burst_bytes = 0;         ///< bytes sent since burst_start
-    bool schedule_valid = false;
-    void pace(std::size_t bytes);
+    std::vector<std::size_t> substreams;  ///< per packet of the batch
+    std::vector<packet_generator> generators;
+    std::vector<std::size_t> active;      ///< generators with packets left, in turn order
+    std::vector<double> rates;            ///< per heap of the group
+    // Heaps reserved or being sent (at most max_heaps).
+    std::mutex flight_mutex;
+    std::size_t in_flight = 0;
+    steady_clock_source real_clock;
+    pacer rate_pacer;
 protected:
-    /// Send @a n packets stored back to back in @a data with the given sizes.
-    virtual void transmit(const std::uint8_t *data, const std::size_t *sizes, std::size_t n,
-                          std::size_t substream) = 0;
+    /// Send @a n packets stored back to back in @a data with the given
+    /// sizes; packet i goes to substream @a subs[i].
+    virtual void transmit(const std::uint8_t *data, const std::size_t *sizes, const std::size_t *subs,
+                          std::size_t n) = 0;
 public:
     explicit stream(const stream_config &config);
     virtual ~stream() = default;
     const stream_config &get_config() const { return config; }
     virtual std::size_t num_substreams() const = 0;
-    /// Send a heap; cnt < 0 takes the next number of the sequence.  Returns
-    /// the number of bytes of SPEAD packets sent.
-    std::size_t send_heap(const heap &h, std::int64_t cnt = -1, std::size_t substream = 0);
+
+    /// Reserve room for @a n heaps in flight; throws send_error(EAGAIN)
+    /// when that would exceed max_heaps.  send_heaps(..., reserved=true)
+    /// releases them.
+    void reserve(std::size_t n);
+    void release(std::size_t n);
+
+    /// Send a group of heaps, interleaving their packets as @a mode says.
+    /// Returns the number of bytes of SPEAD packets sent.  Throws
+    /// send_error (see there); nothing is sent and the cnt sequence is
+    /// unchanged when it does.
+    std::size_t send_heaps(const heap_reference *refs, std::size_t n, group_mode mode, bool reserved = false);
+    /// Send one heap; cnt < 0 takes the next number of the sequence.
+    std::size_t send_heap(const heap &h, std::int64_t cnt = -1, std::size_t substream = 0, double rate = -1.0);
     void set_cnt_sequence(std::int64_t next, std::int64_t step);
     virtual void flush() {}
 };
@@ -90,7 +151,7 @@ class bytes_stream : public stream
 {
     std::vector<std::uint8_t> data;
 protected:
-    void transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t) override;
+    void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
     using stream::stream;
     std::size_t num_substreams() const override { return 1; }
@@ -102,7 +163,7 @@ class inproc_stream : public stream
 {
     std::vector<std::shared_ptr<transport::inproc_queue>> queues;
 protected:
-    void transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub) override;
+    void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
     inproc_stream(const stream_config &config, std::vector<std::shared_ptr<transport::inproc_queue>> queues);
     std::size_t num_substreams() const override { return queues.size(); }
@@ -125,11 +186,13 @@ class udp_stream : public stream
 {
     int fd = -1;
     std::vector<udp_endpoint> endpoints;
+    std::vector<sockaddr_storage> addresses;   ///< per substream, ready for sendmmsg
+    std::vector<socklen_t> address_lengths;
     bool gso;
-    void send_plain(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub);
-    bool send_gso(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub);
+    void send_plain(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n);
+    bool send_gso(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n);
 protected:
-    void transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub) override;
+    void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
     /// @a ttl < 0: leave the default.  @a interface_address: empty for the default;
     /// for multicast it selects the outgoing interface, for unicast the source address.
@@ -149,7 +212,7 @@ class pcap_stream : public stream
     udp_endpoint source;
     std::uint16_t ip_id = 0;
 protected:
-    void transmit(const std::uint8_t *d, const std::size_t *sizes, std::size_t n, std::size_t sub) override;
+    void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
     pcap_stream(const stream_config &config, const std::string &filename,
                 std::vector<udp_endpoint> endpoints, udp_endpoint source);

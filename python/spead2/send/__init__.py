@@ -249,8 +249,10 @@ def _unwrap(heap):
 class _SyncSendMixin:
     __slots__ = ()
 
-    def send_heap(self, heap, cnt=-1, substream_index=0):
+    def send_heap(self, heap, cnt=-1, substream_index=0, rate=-1.0):
         """Send `heap` (a :class:`Heap`), blocking until it has been sent.
+
+        Returns the number of bytes sent.
 
         Parameters
         ----------
@@ -261,12 +263,15 @@ class _SyncSendMixin:
             automatic sequence)
         substream_index : int, optional
             Substream (destination) on which to send it
+        rate : float, optional
+            Rate, in bytes per second, at which to send it (default: the
+            stream's rate; 0: as fast as possible)
         """
-        return super().send_heap(_unwrap(heap), cnt, substream_index)
+        return super().send_heap(_unwrap(heap), cnt, substream_index, rate)
 
 
 def _is_stream_class(obj):
-    return isinstance(obj, type) and hasattr(obj, "send_heap")
+    return isinstance(obj, type) and hasattr(obj, "send_heap") and obj is not getattr(_send, "Stream", None)
 
 
 def _wrap_stream_class(name, base, mixin, module):

@@ -23,6 +23,21 @@ def _get_loop():
         return _asyncio.get_event_loop_policy().get_event_loop()
 
 
+def _chain(source, loop, future):
+    """Copy the outcome of concurrent future `source` to asyncio `future`."""
+
+    def copy(done):
+        if future.done():
+            return
+        exc = done.exception()
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(done.result())
+
+    source.add_done_callback(lambda done: loop.call_soon_threadsafe(copy, done))
+
+
 class _AsyncSendMixin:
     __slots__ = ()
 
@@ -30,18 +45,37 @@ class _AsyncSendMixin:
         super().__init__(*args, **kwargs)
         executor = _futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spead2-send")
         self._executor = executor
+        self._last_queued = None
         # Let the worker thread go when the stream is garbage-collected.
         _weakref.finalize(self, executor.shutdown, wait=False)
 
-    def _blocking_send(self, heap, cnt, substream_index):
-        return super().send_heap(_unwrap(heap), cnt, substream_index)
+    def _queue(self, heaps, mode):
+        """Reserve room for `heaps` (a HeapReferenceList) now and send them
+        on the worker thread; returns the concurrent future."""
+        self._reserve(len(heaps))
+        return self._executor.submit(self._send_reserved, heaps, mode)
 
-    def async_send_heap(self, heap, cnt=-1, substream_index=0):
+    def _async_queue(self, heaps, mode):
+        loop = _get_loop()
+        future = loop.create_future()
+        try:
+            source = self._queue(heaps, mode)
+        except OSError as exc:
+            # A full queue fails the future, as in the reference.
+            future.set_exception(exc)
+            return future
+        _chain(source, loop, future)
+        self._last_queued = future
+        return future
+
+    def async_send_heap(self, heap, cnt=-1, substream_index=0, rate=-1.0):
         """Queue `heap` for sending and return a future for the number of
         bytes sent.
 
         This is not a coroutine: the heap is queued before it returns, so
-        heaps are sent in the order of the calls.
+        heaps are sent in the order of the calls.  If more than
+        ``StreamConfig.max_heaps`` heaps would be queued or in flight, the
+        future fails with :exc:`BlockingIOError`.
 
         Parameters
         ----------
@@ -51,27 +85,47 @@ class _AsyncSendMixin:
             Heap cnt to send it with (default: automatic)
         substream_index : int, optional
             Substream on which to send it
+        rate : float, optional
+            Rate at which to send it (default: the stream's rate)
         """
-        call = _functools.partial(self._blocking_send, heap, cnt, substream_index)
-        return _get_loop().run_in_executor(self._executor, call)
+        ref = _send.HeapReference(heap, cnt=cnt, substream_index=substream_index, rate=rate)
+        return self._async_queue(_send.HeapReferenceList([ref]), _send.GroupMode.SERIAL)
 
-    def _blocking_flush(self):
-        base_flush = getattr(super(), "flush", None)
-        if base_flush is not None:
-            base_flush()
+    def async_send_heaps(self, heaps, mode):
+        """Queue a group of heaps (a :class:`~spead2.send.HeapReferenceList`
+        or a list of :class:`~spead2.send.HeapReference`) for sending, with
+        their packets interleaved as `mode` (a
+        :class:`~spead2.send.GroupMode`) says.  Returns a future for the
+        number of bytes sent."""
+        if not isinstance(heaps, _send.HeapReferenceList):
+            heaps = _send.HeapReferenceList(heaps)
+        return self._async_queue(heaps, mode)
 
-    def async_flush(self):
-        """A future that completes once every heap queued so far is sent."""
-        return _get_loop().run_in_executor(self._executor, self._blocking_flush)
+    async def async_flush(self):
+        """Wait until the heaps queued before this call have been sent."""
+        future = self._last_queued
+        if future is not None:
+            await _asyncio.wait([future])
 
-    def send_heap(self, heap, cnt=-1, substream_index=0):
+    def send_heap(self, heap, cnt=-1, substream_index=0, rate=-1.0):
         """Send `heap` synchronously, after any heaps already queued."""
-        return self._executor.submit(self._blocking_send, heap, cnt, substream_index).result()
+        ref = _send.HeapReference(heap, cnt=cnt, substream_index=substream_index, rate=rate)
+        return self._queue(_send.HeapReferenceList([ref]), _send.GroupMode.SERIAL).result()
+
+    def send_heaps(self, heaps, mode):
+        """Send a group of heaps synchronously, after any heaps already queued."""
+        if not isinstance(heaps, _send.HeapReferenceList):
+            heaps = _send.HeapReferenceList(heaps)
+        return self._queue(heaps, mode).result()
 
     def flush(self):
         """Block until every heap queued so far is sent."""
-        self._executor.submit(self._blocking_flush).result()
+        base_flush = getattr(super(), "flush", None)
+        self._executor.submit(base_flush if base_flush is not None else (lambda: None)).result()
 
+
+#: The methods every stream class here adds (named in asyncio.pyi).
+_AsyncStream = _AsyncSendMixin
 
 __all__ = []
 for _name in dir(_send):
