@@ -430,9 +430,8 @@ def driver_main(args):
         # The reference virtualenv of spead2_bench (spead2 4.5.1, numba, scipy), made on first use.
         from spead2.tools import bench as bench_tool
 
-        venv = os.environ.get("SPEAD2_BENCH_REF_VENV") or os.path.join(bench_tool.cache_dir(),
-                                                                       "ref-" + bench_tool.REF_VERSION)
-        args.ref_python = bench_tool.reference_python(venv, lambda msg: print(f"# {msg}", file=sys.stderr))
+        args.ref_python = bench_tool.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
+                                                      lambda msg: print(f"# {msg}", file=sys.stderr))
     interpreters = [("ours", sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}

@@ -161,8 +161,8 @@ def driver_main(args):
     bench_module = os.path.abspath(bench.__file__)
     ref_python = args.ref_python
     if ref_python is None:
-        venv = os.environ.get("SPEAD2_BENCH_REF_VENV") or os.path.join(bench.cache_dir(), "ref-" + bench.REF_VERSION)
-        ref_python = bench.reference_python(venv, lambda text: print("#", text, file=sys.stderr))
+        ref_python = bench.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
+                                            lambda text: print("#", text, file=sys.stderr))
     impls = [("ours", sys.executable, bench._ours_env()), ("reference", ref_python, bench._clean_ref_env())]
     t = bench.Traffic(args.heap_size, args.packet_size, args.heaps, 48, args.channels)
     t.check()

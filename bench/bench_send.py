@@ -186,8 +186,9 @@ def main():
     parser.add_argument("--case", choices=sorted(CASES), help="(worker) case to run")
     parser.add_argument("--mode", choices=MODES, default="sync", help="(worker) how to drive the stream")
     parser.add_argument("--cases", default="1k,8k,64k", help="comma-separated subset of " + ",".join(CASES))
-    parser.add_argument("--ref-python", default="/work/refvenv/bin/python",
-                        help="interpreter with the reference spead2 [%(default)s]")
+    parser.add_argument("--ref-python", default=None,
+                        help="interpreter with the reference spead2 [the virtualenv of spead2.tools.reference, "
+                             "made on first use]")
     parser.add_argument("--ref-modes", default="sync,batch",
                         help="how to drive the reference: sync and/or batch [%(default)s]")
     parser.add_argument("--ours-no-gso", action="store_true",
@@ -202,6 +203,10 @@ def main():
                         help="instead of throughput: pacing accuracy of both packages at these rates "
                              "(default burst settings), one row per case and rate")
     args = parser.parse_args()
+    if args.ref_python is None and not args.worker:
+        from spead2.tools import reference
+
+        args.ref_python = reference.ensure(progress=lambda m: print(f"# {m}", file=sys.stderr))
 
     if args.worker:
         return worker(args)

@@ -8,7 +8,7 @@ Usage::
 The sender is always ours: ``spead2.send.UdpStream`` (sendmmsg + UDP GSO) in
 this process, at a fixed rate.  The receiver is a worker subprocess, either
 ours (this interpreter) or the reference spead2 4.5.1 (``--ref-python``,
-default ``/work/refvenv/bin/python``), running the same code: a
+default: the virtualenv of ``spead2.tools.reference``), running the same code: a
 ``ChunkRingStream`` with ``add_udp_reader`` on 127.0.0.1 and the same numba
 place callback (chunk = heap counter // heaps per chunk).  Ours and the
 reference take turns, one run after the other.
@@ -57,7 +57,7 @@ import subprocess
 import sys
 import time
 
-DEFAULT_REF_PYTHON = "/work/refvenv/bin/python"
+DEFAULT_REF_PYTHON = None   # the virtualenv of spead2.tools.reference, made on first use
 HEAP_SIZE = 64 * 1024
 HEAPS_PER_CHUNK = 16
 MAX_CHUNKS = 4
@@ -430,7 +430,7 @@ def main(argv=None):
     parser.add_argument("--no-pin", action="store_true",
                         help="do not pin the sender and the receiver to different CPUs")
     parser.add_argument("--ref-python", default=DEFAULT_REF_PYTHON,
-                        help="interpreter with the reference spead2 [%(default)s]")
+                        help="interpreter with the reference spead2 [the virtualenv of spead2.tools.reference]")
     parser.add_argument("--payloads", default="1k,8k", help="payload sizes per packet: 1k, 8k [%(default)s]")
     parser.add_argument("--repeats", type=int, default=4,
                         help="runs per rung of the rate ladder per implementation [%(default)s]")
@@ -447,6 +447,10 @@ def main(argv=None):
     parser.add_argument("--json", metavar="FILE", help="write every run and the summary as JSON")
     parser.add_argument("--quiet", action="store_true", help="print only the tables")
     args = parser.parse_args(argv)
+    if args.ref_python is None and not getattr(args, "worker", False):
+        from spead2.tools import reference
+
+        args.ref_python = reference.ensure(progress=lambda m: print(f"# {m}", file=sys.stderr))
     if args.worker:
         worker_main(args)
         return 0

@@ -5,13 +5,12 @@ The tests never import the reference: they run it as a subprocess, so that the
 two packages (both called ``spead2``) never meet in one interpreter.
 
 * :func:`reference_python` returns the path of a Python interpreter that has
-  ``spead2==4.5.1`` and ``numpy``.  The virtualenv is created on first use and
-  cached: in ``$SPEAD2_REF_VENV`` if set, else in
-  ``~/.cache/spead2-tests/ref-4.5.1``.  Creation is idempotent and guarded by a
-  lock file, so test processes running in parallel do not race.  It returns
-  ``None`` only when the install failed for network reasons (PyPI
-  unreachable); :func:`unavailable_reason` then says why.  Any other failure
-  raises :class:`ReferenceSetupError`.
+  ``spead2==4.5.1`` (and numpy, numba, scipy): the virtualenv of
+  :mod:`spead2.tools.reference`, the one helper that finds or creates it for
+  the tests, ``spead2_bench`` and ``bench/`` alike (``$SPEAD2_REF_VENV``, else
+  ``~/.cache/spead2/ref-4.5.1``).  It returns ``None`` only when the install
+  failed for network reasons (PyPI unreachable); :func:`unavailable_reason`
+  then says why.  Any other failure raises :class:`ReferenceSetupError`.
 * :func:`run_reference` runs a snippet of code under that interpreter and
   returns the :class:`subprocess.CompletedProcess`; :func:`start_reference`
   starts one in the background (for receivers that must be listening before
@@ -27,171 +26,40 @@ checkout can be imported by accident.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import textwrap
 from typing import Optional
 
-REF_VERSION = "4.5.1"
-#: What the reference virtualenv gets, besides pip's own.
-REF_REQUIREMENTS = (f"spead2=={REF_VERSION}", "numpy")
-#: Written into the virtualenv once it is complete and checked.
-_MARKER = ".spead2-ref-complete"
-#: How long the pip install may take.
-_INSTALL_TIMEOUT = 900
+from spead2.tools import reference as _reference
 
-#: Environment variables that must not leak into the reference's interpreter.
-_DROP_ENV = (
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "PYTHONUSERBASE",
-    "VIRTUAL_ENV",
-    "LD_PRELOAD",
-    "LD_LIBRARY_PATH",
-    "ASAN_OPTIONS",
-    "UBSAN_OPTIONS",
-    "LSAN_OPTIONS",
-    "SPEAD2_EXPECT_ASAN",
-)
-
-#: Phrases in pip's output that mean "could not reach the package index".
-_NETWORK_ERRORS = (
-    "NewConnectionError",
-    "ConnectTimeoutError",
-    "ReadTimeoutError",
-    "Max retries exceeded",
-    "Temporary failure in name resolution",
-    "Name or service not known",
-    "Network is unreachable",
-    "No route to host",
-    "Connection refused",
-    "Connection reset",
-    "ProxyError",
-    "SSLError",
-    "Could not fetch URL",
-    "connection broken",
-    # No candidate at all for a release that certainly exists: the index
-    # (or every index pip was told about) could not be read.
-    "(from versions: none)",
-)
-
-
-class ReferenceSetupError(RuntimeError):
-    """The reference virtualenv could not be created for a reason other than the network."""
-
+REF_VERSION = _reference.VERSION
+ReferenceSetupError = _reference.ReferenceSetupError
 
 _cached: Optional[tuple] = None  # (python path or None, reason)
 
 
 def venv_dir() -> pathlib.Path:
     """Where the reference virtualenv lives."""
-    env = os.environ.get("SPEAD2_REF_VENV")
-    if env:
-        return pathlib.Path(env).expanduser()
-    return pathlib.Path.home() / ".cache" / "spead2-tests" / f"ref-{REF_VERSION}"
+    return pathlib.Path(_reference.default_venv())
 
 
 def clean_env() -> dict:
     """The environment for a reference subprocess (see the module docstring)."""
-    env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
-    env["PYTHONNOUSERSITE"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return env
-
-
-def _python_in(venv: pathlib.Path) -> pathlib.Path:
-    return venv / "bin" / "python"
-
-
-def _is_complete(venv: pathlib.Path) -> bool:
-    marker = venv / _MARKER
-    return _python_in(venv).exists() and marker.exists() and marker.read_text().strip() == REF_VERSION
-
-
-@contextlib.contextmanager
-def _locked(path: pathlib.Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _base_python() -> str:
-    """The interpreter to create the virtualenv from.
-
-    ``sys.executable`` may itself be a virtualenv's; ``venv`` handles that
-    (the new one points at the same base installation).
-    """
-    return sys.executable or shutil.which("python3") or "python3"
-
-
-def _run(cmd, timeout):
-    return subprocess.run(
-        [str(c) for c in cmd],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=clean_env(),
-        cwd="/",
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _create(venv: pathlib.Path) -> tuple:
-    """Create and fill `venv`; returns (python, reason) like :func:`_cached`."""
-    if venv.exists():
-        shutil.rmtree(venv)  # a half-made one from an interrupted run
-    proc = _run([_base_python(), "-m", "venv", venv], timeout=300)
-    if proc.returncode != 0:
-        raise ReferenceSetupError(f"python -m venv {venv} failed:\n{proc.stdout}\n{proc.stderr}")
-    python = _python_in(venv)
-    try:
-        proc = _run(
-            [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *REF_REQUIREMENTS],
-            timeout=_INSTALL_TIMEOUT,
-        )
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(venv, ignore_errors=True)
-        return None, f"PyPI unreachable: pip install timed out after {_INSTALL_TIMEOUT} s"
-    if proc.returncode != 0:
-        output = proc.stdout + proc.stderr
-        shutil.rmtree(venv, ignore_errors=True)
-        if any(phrase.lower() in output.lower() for phrase in _NETWORK_ERRORS):
-            lines = [line for line in output.splitlines() if line.strip()]
-            return None, "PyPI unreachable: " + (lines[-1] if lines else "pip install failed")
-        raise ReferenceSetupError(f"pip install {' '.join(REF_REQUIREMENTS)} failed:\n{output}")
-    check = _run(
-        [python, "-c", "import numpy, spead2, spead2.recv, spead2.send; print(spead2.__version__)"], timeout=120
-    )
-    if check.returncode != 0 or check.stdout.strip() != REF_VERSION:
-        raise ReferenceSetupError(f"the reference virtualenv does not work:\n{check.stdout}\n{check.stderr}")
-    (venv / _MARKER).write_text(REF_VERSION + "\n")
-    return str(python), ""
+    return _reference.clean_env()
 
 
 def reference_python() -> Optional[str]:
-    """Path of a Python with spead2==4.5.1 and numpy, or None if PyPI is unreachable."""
+    """Path of a Python with spead2==4.5.1 (and numpy, numba, scipy), or None
+    if PyPI is unreachable.  Other failures raise ReferenceSetupError."""
     global _cached
     if _cached is None:
-        venv = venv_dir()
-        if _is_complete(venv):
-            _cached = (str(_python_in(venv)), "")
-        else:
-            with _locked(venv.parent / (venv.name + ".lock")):
-                if _is_complete(venv):  # another process made it while we waited
-                    _cached = (str(_python_in(venv)), "")
-                else:
-                    _cached = _create(venv)
+        try:
+            _cached = (_reference.ensure(), "")
+        except ReferenceSetupError as exc:
+            if not exc.network:
+                raise
+            _cached = (None, str(exc))
     return _cached[0]
 
 

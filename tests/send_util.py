@@ -14,7 +14,7 @@
   the first packet.
 * :func:`parse_stream` decodes packets back into heaps, for assertions.
 * :func:`run_reference` runs a snippet under the reference spead2 (a
-  separate virtualenv, ``/work/refvenv`` unless ``SPEAD2_REF_PYTHON`` says
+  separate virtualenv, :mod:`refvenv`'s unless ``SPEAD2_REF_PYTHON`` says
   otherwise) and returns what it computed; :func:`reference_available` says
   whether that is possible.
 """

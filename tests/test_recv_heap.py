@@ -75,6 +75,9 @@ def summary(path, config, ring_config):
             entry["received_length"] = h.received_length
             entry["payload_ranges"] = [list(r) for r in h.payload_ranges]
         heaps.append(entry)
+    # The reference ends the ring before it merges the last batch's
+    # statistics: read them after stop(), which waits for the reader.
+    stream.stop()
     return {"heaps": heaps, "stats": dict(stream.stats.items())}
 if __name__ == "__main__":
     print(json.dumps(summary(sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]))))
@@ -216,6 +219,7 @@ def describe(path):
     updated = []
     for heap in stream:
         updated.append(sorted(ig.update(heap)))
+    stream.stop()   # the reference merges the last batch's statistics after ending the ring
     out = {"updated": updated, "stats": dict(stream.stats.items())}
     for name, *_ in KINDS:
         it = ig[name]

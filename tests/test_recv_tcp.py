@@ -35,6 +35,7 @@ acceptor.listen(1)
 stream.add_tcp_reader(acceptor, max_size=max_size)
 print(acceptor.getsockname()[1], flush=True)
 heaps = [[type(h).__name__, h.cnt, [[i.id, bytes(memoryview(i)).hex()] for i in h.get_items()]] for h in stream]
+stream.stop()   # the reference merges the last batch's statistics after ending the ring
 stats = dict(stream.stats.items())
 for timing in ("batches", "max_batch", "worker_blocked"):
     del stats[timing]

@@ -100,8 +100,7 @@ FRAME_DST_MAC = bytes(6)  # the loopback interface's MAC address
 FRAME_SRC_MAC = bytes([0x02, 0, 0, 0, 0, 0x02])
 FRAME_IP = bytes([127, 0, 0, 1])
 FLAVOURS = (24, 32, 40, 48)
-REF_VERSION = "4.5.1"
-REF_REQUIREMENTS = (f"spead2=={REF_VERSION}", "numpy", "numba", "scipy")
+REF_VERSION = "4.5.1"   # = spead2.tools.reference.VERSION (this module imports only the standard library)
 TRANSPORT_NAMES = ("buffer", "pcap", "udp", "ibverbs")
 #: Replies from workers start with this, so that stray output is ignored.
 REPLY_PREFIX = "@@spead2_bench "
@@ -1050,10 +1049,6 @@ def sender_main():
 # ---------------------------------------------------------------------------
 # Driver: subprocess sessions
 
-#: Variables that must not reach the reference's interpreter.
-_REF_DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV",
-                 "LD_PRELOAD", "LD_LIBRARY_PATH", "ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS",
-                 "SPEAD2_EXPECT_ASAN")
 _IBV_ENV_PREFIXES = ("SPEAD2_EMU_", "SPEAD2_IBV_LIBRARY_OVERRIDE")
 
 
@@ -1629,7 +1624,9 @@ class Context:
         if os.path.exists(lib) and os.path.getmtime(lib) >= newest:
             return lib, None
         self.progress("building the emulated ibverbs device (tests/ibv_emulator/build.sh)")
-        env = {k: v for k, v in os.environ.items() if k not in _REF_DROP_ENV}
+        from spead2.tools import reference   # driver side only
+
+        env = {k: v for k, v in os.environ.items() if k not in reference.DROP_ENV}
         try:
             proc = subprocess.run(["bash", build, out], capture_output=True, text=True, timeout=900,
                                   stdin=subprocess.DEVNULL, env=env)
@@ -1658,60 +1655,25 @@ class Context:
 
 
 def _clean_ref_env():
-    env = {k: v for k, v in os.environ.items()
-           if k not in _REF_DROP_ENV and not k.startswith(_IBV_ENV_PREFIXES)}
-    env["PYTHONNOUSERSITE"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
+    from spead2.tools import reference as _reference   # driver side only
 
-
-def _ref_check(python):
-    """The reference's spead2 version, or None if the interpreter lacks something."""
-    try:
-        proc = subprocess.run(
-            [python, "-c", "import numpy, numba, scipy, spead2, spead2.recv; print(spead2.__version__)"],
-            capture_output=True, text=True, timeout=300, env=_clean_ref_env(), cwd="/",
-            stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    return _reference.clean_env(_IBV_ENV_PREFIXES)
 
 
 def reference_python(venv, progress):
-    """The interpreter of the reference virtualenv, created (or completed) on demand."""
-    python = os.path.join(venv, "bin", "python")
-    allow_any = os.environ.get("SPEAD2_BENCH_ALLOW_ANY_REFERENCE") == "1"
-    if os.path.exists(python):
-        version = _ref_check(python)
-        if version == REF_VERSION or (allow_any and version):
-            return python
-    import fcntl
+    """The interpreter of the reference virtualenv (spead2.tools.reference),
+    created (or completed) on demand."""
+    from spead2.tools import reference as _reference   # driver side only
 
-    os.makedirs(os.path.dirname(os.path.abspath(venv)) or ".", exist_ok=True)
-    with open(os.path.abspath(venv) + ".lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(python):
-            progress(f"creating the reference virtualenv {venv}")
-            base = shutil.which("python3") or sys.executable
-            proc = subprocess.run([base, "-m", "venv", venv], capture_output=True, text=True,
-                                  env=_clean_ref_env(), stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                raise BenchError(f"python3 -m venv {venv} failed: {proc.stderr.strip()}")
-        if _ref_check(python) != REF_VERSION:
-            progress(f"installing {' '.join(REF_REQUIREMENTS)} into {venv}")
-            proc = subprocess.run(
-                [python, "-m", "pip", "install", "--disable-pip-version-check", "-q", *REF_REQUIREMENTS],
-                capture_output=True, text=True, env=_clean_ref_env(), cwd="/", stdin=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
-                raise BenchError("pip install into the reference virtualenv failed: "
-                                 + (lines[-1] if lines else "no output"))
-        version = _ref_check(python)
-        if version != REF_VERSION:
-            raise BenchError(f"the reference virtualenv {venv} has spead2 {version}, not {REF_VERSION}")
-    return python
+    venv = venv or _reference.default_venv()
+    allow_any = os.environ.get("SPEAD2_BENCH_ALLOW_ANY_REFERENCE") == "1"
+    python = _reference.python_in(venv)
+    if allow_any and os.path.exists(python) and _reference.check(python):
+        return python
+    try:
+        return _reference.ensure(venv, progress)
+    except _reference.ReferenceSetupError as exc:
+        raise BenchError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------
@@ -2374,7 +2336,9 @@ def _finish_args(parser, args):
         except ValueError as exc:
             parser.error(str(exc))
     if args.ref_venv is None:
-        args.ref_venv = os.environ.get("SPEAD2_BENCH_REF_VENV") or os.path.join(cache_dir(), "ref-" + REF_VERSION)
+        from spead2.tools import reference as _reference
+
+        args.ref_venv = os.environ.get("SPEAD2_BENCH_REF_VENV") or _reference.default_venv()
     if args.ibv_endpoint and not args.ibv_interface:
         parser.error("--ibv-endpoint needs --ibv-interface (the emulated device has its own endpoint)")
     if args.plot:
