@@ -30,6 +30,8 @@ import pytest
 
 import spead2
 
+import refvenv
+
 pytest.importorskip("numba")
 pytest.importorskip("scipy")
 
@@ -244,8 +246,14 @@ def test_quiet(capsys):
         (["8000", "--place", "frequency"], "invalid choice"),
         (["8000", "--heap-size", "0"], "must be positive"),
         (["8000", "--duration", "-1"], "positive number of seconds"),
-        ([str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "8000"], "cannot be mixed"),
+        ([str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "8000", "--chunks"], "cannot be mixed"),
         ([], "required"),
+        (["8000", "--heaps", "--place", "cnt"], "--place applies to chunk mode (--chunks), not --heaps"),
+        (["8000", "--values", "--channels", "4"],
+         "--values applies to heap mode (--heaps) (chunk mode was chosen because of --channels)"),
+        (["8000", "--chunks", "--mem-pool"], "--mem-pool applies to heap mode (--heaps)"),
+        (["8000", "--heaps", "--chunks"], "not allowed with argument"),
+        (["8000", "--tcp", "--ibv", "--interface", "10.0.0.1"], "--tcp and --ibv cannot be combined"),
     ],
 )
 def test_bad_arguments(capsys, argv, message):
@@ -429,7 +437,7 @@ def test_sigint_prints_summary(output):
 
 
 def test_sigterm_also_stops_cleanly():
-    proc, port = _start_receiving("--json")
+    proc, port = _start_receiving("--json", "--chunks")
     try:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15 * SLOW)
@@ -445,7 +453,8 @@ def test_sigterm_also_stops_cleanly():
 def test_duration():
     port = free_port()
     start = time.monotonic()
-    proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.5", "--json"],
+    proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.5", "--json",
+                           "--chunks"],
                           capture_output=True, text=True, timeout=30 * SLOW)
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - start < 20
@@ -458,7 +467,8 @@ def test_progress_on_a_terminal():
     port = free_port()
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "1.6"],
+        proc = subprocess.Popen([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "1.6",
+                                 "--chunks"],
                                 stdout=subprocess.PIPE, stderr=slave, text=True)
         os.close(slave)
         slave = None
@@ -494,7 +504,8 @@ def test_quiet_terminal_has_no_progress():
     port = free_port()
     master, slave = pty.openpty()
     try:
-        proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.8", "--quiet"],
+        proc = subprocess.run([*RECV, f"127.0.0.1:{port}", "--buffer", "0", "--duration", "0.8", "--quiet",
+                               "--chunks"],
                               stdout=subprocess.PIPE, stderr=slave, text=True, timeout=30 * SLOW)
         os.set_blocking(master, False)
         try:
@@ -608,3 +619,146 @@ def test_streams_udp_two_ports():
     assert summary["stopped_by"] == "end of stream"
     assert summary["verified_heaps"] == 64 and summary["corrupt_heaps"] == 0
     assert [m["heaps"] for m in summary["member_stats"]] == [32, 32]
+
+
+# ---------------------------------------------------------------------------
+# Heap mode (the default without chunk options)
+
+#: Runs the reference's spead2_recv (spead2.tools.recv_asyncio) with the given arguments.
+REFERENCE_TOOL = """
+import sys
+sys.argv = ["spead2_recv"] + sys.argv[1:]
+from spead2.tools import recv_asyncio
+recv_asyncio.main()
+"""
+
+
+@pytest.mark.parametrize("options", [[], ["--values"], ["--descriptors", "--values"]], ids=str)
+# The reference reads neither pcapng nor the SLL2 link type of the "any" capture.
+@pytest.mark.parametrize("capture", [c for c in CAPTURES if c.startswith("lo-") and c.endswith(".pcap")])
+def test_heap_mode_matches_reference_tool(capsys, capture, options):
+    """Our output is the reference tool's, line for line (heaps, items, values,
+    descriptors, the stream statistics).  A ring that holds every heap keeps
+    worker_blocked independent of timing."""
+    argv = [str(DATA_DIR / capture), *options, "--ring-heaps", "1000"]
+    status, out, err = run_main(capsys, argv)
+    assert status == 0, err
+    ref = refvenv.run_reference(REFERENCE_TOOL, *argv)
+    assert out == ref.stdout
+    assert out.startswith(f"Received heap 1 on stream {DATA_DIR / capture}\n")
+
+
+def test_heap_mode_json(capsys):
+    capture = DATA_DIR / "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(capture), "--json", "--values", "--descriptors"])
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    heaps = [r for r in records if r["type"] == "heap"]
+    assert records[-1]["type"] == "summary" and records[-1] is not heaps[-1]
+    summary = records[-1]
+    assert summary["heaps"] == len(heaps) == 33 and summary["stream"] == str(capture)
+    assert summary["stopped_by"] == "end of stream"
+    assert summary["stats"]["heaps"] == 33 and summary["stats"]["packets"] == 194
+    assert [d["name"] for d in heaps[0]["descriptors"]] == ["timestamp", "frequency", "data"]
+    assert heaps[0]["descriptors"][2]["shape"] == [8192] and heaps[0]["descriptors"][2]["dtype"] == "uint8"
+    assert heaps[1]["items"]["timestamp"] == 1000000 and heaps[1]["items"]["frequency"] == 0
+    assert len(heaps[1]["items"]["data"]) == 8192
+
+
+def test_heap_mode_memory_pool_and_joint(capsys):
+    """--mem-pool and --joint (two captures into one stream) give the same
+    heaps; --count stops early."""
+    capture = str(DATA_DIR / "lo-64-48-8k-multi.pcap")
+    status, plain, err = run_main(capsys, [capture, "--values", "--ring-heaps", "1000"])
+    assert status == 0, err
+    status, pooled, err = run_main(capsys, [capture, "--values", "--ring-heaps", "1000", "--mem-pool",
+                                            "--mem-lower", "0", "--mem-upper", "9000"])
+    assert status == 0, err
+    assert pooled == plain
+    status, joint, err = run_main(capsys, [capture, capture, "--joint", "--quiet"])
+    assert status == 0, err
+    assert joint.startswith(f"Shutting down stream {capture} after ")
+    for other in CAPTURES:   # every capture we read, the reference's or not
+        status, out, err = run_main(capsys, [str(DATA_DIR / other), "--quiet"])
+        assert status == 0, err
+        assert out.startswith(f"Shutting down stream {DATA_DIR / other} after ")
+    status, counted, err = run_main(capsys, [capture, "--count", "5"])
+    assert status == 0, err
+    assert counted.count("Received heap") == 5
+    assert f"Shutting down stream {capture} after 5 heaps" in counted
+
+
+def test_heap_mode_udp_from_our_sender():
+    proc, port = _start_receiving("--count", "8")
+    try:
+        _send_some(port)
+        out, err = proc.communicate(timeout=30 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert [line for line in out.splitlines() if line.startswith("Received")] == [
+        f"Received heap {cnt} on stream 127.0.0.1:{port}" for cnt in range(1, 9)]
+    assert f"Shutting down stream 127.0.0.1:{port} after 8 heaps" in out
+    assert "packets: 48" in out
+
+
+def _tcp_traffic():
+    """Bytes of a few heaps (descriptors, values, end of stream) from our sender."""
+    import numpy as np
+    import spead2.send
+
+    stream = spead2.send.BytesStream(spead2.ThreadPool(), spead2.send.StreamConfig(max_packet_size=1024))
+    ig = spead2.send.ItemGroup()
+    ig.add_item(0x1000, "counter", "a counter", (), format=[("u", 32)])
+    ig.add_item(0x1001, "samples", "some samples", (3, 2), dtype=np.int16)
+    for k in range(3):
+        ig["counter"].value = k
+        ig["samples"].value = np.arange(6, dtype=np.int16).reshape(3, 2) * (k - 1)
+        stream.send_heap(ig.get_heap())
+    stream.send_heap(ig.get_end())
+    return stream.getvalue()
+
+
+def _tcp_run(start, port, data):
+    proc = start()
+    try:
+        deadline = time.monotonic() + 30 * SLOW
+        while True:   # the listener exists once the tool is up
+            try:
+                conn = socket.create_connection(("127.0.0.1", port))
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        with conn:
+            conn.sendall(data)
+        out, err = proc.communicate(timeout=30 * SLOW)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    # Batching depends on how the kernel splits the byte stream.
+    return [line for line in out.splitlines() if not line.startswith(("batches:", "max_batch:"))]
+
+
+def test_heap_mode_tcp_matches_reference_tool():
+    data = _tcp_traffic()
+    port = free_port()
+    argv = [f"127.0.0.1:{port}", "--tcp", "--values", "--descriptors", "--ring-heaps", "64"]
+    ours = _tcp_run(lambda: subprocess.Popen([*RECV, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True), port, data)
+    ref = _tcp_run(lambda: refvenv.start_reference(REFERENCE_TOOL, *argv), port, data)
+    assert ours == ref
+    assert ours[0] == f"Received heap 1 on stream 127.0.0.1:{port}"
+    assert "counter = 2" in ours
+    assert f"Shutting down stream 127.0.0.1:{port} after 3 heaps" in ours
+
+
+def test_tcp_multicast_is_an_error(capsys):
+    status, out, err = run_main(capsys, ["239.1.2.3:8000", "--tcp"])
+    assert status == 1
+    assert "--tcp cannot receive from a multicast group" in err

@@ -134,6 +134,14 @@ def _traffic_cases():
            packet(2, 40, 0, bytes(40), [(0, 0x6000, 0), (0, 0x6001, 60)]),
            packet(3, 40, 0, bytes(20), [(0, 0x6000, 45)]), packet(3, 40, 20, bytes(20))]
     cases["inconsistent"] = (bad, {}, {"contiguous_only": False, "incomplete_keep_payload_ranges": True})
+    # A packet without HEAP_LENGTH that runs past the length announced
+    # earlier: the payload grows (a complete heap of 110 bytes), as in the
+    # reference; and an item address past it in a later packet.
+    over = [packet(1, 100, 0, bytes(50), [(0, 0x6100, 0)]), packet(1, None, 50, bytes(range(60))),
+            packet(2, 100, 0, bytes(50), [(0, 0x6100, 0)]), packet(2, None, 50, bytes(50), [(0, 0x6101, 120)])]
+    cases["overrun"] = (over, {}, {"contiguous_only": False, "incomplete_keep_payload_ranges": True})
+    cases["overrun_ooo"] = (over, {"allow_out_of_order": True},
+                            {"contiguous_only": False, "incomplete_keep_payload_ranges": True})
     # Stop item: in a complete heap (discarded) and in an incomplete one.
     stop = heap(1, 30, 30) + [packet(2, 30, 0, bytes(30), [(1, 6, 2)])] + heap(3, 30, 30)
     cases["stop_complete"] = (stop, {}, {})

@@ -35,6 +35,9 @@ from ._spead2 import (  # noqa: F401
     Empty,
     Full,
     InprocQueue,
+    MemoryAllocator,
+    MemoryPool,
+    MmapAllocator,
     Stopped,
     ThreadPool,
 )
@@ -44,15 +47,6 @@ from ._version import __version__  # noqa: F401
 
 _logger = _logging.getLogger(__name__)
 _spead2._install_log_sink(_logger)
-
-
-class MemoryAllocator:
-    """Default heap memory allocator.
-
-    Accepted by :attr:`spead2.recv.StreamConfig.memory_allocator` for
-    compatibility; chunk streams write heaps straight into chunks and never
-    use it.
-    """
 
 
 def set_log_limits(first_logged: int = 5, summary_interval: float = 10.0) -> None:

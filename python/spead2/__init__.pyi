@@ -1,4 +1,4 @@
-from typing import Dict, Any, List, Optional, Sequence
+from typing import Dict, Any, List, Optional, Sequence, overload
 
 __version__: str
 
@@ -45,6 +45,18 @@ class InprocQueue:
 
 class MemoryAllocator:
     def __init__(self) -> None: ...
+
+class MmapAllocator(MemoryAllocator):
+    def __init__(self, flags: int = ..., prefer_huge: bool = ...) -> None: ...
+
+class MemoryPool(MemoryAllocator):
+    warn_on_empty: bool
+    @overload
+    def __init__(self, lower: int, upper: int, max_free: int, initial: int,
+                 allocator: Optional[MemoryAllocator] = ...) -> None: ...
+    @overload
+    def __init__(self, thread_pool: ThreadPool, lower: int, upper: int, max_free: int, initial: int,
+                 low_water: int, allocator: Optional[MemoryAllocator] = ...) -> None: ...
 
 def parse_range_list(ranges: str) -> List[int]: ...
 def set_log_limits(first_logged: int = ..., summary_interval: float = ...) -> None: ...

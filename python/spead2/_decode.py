@@ -91,13 +91,13 @@ def _items_of_packet(data):
         payload = payload[:payload_length]
     out = dict(immediates)
     addressed.sort(key=lambda entry: entry[0])
+    # As for heap items: each runs to the next item's address, so of several
+    # at one address (an empty description next to the shape, say) only the
+    # last keeps the bytes, and a zero-length item is absent.
     for i, (address, item_id) in enumerate(addressed):
-        end = len(payload)
-        for later, _ in addressed[i + 1 :]:
-            if later > address:
-                end = later
-                break
-        out[item_id] = bytes(payload[address:end])
+        end = addressed[i + 1][0] if i + 1 < len(addressed) else len(payload)
+        if end > address:
+            out[item_id] = bytes(payload[address:end])
     return hab, id_bytes, out
 
 

@@ -17,6 +17,8 @@ namespace spead2::bindings
 namespace py = pybind11;
 
 void register_common(py::module_ &m);
+/// MemoryAllocator, MmapAllocator, MemoryPool (register_memory.cpp).
+void register_memory(py::module_ &m);
 void register_recv(py::module_ &m);
 void register_send(py::module_ &m);
 

@@ -170,8 +170,8 @@ void register_heap_stream(py::module_ &recv)
                      throw py::type_error("thread_pool must not be None");
                  auto pool = thread_pool.cast<std::shared_ptr<spead2::thread_pool>>();
                  std::shared_ptr<heap::memory_allocator> alloc;
-                 if (!config.memory_allocator.is_none() && py::hasattr(config.memory_allocator, "_cpp_allocator"))
-                     alloc = config.memory_allocator.attr("_cpp_allocator").cast<std::shared_ptr<heap::memory_allocator>>();
+                 if (!config.memory_allocator.is_none())
+                     alloc = config.memory_allocator.cast<std::shared_ptr<heap::memory_allocator>>();
                  auto self = std::make_unique<py_heap_stream>();
                  self->stream = std::make_unique<heap_stream>(pool, config.cfg, ring_config, alloc);
                  self->thread_pool = thread_pool;

@@ -16,6 +16,7 @@
 #include "bindings/py_chunk.h"
 #include "bindings/py_stream.h"
 #include "chunk/ring_stream.h"
+#include "heap/memory.h"
 #include "transport/mem/mem_reader.h"
 #include "transport/pcap/pcap_reader.h"
 #include "transport/tcp/tcp_reader.h"
@@ -488,7 +489,13 @@ void register_recv(py::module_ &m)
             [](py_stream_config &c, int v) { c.cfg.set_memcpy(v); })
         .def_property("memory_allocator",
             [](const py_stream_config &c) { return c.memory_allocator; },
-            [](py_stream_config &c, py::object v) { c.memory_allocator = std::move(v); })
+            [](py_stream_config &c, py::object v) {
+                // A MemoryAllocator (MemoryPool, MmapAllocator) or None, as the reference.
+                if (!v.is_none() && !py::isinstance<heap::memory_allocator>(v))
+                    throw py::type_error("memory_allocator must be a spead2.MemoryAllocator or None, not "
+                                         + std::string(py::str(py::type::of(v).attr("__name__"))));
+                c.memory_allocator = std::move(v);
+            })
         .def_property("stop_on_stop_item",
             [](const py_stream_config &c) { return c.cfg.get_stop_on_stop_item(); },
             [](py_stream_config &c, bool v) { c.cfg.set_stop_on_stop_item(v); })

@@ -1,6 +1,7 @@
 #include "heap/heap_stream.h"
 
 #include <algorithm>
+#include <new>
 #include <stdexcept>
 
 #include "common/logging.h"
@@ -182,6 +183,7 @@ void heap_stream::process_packet(const packet_header &ph)
         return;
     }
     std::int32_t found = -1;
+    bool fresh = false;
     if (ph.heap_length >= 0 && ph.payload_length == ph.heap_length)
         statistics.counters.single_packet_heaps++;   // a whole heap: never looked up
     else
@@ -208,10 +210,20 @@ void heap_stream::process_packet(const packet_header &ph)
             building[slot] = std::make_unique<received_heap>();
         table.link(slot);
         found = std::int32_t(slot);
+        fresh = true;
     }
     const std::size_t slot = std::size_t(found);
     if (!add_to_heap(slot, ph))
+    {
+        if (fresh)
+        {
+            // Only an allocation failure rejects a heap's first packet: it
+            // leaves no heap behind.
+            table.unlink(slot);
+            building[slot].reset();
+        }
         return;
+    }
     live_heap &h = table[slot];
     const bool stop = h.stop_item && stop_on_stop_item;
     if (h.heap_length >= 0 && h.received == std::uint64_t(h.heap_length)
@@ -257,6 +269,23 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
     }
     const std::uint64_t start = std::uint64_t(ph.payload_offset);
     const std::uint64_t end = start + std::uint64_t(ph.payload_length);
+    // Make room first, so that a failed allocation drops the packet and leaves
+    // the heap as it was.  As in the reference, a packet may run past an
+    // announced HEAP_LENGTH: the buffer then grows (the heap is still
+    // delivered whole if every byte up to its end arrives).
+    try
+    {
+        if (ph.heap_length >= 0 && h.heap_length < 0)
+            data.payload.reserve(allocator, std::size_t(ph.heap_length), true);
+        if (end > data.payload.capacity())
+            data.payload.reserve(allocator, std::size_t(end), false);
+    }
+    catch (std::bad_alloc &)
+    {
+        log_warning("dropped packet of heap %lld: could not allocate %llu bytes of payload",
+                    (long long) ph.heap_cnt, (unsigned long long) end);
+        return false;
+    }
     if (!allow_out_of_order)
     {
         if (start != h.received)
@@ -291,19 +320,10 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
         }
     }
 
-    // Accepted: make room for the payload.
+    // Accepted.
     if (ph.heap_length >= 0 && h.heap_length < 0)
-    {
         h.heap_length = ph.heap_length;
-        h.min_length = std::max(h.min_length, std::uint64_t(ph.heap_length));
-        data.payload.reserve(allocator, std::size_t(ph.heap_length), true);
-    }
-    else if (h.min_length < end)
-    {
-        h.min_length = end;
-        if (h.heap_length < 0)
-            data.payload.reserve(allocator, std::size_t(end), false);
-    }
+    h.min_length = std::max({h.min_length, end, std::uint64_t(std::max<std::int64_t>(ph.heap_length, 0))});
     h.received += std::uint64_t(ph.payload_length);
 
     const int hab = ph.heap_address_bits;
@@ -319,11 +339,7 @@ bool heap_stream::add_to_heap(std::size_t slot, const packet_header &ph)
                 h.stop_item = true;
         }
         else if (ptr.value > h.min_length)
-        {
-            h.min_length = ptr.value;
-            if (h.heap_length < 0)
-                data.payload.reserve(allocator, std::size_t(ptr.value), false);
-        }
+            h.min_length = ptr.value;   // only bounds the heap: bytes come with packets
         if (std::find(data.pointers.begin(), data.pointers.end(), raw) == data.pointers.end())
             data.pointers.push_back(raw);
     }

@@ -58,7 +58,7 @@ class StreamConfig:
     substreams: int
     bug_compat: int
     memcpy: int
-    memory_allocator: Any
+    memory_allocator: Optional[spead2.MemoryAllocator]
     stop_on_stop_item: bool
     allow_unsized_heaps: bool
     allow_out_of_order: bool

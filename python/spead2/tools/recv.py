@@ -1,9 +1,28 @@
-"""Receive SPEAD traffic into chunks and report what arrived.
+"""Receive SPEAD traffic and report what arrived: heap by heap (items and
+values), or into chunks with a built-in placement.
 
 Usage::
 
     spead2_recv [options] SOURCE [SOURCE ...]
     python -m spead2.tools.recv ...
+
+Two modes:
+
+heap mode (``--heaps``; the default when no chunk option is given)
+    Like the reference's ``spead2_recv``: every source is a
+    :class:`spead2.recv.Stream` of its own (``--joint``: one for all), and
+    each heap is printed as ``Received heap CNT on stream SOURCE`` followed by
+    the names of the items it updated (``--values``: ``name = value``;
+    ``--descriptors``: each descriptor in full).  When a stream ends,
+    ``Shutting down stream SOURCE after N heaps`` and its statistics.
+chunk mode (``--chunks``; the default as soon as any option of the
+    placement group, ``--max-chunks``, ``--ring``, ``--streams``,
+    ``--eviction`` or ``--cores`` is given)
+    Heaps are placed into chunks as described below and one line per chunk
+    is printed, then a summary.
+
+``--tcp`` makes every HOST:PORT source a TCP listener instead of a UDP
+socket, in either mode.
 
 A SOURCE is one of
 
@@ -13,11 +32,11 @@ A SOURCE is one of
   is joined, on ``--interface`` (IPv4) or ``--interface-index`` (IPv6);
 * the name of an existing file: a pcap/pcapng capture, replayed.
 
-Network sources all feed one stream.  Capture files cannot be mixed with
-network sources; several files are replayed one after the other, each into a
-stream of its own (a capture ends its stream when it ends).
+In chunk mode, network sources all feed one stream.  Capture files cannot be
+mixed with network sources; several files are replayed one after the other,
+each into a stream of its own (a capture ends its stream when it ends).
 
-Heaps go into chunks with a built-in placement:
+In chunk mode heaps go into chunks with a built-in placement:
 
 ``--place timestamp`` (the default)
     A heap carries a timestamp item (``--timestamp-id``, 0x1600) and a
@@ -68,6 +87,18 @@ DEFAULT_HEAP_SIZE = 8192
 DEFAULT_CHANNELS = 4
 DEFAULT_HEAPS_PER_CHUNK_CNT = 16
 DEFAULT_MAX_CHUNKS = 4
+# Memory pool of heap mode (--mem-pool): the reference's spead2_recv defaults.
+DEFAULT_MEM_LOWER = 16384
+DEFAULT_MEM_UPPER = 32 * 1024 * 1024
+DEFAULT_MEM_MAX_FREE = 12
+DEFAULT_MEM_INITIAL = 8
+#: Options that only chunk mode has: giving one chooses chunk mode.
+CHUNK_OPTIONS = ("place", "heap_size", "heaps_per_chunk", "timestamp_id", "channel_id", "channels",
+                 "channel_step", "timestamp_step", "first_timestamp", "cnt_first", "cnt_step", "verify",
+                 "max_chunks", "ring", "streams", "eviction", "cores")
+#: Options that only heap mode has.
+HEAP_OPTIONS = ("descriptors", "values", "joint", "count", "ring_heaps", "mem_pool", "mem_lower", "mem_upper",
+                "mem_max_free", "mem_initial")
 #: Chunks whose presence is shown as a bitmap in text output (larger: count only).
 BITMAP_LIMIT = 64
 #: How often the progress line is redrawn (seconds).
@@ -488,6 +519,8 @@ def _rings(args, members=1):
 def build_stream(layout: Layout, args, place):
     pool = spead2.ThreadPool(args.threads)
     config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
+    if args.memcpy_nt:
+        config.memcpy = spead2.MEMCPY_NONTEMPORAL
     chunk_config = spead2.recv.ChunkStreamConfig(
         items=layout.items, max_chunks=args.max_chunks, place=place, max_heap_extra=8)
     data_ring, free_ring, n_chunks = _rings(args)
@@ -562,6 +595,14 @@ def add_network_readers(stream, sources, args):
         stream.add_udp_ibv_reader(config_cls(**kwargs))
         return
     cls = spead2.recv.ChunkRingStream
+    if args.tcp:
+        max_size = args.max_size if args.max_size is not None else cls.DEFAULT_TCP_MAX_SIZE
+        buffer = args.buffer if args.buffer is not None else cls.DEFAULT_TCP_BUFFER_SIZE
+        for s in udp:
+            if s.kind != "udp":
+                raise RuntimeError(f"{s.text}: --tcp cannot receive from a multicast group")
+            stream.add_tcp_reader(s.port, max_size, buffer, bind_hostname=s.host)
+        return
     max_size = args.max_size if args.max_size is not None else cls.DEFAULT_UDP_MAX_SIZE
     buffer = args.buffer if args.buffer is not None else cls.DEFAULT_UDP_BUFFER_SIZE
     for s in udp:
@@ -668,6 +709,159 @@ def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=
 
 
 # ---------------------------------------------------------------------------
+# Heap mode
+
+
+class HeapPrinter:
+    """Prints heaps as the reference's spead2_recv does (text), or one JSON
+    object per heap and per finished stream (``--json``)."""
+
+    def __init__(self, args, out):
+        self.args = args
+        self.out = out
+
+    def heap(self, name, heap, item_group):
+        args = self.args
+        lines = [] if args.json else [f"Received heap {heap.cnt} on stream {name}"]
+        record = {"type": "heap", "stream": name, "cnt": heap.cnt}
+        try:
+            if args.descriptors:
+                descriptors = []
+                for raw in heap.get_descriptors():
+                    d = spead2.Descriptor.from_raw(raw, heap.flavour)
+                    descriptors.append({"name": d.name, "id": d.id, "description": d.description,
+                                        "format": None if d.format is None else [list(f) for f in d.format],
+                                        "dtype": None if d.dtype is None else str(d.dtype),
+                                        "shape": list(d.shape)})
+                    if not args.json:
+                        lines.append(f"    Descriptor for {d.name} ({d.id:#x})\n"
+                                     f"      description: {d.description}\n"
+                                     f"      format:      {d.format}\n"
+                                     f"      dtype:       {d.dtype}\n"
+                                     f"      shape:       {d.shape}")
+                record["descriptors"] = descriptors
+            changed = item_group.update(heap)
+            if args.values:
+                record["items"] = {key: _json_value(item.value) for key, item in changed.items()}
+                lines.extend(f"{key} = {item.value}" for key, item in changed.items())
+            else:
+                record["items"] = list(changed)
+                lines.extend(changed)
+        except ValueError as exc:
+            record["error"] = str(exc)
+            lines.append(f"Error raised processing heap: {exc}")
+        if args.json:
+            lines = [json.dumps(record)]
+        if not args.quiet:
+            print("\n".join(lines), file=self.out)
+
+    def stream_end(self, name, n_heaps, stats, stopped_by):
+        values = {key: int(value) for key, value in stats.items()}
+        if self.args.json:
+            print(json.dumps({"type": "summary", "stream": name, "heaps": n_heaps, "stopped_by": stopped_by,
+                              "stats": values}), file=self.out, flush=True)
+            return
+        lines = [f"Shutting down stream {name} after {n_heaps} heaps"]
+        lines.extend(f"{key}: {value}" for key, value in values.items())
+        print("\n".join(lines), file=self.out, flush=True)
+
+
+def _json_value(value):
+    """An item value as JSON (arrays as nested lists, bytes as text)."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("ascii", errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    return value
+
+
+def build_heap_stream(args, thread_pool, allocator):
+    config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
+    if allocator is not None:
+        config.memory_allocator = allocator
+    if args.memcpy_nt:
+        config.memcpy = spead2.MEMCPY_NONTEMPORAL
+    ring_config = spead2.recv.RingStreamConfig(heaps=args.ring_heaps)
+    return spead2.recv.Stream(thread_pool, config, ring_config)
+
+
+def receive_heaps(args, sources: List[Source], stop: StopRequest, out=None, err=None) -> int:
+    """Heap mode: a stream per source (one for all with --joint), consumed
+    together until each ends, a signal or --duration."""
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    printer = HeapPrinter(args, out)
+    thread_pool = spead2.ThreadPool(args.threads)
+    allocator = None
+    if args.mem_pool:
+        allocator = spead2.MemoryPool(args.mem_lower, args.mem_upper, args.mem_max_free, args.mem_initial)
+    groups = [sources] if args.joint else [[s] for s in sources]
+    streams = []
+    for group in groups:
+        stream = build_heap_stream(args, thread_pool, allocator)
+        for s in group:
+            if s.kind == "file":
+                stream.add_udp_pcap_file_reader(s.path, args.filter)
+        add_network_readers(stream, [s for s in group if s.kind != "file"], args)
+        streams.append({"name": group[0].text, "stream": stream, "ig": spead2.ItemGroup(), "heaps": 0})
+    network = [s for s in sources if s.kind != "file"]
+    if network and not args.quiet:
+        protocol = "TCP" if args.tcp else "UDP"
+        print(f"{PROG}: receiving from {', '.join(s.text for s in network)} (heaps over {protocol}; "
+              "Ctrl-C to stop)", file=err, flush=True)
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    stopped_by = "end of stream"
+    active = list(streams)
+    while active:
+        if stopped_by == "end of stream":
+            if stop.reason is not None:
+                stopped_by = stop.reason
+            elif deadline is not None and time.monotonic() >= deadline:
+                stopped_by = "duration"
+            if stopped_by != "end of stream":
+                for entry in active:
+                    entry["stream"].stop()   # heaps already received are still printed
+        busy = False
+        for entry in list(active):
+            try:
+                heap = entry["stream"].get_nowait()
+            except spead2.Empty:
+                continue
+            except spead2.Stopped:
+                active.remove(entry)
+                entry["stream"].stop()
+                printer.stream_end(entry["name"], entry["heaps"], entry["stream"].stats, stopped_by)
+                continue
+            busy = True
+            entry["heaps"] += 1
+            printer.heap(entry["name"], heap, entry["ig"])
+            if args.count is not None and entry["heaps"] >= args.count:
+                # Done: heaps still in its ring are not shown.
+                entry["stream"].stop()
+                active.remove(entry)
+                printer.stream_end(entry["name"], entry["heaps"], entry["stream"].stats, "count")
+        if busy or not active:
+            continue
+        out.flush()
+        timeout = POLL_INTERVAL
+        if deadline is not None and stopped_by == "end of stream":
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        try:
+            select.select([e["stream"].fd for e in active] + [stop.fd], [], [], timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            pass
+        stop.drain()
+    out.flush()
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # Command line
 
 
@@ -713,14 +907,42 @@ def build_parser() -> argparse.ArgumentParser:
     cls = spead2.recv.ChunkRingStream
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Receive SPEAD traffic (UDP unicast or multicast, or a pcap capture) into chunks with a "
-                    "built-in placement, and report each chunk's completeness and the stream statistics.",
+        description="Receive SPEAD traffic (UDP unicast or multicast, TCP, or a pcap capture) and print each "
+                    "heap with its items (heap mode), or place heaps into chunks with a built-in placement and "
+                    "report each chunk's completeness (chunk mode); then the stream statistics.",
         epilog="SOURCE: HOST:PORT or PORT (bind), GROUP:PORT (multicast; [ADDR]:PORT for IPv6), or a capture "
                "file.  Ctrl-C stops cleanly and prints the summary.",
     )
     parser.add_argument("sources", nargs="+", metavar="SOURCE", help="where to receive from (see below)")
 
-    place = parser.add_argument_group("placement")
+    mode = parser.add_argument_group(
+        "mode", "heap mode prints every heap; chunk mode places heaps into chunks.  Without either flag, "
+                "chunk mode is chosen when a placement or chunk option is given, heap mode otherwise")
+    exclusive = mode.add_mutually_exclusive_group()
+    exclusive.add_argument("--heaps", dest="mode", action="store_const", const="heaps", default=None,
+                           help="receive heap by heap (spead2.recv.Stream) and print each heap")
+    exclusive.add_argument("--chunks", dest="mode", action="store_const", const="chunks",
+                           help="receive into chunks (spead2.recv.ChunkRingStream)")
+
+    heaps = parser.add_argument_group("heap mode")
+    heaps.add_argument("--descriptors", action="store_true", help="show each descriptor in full")
+    heaps.add_argument("--values", action="store_true", help="show item values, not only their names")
+    heaps.add_argument("--joint", action="store_true", help="one stream for all sources (else one per source)")
+    heaps.add_argument("--count", type=_positive_int, default=None, metavar="N",
+                       help="stop each stream after N heaps")
+    heaps.add_argument("--ring-heaps", type=_positive_int, default=spead2.recv.RingStreamConfig.DEFAULT_HEAPS,
+                       metavar="N", help="depth of the ring of finished heaps [%(default)s]")
+    heaps.add_argument("--mem-pool", action="store_true", help="allocate heaps from a spead2.MemoryPool")
+    heaps.add_argument("--mem-lower", type=_nonnegative_int, default=DEFAULT_MEM_LOWER, metavar="BYTES",
+                       help="smallest heap served by the pool [%(default)s]")
+    heaps.add_argument("--mem-upper", type=_nonnegative_int, default=DEFAULT_MEM_UPPER, metavar="BYTES",
+                       help="largest heap served by the pool (its buffer size) [%(default)s]")
+    heaps.add_argument("--mem-max-free", type=_nonnegative_int, default=DEFAULT_MEM_MAX_FREE, metavar="N",
+                       help="free buffers the pool keeps [%(default)s]")
+    heaps.add_argument("--mem-initial", type=_nonnegative_int, default=DEFAULT_MEM_INITIAL, metavar="N",
+                       help="buffers the pool starts with [%(default)s]")
+
+    place = parser.add_argument_group("placement (chunk mode)")
     place.add_argument("--place", choices=["timestamp", "cnt"], default="timestamp",
                        help="chunk by a timestamp item and a channel item, or by heap counter [%(default)s]")
     place.add_argument("--heap-size", type=_positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
@@ -747,6 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check every heap's payload against spead2_send's pattern (--place timestamp)")
 
     stream = parser.add_argument_group("stream")
+    stream.add_argument("--memcpy-nt", action="store_true", help="copy payloads with non-temporal stores")
     stream.add_argument("--max-chunks", type=_positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
                         help="chunks being filled at once (the window) [%(default)s]")
     stream.add_argument("--max-heaps", type=_positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
@@ -773,13 +996,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="IPv4 address of the interface to join multicast groups on (and for --ibv)")
     net.add_argument("--interface-index", type=_nonnegative_int, default=0, metavar="INDEX",
                      help="index of the interface to join IPv6 multicast groups on, 0 = any [%(default)s]")
+    net.add_argument("--tcp", action="store_true", help="HOST:PORT sources listen for TCP connections, not UDP")
     net.add_argument("--ibv", action="store_true", help="receive UDP with ibverbs (where this build has it)")
     net.add_argument("--ibv-vector", type=int, default=0, metavar="N",
                      help="completion vector for --ibv, -1 to poll [%(default)s]")
     net.add_argument("--filter", default="", metavar="BPF", help="BPF filter for capture files")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--json", action="store_true", help="one JSON object per chunk and one for the summary")
+    out.add_argument("--json", action="store_true",
+                     help="one JSON object per chunk (heap mode: per heap) and one for the summary (per stream)")
     out.add_argument("-q", "--quiet", action="store_true", help="print only the summary (no chunks, no progress)")
     out.add_argument("--duration", type=_duration, default=None, metavar="SECONDS",
                      help="stop after this long")
@@ -797,11 +1022,6 @@ def check_args(parser, args) -> Layout:
                      f"({args.channels})")
     if args.verify and args.place != "timestamp":
         parser.error("--verify needs --place timestamp")
-    if args.interface:
-        try:
-            ipaddress.IPv4Address(args.interface)
-        except ValueError:
-            parser.error(f"--interface must be an IPv4 address, not {args.interface!r}")
     if args.heap_size * args.heaps_per_chunk > 1 << 34:
         parser.error("chunks of more than 16 GiB: lower --heap-size or --heaps-per-chunk")
     return Layout(
@@ -811,20 +1031,54 @@ def check_args(parser, args) -> Layout:
         first_timestamp=args.first_timestamp, cnt_first=args.cnt_first, cnt_step=args.cnt_step)
 
 
+def given_options(argv, dests) -> List[str]:
+    """Which of the options `dests` the command line sets explicitly (also
+    when it repeats the default; abbreviations count)."""
+    parser = build_parser()
+    for action in parser._actions:
+        if action.dest in dests:
+            action.default = argparse.SUPPRESS
+    args = parser.parse_args(argv)
+    return [dest for dest in dests if hasattr(args, dest)]
+
+
+def choose_mode(parser, args, argv) -> str:
+    chunk_given = given_options(argv, CHUNK_OPTIONS)
+    heap_given = given_options(argv, HEAP_OPTIONS)
+    mode = args.mode or ("chunks" if chunk_given else "heaps")
+    flag = lambda dest: "--" + dest.replace("_", "-")  # noqa: E731
+    if mode == "heaps" and chunk_given:
+        parser.error(f"{flag(chunk_given[0])} applies to chunk mode (--chunks), not --heaps")
+    if mode == "chunks" and heap_given:
+        hint = "" if args.mode else " (chunk mode was chosen because of " + flag(chunk_given[0]) + ")"
+        parser.error(f"{flag(heap_given[0])} applies to heap mode (--heaps){hint}")
+    return mode
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
     args = parser.parse_args(argv)
-    layout = check_args(parser, args)
+    mode = choose_mode(parser, args, argv)
+    layout = check_args(parser, args) if mode == "chunks" else None
+    if args.interface:
+        try:
+            ipaddress.IPv4Address(args.interface)
+        except ValueError:
+            parser.error(f"--interface must be an IPv4 address, not {args.interface!r}")
     sources = []
     for text in args.sources:
         try:
             sources.append(parse_source(text))
         except ValueError as exc:
             parser.error(str(exc))
-    if any(s.kind == "file" for s in sources) and any(s.kind != "file" for s in sources):
+    if mode == "chunks" and any(s.kind == "file" for s in sources) and any(s.kind != "file" for s in sources):
         parser.error("capture files and network sources cannot be mixed")
     if args.ibv and any(s.kind == "file" for s in sources):
         parser.error("--ibv applies to network sources only")
+    if args.tcp and args.ibv:
+        parser.error("--tcp and --ibv cannot be combined")
     if args.streams is not None and args.streams > len(sources):
         parser.error(f"--streams {args.streams} needs at least {args.streams} sources "
                      "(a stream without a source would hold back the others)")
@@ -838,6 +1092,8 @@ def main(argv=None) -> int:
     stop = StopRequest()
     stop.install()
     try:
+        if mode == "heaps":
+            return receive_heaps(args, sources, stop)
         if importlib.util.find_spec("numba") is None or importlib.util.find_spec("scipy") is None:
             print(f"{PROG}: error: the place callback needs numba and scipy (pip install numba scipy)",
                   file=sys.stderr)
