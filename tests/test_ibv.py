@@ -38,7 +38,7 @@ GROUP = "239.10.0.1"
 PORT = 7148
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(spead2.recv, "UdpIbvConfig"), reason="spead2 was built without the ibverbs headers"
+    not spead2._spead2.recv._ibv_compiled, reason="spead2 was built without the ibverbs headers"
 )
 
 

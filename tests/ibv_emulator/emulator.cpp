@@ -92,6 +92,7 @@ struct config
 {
     in_addr_t iface = htonl(INADDR_LOOPBACK);   // network byte order
     uint8_t mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    bool no_devices = false;         // the RDMA stack is installed but has no device
     bool no_mprq = false;
     bool no_flow = false;
     bool no_raw = false;
@@ -179,6 +180,7 @@ void load_config(config &c)
         if (!parse_mac(v, c.mac))
             emu_warn("ignoring invalid SPEAD2_EMU_MAC=%s", v);
     }
+    c.no_devices = env_flag("SPEAD2_EMU_NO_DEVICES");
     c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
     c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
     c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
@@ -2539,9 +2541,11 @@ EMU_EXPORT ibv_device **ibv_get_device_list(int *num_devices)
         errno = ENOMEM;
         return nullptr;
     }
-    list[0] = &gl.device;
+    const int n = gl.cfg.no_devices ? 0 : 1;
+    if (n)
+        list[0] = &gl.device;
     if (num_devices)
-        *num_devices = 1;
+        *num_devices = n;
     return list;
 }
 
@@ -3015,7 +3019,7 @@ EMU_EXPORT int rdma_bind_addr(rdma_cm_id *id, sockaddr *addr)
         errno = EINVAL;
         return -1;
     }
-    if (addr->sa_family != AF_INET
+    if (gl.cfg.no_devices || addr->sa_family != AF_INET
         || reinterpret_cast<const sockaddr_in *>(addr)->sin_addr.s_addr != gl.cfg.iface)
     {
         errno = ENODEV;

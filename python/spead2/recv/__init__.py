@@ -15,8 +15,9 @@ _Stream = _recv._Stream  # base of every stream class (readers, stats, start, st
 StreamConfig = _recv.StreamConfig
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
-if hasattr(_recv, "UdpIbvConfig"):  # built with the ibverbs headers
-    UdpIbvConfig = _recv.UdpIbvConfig
+# Always present; in a build without the rdma-core headers, add_udp_ibv_reader
+# raises RuntimeError saying so (spead2_ibv_check reports it too).
+UdpIbvConfig = _recv.UdpIbvConfig
 
 _CORE_STATS = (
     "heaps",
@@ -207,6 +208,5 @@ __all__ = [
     "StreamStatConfig",
     "StreamStats",
     "stream_stat_indices",
+    "UdpIbvConfig",
 ]
-if hasattr(_recv, "UdpIbvConfig"):
-    __all__.append("UdpIbvConfig")
