@@ -400,6 +400,43 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
     assert result["stop_seconds"] < 5
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "case, env_extra",
+    [
+        ("mprq", {}),
+        ("plain", {"SPEAD2_EMU_NO_MPRQ": 1}),
+        # Construction fails part-way: after the CQ, WQ and indirection table
+        # (no raw QP), or after the QP (the MR is too large to register).
+        ("mprq-no-raw", {"SPEAD2_EMU_NO_RAW": 1}),
+        ("mprq-mr-fails", {"SPEAD2_EMU_MAX_MR_SIZE": 1 << 20}),
+        ("plain-no-raw", {"SPEAD2_EMU_NO_MPRQ": 1, "SPEAD2_EMU_NO_RAW": 1}),
+        ("plain-no-flow", {"SPEAD2_EMU_NO_MPRQ": 1, "SPEAD2_EMU_NO_FLOW": 1}),
+    ],
+)
+def test_teardown_order_leaves_nothing_busy(emulator, tmp_path, multicast_pcap, case, env_extra):
+    """Every verbs object goes before what it depends on -- after a normal run
+    and when construction fails part-way -- so the device never refuses a
+    destroy with EBUSY (as the kernel would), and no rule or queue is left."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  **env_extra)
+    config = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": 0}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    if case in ("mprq", "plain"):
+        assert error is None, error
+        assert kinds == [case]
+        result, err = finish(proc)
+        assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    else:
+        assert error is not None
+        proc.wait(timeout=60)
+        err = stderr_of(proc)
+    assert "EBUSY" not in err, err
+    stats = emu_stats(tmp_path)
+    assert stats.get("flows", 0) == 0 and stats.get("rx_ready", 0) == 0, stats
+
+
 # ------------------------------------------------- error completions, queue errors
 
 def run_fault_case(emulator, tmp_path, multicast_pcap, mprq, comp_vector=0, **faults):
