@@ -756,6 +756,26 @@ def test_device_limits_shrink_buffer(emulator, tmp_path, multicast_pcap):
 
 
 @pytest.mark.timeout(120)
+def test_force_plain_reader(emulator, tmp_path, multicast_pcap):
+    """SPEAD2_IBV_NO_MPRQ=1 uses the plain reader on a device that has MPRQ
+    (hw-tests use it to reach the plain reader's error paths on a NIC)."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_IBV_NO_MPRQ=1)
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["plain"]
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    env["SPEAD2_IBV_NO_MPRQ"] = "0"
+    proc = start_receiver({"source": "ibv", "config": BASE}, env)
+    kinds, error = read_ready(proc)
+    assert kinds == ["mprq"]
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.timeout(120)
 def test_ibv_interface_override(emulator, tmp_path, multicast_pcap):
     """SPEAD2_IBV_INTERFACE turns add_udp_reader into an ibverbs reader."""
     env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,

@@ -180,6 +180,9 @@ def assess(facts):
               "ulimit -l unlimited (hard limit permitting), LimitMEMLOCK=infinity in a systemd unit, a memlock "
               "line in /etc/security/limits.conf, --ulimit memlock=-1 for Docker; or grant CAP_IPC_LOCK; "
               "or use a smaller buffer_size")
+    if os.environ.get("SPEAD2_IBV_NO_MPRQ", "") not in ("", "0"):
+        warn("SPEAD2_IBV_NO_MPRQ is set: the plain reader is forced even where multi-packet receive works",
+             "unset SPEAD2_IBV_NO_MPRQ")
     huge = facts["hugepages"]
     if huge.get("HugePages_Total", 0) == 0:
         warn("no huge pages are configured: receive buffers use ordinary pages (more TLB misses)",

@@ -3,6 +3,9 @@
 // ibv_plain.cpp, what they share in ibv_base.cpp.
 #include "transport/ibv/ibv_reader.h"
 
+#include <cstdlib>
+#include <string>
+
 #include "common/logging.h"
 #include "transport/ibv/ibv_mprq.h"
 #include "transport/ibv/ibv_plain.h"
@@ -18,13 +21,22 @@ using ibv_detail::plain_reader;
 std::shared_ptr<reader> make_ibv_reader(packet_sink &sink, worker &thread, const ibv_config &config)
 {
     config.validate();
-    try
+    // SPEAD2_IBV_NO_MPRQ=1 forces the plain reader (to work around a driver
+    // problem with striding queues, or to test the plain path on hardware).
+    const char *no_mprq = std::getenv("SPEAD2_IBV_NO_MPRQ");
+    if (no_mprq && *no_mprq && std::string(no_mprq) != "0")
+        log_info("SPEAD2_IBV_NO_MPRQ is set: using the plain ibverbs reader");
+    else
     {
-        return std::make_shared<mprq_reader>(sink, thread, config);
-    }
-    catch (mprq_unsupported &e)
-    {
-        log_debug("multi-packet receive queue unavailable (%s); using one work request per packet", e.what());
+        try
+        {
+            return std::make_shared<mprq_reader>(sink, thread, config);
+        }
+        catch (mprq_unsupported &e)
+        {
+            log_debug("multi-packet receive queue unavailable (%s); using one work request per packet",
+                      e.what());
+        }
     }
     return std::make_shared<plain_reader>(sink, thread, config);
 }
