@@ -569,6 +569,7 @@ struct global
     pcap_reader pcap;
     std::vector<uint8_t> pcap_frame;
     bool pcap_pending = false;
+    bool pcap_started = false;       // a steered queue was ready with a buffer posted
     uint64_t pcap_sent = 0;
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
@@ -1685,9 +1686,59 @@ void sync_wire_locked()
 /* ------------------------------------------------------------------------ */
 /* The NIC thread                                                           */
 
+/* Whether the queue has a receive buffer posted (device mutex held). */
+bool rx_has_buffer(rx_queue &rx)
+{
+    if (rx.striding)
+    {
+        uint32_t db = be32toh(__atomic_load_n(&rx.dbrec[MLX5_RCV_DBR], __ATOMIC_ACQUIRE)) & 0xffff;
+        return rx.have_cur || ((db - uint32_t(rx.consumed)) & 0xffff) != 0;
+    }
+    std::lock_guard<std::mutex> lock(rx.rmu);
+    return rx.rhead != rx.rtail;
+}
+
+/* Whether some queue a flow rule steers to is ready and has a buffer posted
+ * (device mutex held). */
+bool steered_queue_armed_locked()
+{
+    global &gl = *g;
+    for (flow_t *f : gl.flows)
+    {
+        qp_t *qp = f->qp;
+        if (qp->rss)
+        {
+            for (wq_t *wq : qp->ind->wqs)
+                if (wq->wq.state == IBV_WQS_RDY && rx_has_buffer(wq->rx))
+                    return true;
+        }
+        else if ((qp->qp.state == IBV_QPS_RTR || qp->qp.state == IBV_QPS_RTS) && rx_has_buffer(qp->rx))
+            return true;
+    }
+    return false;
+}
+
 void pcap_step(uint64_t idle_ns)
 {
     global &gl = *g;
+    if (!gl.pcap_started)
+    {
+        // Replay begins once the application can receive: a queue ready
+        // (which it must be before it is posted to, as on mlx5) and posted.
+        bool armed;
+        {
+            std::lock_guard<std::mutex> lock(gl.mu);
+            armed = steered_queue_armed_locked();
+        }
+        if (!armed)
+        {
+            wait_stop(std::min<uint64_t>(idle_ns, 1000000));
+            return;
+        }
+        gl.pcap_started = true;
+        gl.pcap_base_n = gl.pcap_sent;
+        gl.pcap_base_ns = now_ns();
+    }
     if (!gl.pcap_pending)
     {
         if (!gl.pcap.next(gl.pcap_frame))
