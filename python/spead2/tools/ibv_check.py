@@ -313,7 +313,7 @@ def report(facts, out=sys.stdout):
             line("interface", f"{facts['interface']}: {where}")
     if facts.get("trial"):
         t = facts["trial"]
-        line("trial", f"add_udp_ibv_reader: " + (f"ok, {t['reader']} reader" if t["reader"] else t["error"]))
+        line("trial", "add_udp_ibv_reader: " + (f"ok, {t['reader']} reader" if t["reader"] else t["error"]))
     soft = facts["memlock"]["soft"]
     line("process", f"CAP_NET_RAW: {_yes(facts['cap_net_raw'])}   CAP_IPC_LOCK: {_yes(facts['cap_ipc_lock'])}   "
                     f"memlock: {'unlimited' if soft is None else f'{soft // 1024} KiB'} "
