@@ -25,6 +25,16 @@ $PY -m sphinx -E -W -q -b html doc build/doc-html
 echo "== 1/3 test suite (installed package)"
 (cd tests && SPEAD2_EXPECT_IBV=1 $PY -m pytest -q -p no:cacheprovider "$root/tests")
 
+echo "== a build without the rdma-core headers: the ibverbs API stays, and says how to get it"
+pybind_dir=$($PY -m pybind11 --cmakedir)
+cmake -S . -B build/noibv -G Ninja -DCMAKE_BUILD_TYPE=Release -DSPEAD2_WITH_IBV=OFF \
+      -Dpybind11_DIR="$pybind_dir" -DPython_EXECUTABLE="$(command -v $PY)" -DSKBUILD_PROJECT_VERSION=noibv >/dev/null
+cmake --build build/noibv -j2
+rm -rf build/noibv-pkg && mkdir -p build/noibv-pkg
+cp -r python/spead2 build/noibv-pkg/
+cp build/noibv/_spead2*.so build/noibv-pkg/spead2/
+(cd tests && SPEAD2_NOIBV_PKG="$root/build/noibv-pkg" $PY -m pytest -q -p no:cacheprovider test_ibv_unbuilt.py)
+
 if [ "${SPEAD2_SKIP_ASAN:-0}" != "1" ]; then
   echo "== 2/3 test suite under AddressSanitizer + UndefinedBehaviorSanitizer"
   pybind_dir=$($PY -m pybind11 --cmakedir)
@@ -37,6 +47,8 @@ if [ "${SPEAD2_SKIP_ASAN:-0}" != "1" ]; then
   rm -rf build/asan-pkg && mkdir -p build/asan-pkg
   cp -r python/spead2 build/asan-pkg/
   cp build/asan/_spead2*.so build/asan-pkg/spead2/
+  mkdir -p build/asan-pkg/spead2/_ibv_emulator   # the test device, as a wheel ships it
+  cp build/asan/libspead2_ibv_emulator.so build/asan-pkg/spead2/_ibv_emulator/
   asan_lib=$(gcc -print-file-name=libasan.so)
   ubsan_lib=$(gcc -print-file-name=libubsan.so)
   # Leak checking is off: CPython and numba keep allocations until exit by design.

@@ -302,6 +302,6 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     if (os.environ.get("SPEAD2_EXPECT_IBV") == "1" and report.skipped
-            and item.nodeid.split("::")[0].endswith("test_ibv.py")):
+            and item.nodeid.split("::")[0].endswith(("test_ibv.py", "test_ibv_tools.py"))):
         report.outcome = "failed"
         report.longrepr = f"ibverbs test skipped although SPEAD2_EXPECT_IBV=1: {report.longrepr}"

@@ -38,7 +38,7 @@ GROUP = "239.10.0.1"
 PORT = 7148
 
 pytestmark = pytest.mark.skipif(
-    not hasattr(spead2.recv, "UdpIbvConfig"), reason="spead2 was built without the ibverbs headers"
+    not spead2._spead2.recv._ibv_compiled, reason="spead2 was built without the ibverbs headers"
 )
 
 
@@ -336,6 +336,92 @@ def test_unicast_udp_wire_and_flow_filtering(emulator, tmp_path, mprq):
     assert stats["no_flow"] >= len(stray)
 
 
+#: Two streams in one process (the emulated device is per process), each with
+#: its own ibverbs reader; reports the heaps each one received.
+TWO_READERS = RECEIVER.split("n_chunks = 8")[0] + textwrap.dedent(
+    """
+    def make_stream():
+        data_ring, free_ring = spead2.recv.ChunkRingbuffer(8), spead2.recv.ChunkRingbuffer(8)
+        stream = spead2.recv.ChunkRingStream(
+            spead2.ThreadPool(), spead2.recv.StreamConfig(max_heaps=4),
+            spead2.recv.ChunkStreamConfig(items=[0x1000, spead2.HEAP_LENGTH_ID], max_chunks=4, place=llc),
+            data_ring, free_ring)
+        for _ in range(8):
+            stream.add_free_chunk(spead2.recv.Chunk(present=np.zeros(HPC, np.uint8),
+                                                    data=np.zeros(HPC * HEAP_SIZE, np.uint8)))
+        return stream, data_ring
+
+    streams = []
+    for cfg in opts["configs"]:
+        stream, ring = make_stream()
+        stream.add_udp_ibv_reader(spead2.recv.UdpIbvConfig(**cfg))
+        streams.append((stream, ring))
+    counts = [0] * len(streams)
+
+    def consume(i):
+        stream, ring = streams[i]
+        for chunk in ring:
+            counts[i] += int(chunk.present.sum())
+            stream.add_free_chunk(chunk)
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(len(streams))]
+    for t in threads:
+        t.start()
+    print("READY " + json.dumps([s._ibv_reader_kinds() for s, _ in streams]), flush=True)
+    for i in opts["expect_end"]:
+        threads[i].join()          # ended by the stop heap
+    for stream, _ in streams:
+        stream.stop()
+    for t in threads:
+        t.join()
+    print(json.dumps({"counts": counts}), flush=True)
+    """
+)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mprq", [True, False], ids=["mprq", "plain"])
+@pytest.mark.parametrize("second", ["same-group", "wildcard"])
+def test_two_readers_on_one_device(emulator, tmp_path, mprq, second):
+    """Two readers with identical rules (the same group and port) each get
+    every packet; a reader with an overlapping wildcard rule (any address on
+    that port) takes them all and the exact reader starves (as ConnectX-5
+    steering is reported to do; hw-tests/ checks it on a NIC)."""
+    pcap = tmp_path / "multicast.pcap"
+    make_heaps(path=pcap)
+    frames = pcap_frames(pcap)
+    wire_port = free_udp_port()
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"udp:127.0.0.1:{wire_port}")
+    if not mprq:
+        env["SPEAD2_EMU_NO_MPRQ"] = "1"
+    exact = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": 0}
+    other = exact if second == "same-group" else {**exact, "endpoints": [("", PORT)]}
+    expect_end = [0, 1] if second == "same-group" else [1]
+    opts = {"heap_size": HEAP_SIZE, "heaps_per_chunk": HEAPS_PER_CHUNK, "configs": [exact, other],
+            "expect_end": expect_end}
+    import tempfile
+
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-c", TWO_READERS, json.dumps(opts)], stdout=subprocess.PIPE,
+                            stderr=err, text=True, env=env, cwd=str(ROOT / "tests"))
+    proc.err_file = err
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == [["mprq" if mprq else "plain"]] * 2
+    wait_for(lambda: emu_stats(tmp_path).get("rx_ready") == 2 and emu_stats(tmp_path).get("flows") == 2,
+             what="both emulated queues to be ready")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wire:
+        for i, f in enumerate(frames):
+            wire.sendto(f, ("127.0.0.1", wire_port))
+            if i % 16 == 15:
+                time.sleep(0.002)   # bounded load: let the receivers keep up
+    result, _ = finish(proc)
+    if second == "same-group":
+        assert result["counts"] == [N_HEAPS, N_HEAPS]
+    else:
+        assert result["counts"] == [0, N_HEAPS]
+
+
 @pytest.mark.timeout(120)
 def test_buffer_exhaustion_under_burst(emulator, tmp_path):
     """A burst larger than the receive buffer: frames are dropped by the NIC
@@ -398,6 +484,43 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
         sender.join()
     assert result["stopped_after"] == 3
     assert result["stop_seconds"] < 5
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "case, env_extra",
+    [
+        ("mprq", {}),
+        ("plain", {"SPEAD2_EMU_NO_MPRQ": 1}),
+        # Construction fails part-way: after the CQ, WQ and indirection table
+        # (no raw QP), or after the QP (the MR is too large to register).
+        ("mprq-no-raw", {"SPEAD2_EMU_NO_RAW": 1}),
+        ("mprq-mr-fails", {"SPEAD2_EMU_MAX_MR_SIZE": 1 << 20}),
+        ("plain-no-raw", {"SPEAD2_EMU_NO_MPRQ": 1, "SPEAD2_EMU_NO_RAW": 1}),
+        ("plain-no-flow", {"SPEAD2_EMU_NO_MPRQ": 1, "SPEAD2_EMU_NO_FLOW": 1}),
+    ],
+)
+def test_teardown_order_leaves_nothing_busy(emulator, tmp_path, multicast_pcap, case, env_extra):
+    """Every verbs object goes before what it depends on -- after a normal run
+    and when construction fails part-way -- so the device never refuses a
+    destroy with EBUSY (as the kernel would), and no rule or queue is left."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  **env_extra)
+    config = {"endpoints": [(GROUP, PORT)], "interface_address": "127.0.0.1", "comp_vector": 0}
+    proc = start_receiver({"source": "ibv", "config": config}, env)
+    kinds, error = read_ready(proc)
+    if case in ("mprq", "plain"):
+        assert error is None, error
+        assert kinds == [case]
+        result, err = finish(proc)
+        assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    else:
+        assert error is not None
+        proc.wait(timeout=60)
+        err = stderr_of(proc)
+    assert "EBUSY" not in err, err
+    stats = emu_stats(tmp_path)
+    assert stats.get("flows", 0) == 0 and stats.get("rx_ready", 0) == 0, stats
 
 
 # ------------------------------------------------- error completions, queue errors
@@ -630,6 +753,26 @@ def test_device_limits_shrink_buffer(emulator, tmp_path, multicast_pcap):
     result, err = finish(proc)
     assert "Reducing ibverbs buffer from 16777216 to 3145728 bytes" in err
     assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+
+
+@pytest.mark.timeout(120)
+def test_force_plain_reader(emulator, tmp_path, multicast_pcap):
+    """SPEAD2_IBV_NO_MPRQ=1 uses the plain reader on a device that has MPRQ
+    (hw-tests use it to reach the plain reader's error paths on a NIC)."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_WIRE=f"pcap:{multicast_pcap}", SPEAD2_EMU_PCAP_LOSSLESS=1,
+                  SPEAD2_IBV_NO_MPRQ=1)
+    proc = start_receiver({"source": "ibv", "config": {**BASE, "comp_vector": 0}}, env)
+    kinds, error = read_ready(proc)
+    assert error is None, error
+    assert kinds == ["plain"]
+    result, _ = finish(proc)
+    assert sum(sum(c["present"]) for c in result["chunks"]) == N_HEAPS
+    env["SPEAD2_IBV_NO_MPRQ"] = "0"
+    proc = start_receiver({"source": "ibv", "config": BASE}, env)
+    kinds, error = read_ready(proc)
+    assert kinds == ["mprq"]
+    proc.kill()
+    proc.wait()
 
 
 @pytest.mark.timeout(120)

@@ -14,9 +14,7 @@
 #include "bindings/module.h"
 #include "chunk/config.h"
 #include "transport/stream_control.h"
-#ifdef SPEAD2_HAVE_IBV
 #include "transport/ibv/ibv_reader.h"
-#endif
 
 namespace spead2::bindings
 {
@@ -64,9 +62,7 @@ struct py_stream
     py::object allocator;      // keeps a memory allocator alive
     std::vector<std::unique_ptr<py::buffer_info>> buffers;   // buffer-reader memory
     std::vector<std::string> ibv_kinds;                      // for diagnostics: "mprq" / "plain"
-#ifdef SPEAD2_HAVE_IBV
     std::vector<std::shared_ptr<const transport::ibv_reader_stats>> ibv_stats;
-#endif
 
     py_stream() = default;
     py_stream(const py_stream &) = delete;

@@ -21,9 +21,8 @@
 #include "transport/pcap/pcap_reader.h"
 #include "transport/tcp/tcp_reader.h"
 #include "transport/udp/udp_reader.h"
-#ifdef SPEAD2_HAVE_IBV
+#include "transport/ibv/ibv_probe.h"
 #include "transport/ibv/ibv_reader.h"
-#endif
 
 namespace spead2::bindings
 {
@@ -221,9 +220,12 @@ bool add_reader(py_stream &self, Factory &&factory)
     return s.add_reader(factory);
 }
 
-#ifdef SPEAD2_HAVE_IBV
 bool add_ibv(py_stream &self, const transport::ibv_config &config)
 {
+    // A build without the verbs headers says so before anything else: no
+    // configuration would help.
+    if (!transport::ibv_compiled())
+        throw std::runtime_error(transport::IBV_NOT_BUILT_MESSAGE);
     config.validate();
     std::string kind;
     std::shared_ptr<const transport::ibv_reader_stats> stats;
@@ -240,12 +242,11 @@ bool add_ibv(py_stream &self, const transport::ibv_config &config)
     }
     return added;
 }
-#endif
 
 bool add_udp(py_stream &self, const transport::udp_socket_spec &spec, std::size_t max_size)
 {
-#ifdef SPEAD2_HAVE_IBV
-    // SPEAD2_IBV_INTERFACE turns IPv4 UDP readers into ibverbs readers.
+    // SPEAD2_IBV_INTERFACE turns IPv4 UDP readers into ibverbs readers (in a
+    // build without ibverbs, into the error that says so).
     if (spec.type == transport::udp_socket_spec::kind::unicast
         || spec.type == transport::udp_socket_spec::kind::multicast_v4)
     {
@@ -254,10 +255,64 @@ bool add_udp(py_stream &self, const transport::udp_socket_spec &spec, std::size_
         if (ibv)
             return add_ibv(self, *ibv);
     }
-#endif
     return add_reader(self, [&](transport::packet_sink &sink, worker &w) {
         return std::make_shared<transport::udp_reader>(sink, w, spec, max_size);
     });
+}
+
+/// spead2._spead2.recv._ibv_compiled and _ibv_probe: what spead2_ibv_check reports.
+void register_ibv_probe(py::module_ &recv)
+{
+    recv.attr("_ibv_compiled") = transport::ibv_compiled();
+    recv.def("_ibv_probe", [](const std::string &interface_address) {
+        transport::ibv_probe_result r;
+        {
+            py::gil_scoped_release nogil;
+            r = transport::ibv_probe(interface_address);
+        }
+        py::dict out;
+        out["verbs_error"] = r.verbs_error;
+        out["rdmacm_error"] = r.rdmacm_error;
+        out["mlx5_error"] = r.mlx5_error;
+        out["library_override"] = r.library_override;
+        py::list devices;
+        for (const auto &d : r.devices)
+        {
+            py::dict dev;
+            dev["name"] = d.name;
+            dev["error"] = d.error;
+            dev["fw_ver"] = d.fw_ver;
+            dev["flow_steering"] = d.flow_steering;
+            dev["max_qp_wr"] = d.max_qp_wr;
+            dev["max_cqe"] = d.max_cqe;
+            dev["max_mr_size"] = d.max_mr_size;
+            dev["num_comp_vectors"] = d.num_comp_vectors;
+            py::list ports;
+            for (const auto &p : d.ports)
+            {
+                py::dict port;
+                port["port"] = p.port;
+                port["state"] = p.state;
+                port["link_layer"] = p.link_layer;
+                port["active_mtu"] = p.active_mtu;
+                ports.append(port);
+            }
+            dev["ports"] = ports;
+            dev["mlx5"] = d.mlx5;
+            dev["striding_rq"] = d.striding_rq;
+            dev["striding_rq_raw_packet"] = d.striding_rq_raw_packet;
+            dev["stride_log_bytes"] = py::make_tuple(d.min_stride_log, d.max_stride_log);
+            dev["wqe_log_strides"] = py::make_tuple(d.min_strides_log, d.max_strides_log);
+            dev["mprq_note"] = d.mprq_note;
+            devices.append(dev);
+        }
+        out["devices"] = devices;
+        out["interface_address"] = r.interface_address;
+        out["interface_device"] = r.interface_device;
+        out["interface_port"] = r.interface_port;
+        out["interface_error"] = r.interface_error;
+        return out;
+    }, py::arg("interface_address") = "");
 }
 
 /// The methods every stream class has (the reference's _Stream base).
@@ -384,7 +439,6 @@ void register_stream_base(py::module_ &recv)
             // Diagnostics of each ibverbs reader: error completions, queue
             // recoveries, and why it stopped the stream (if it did).
             py::list out;
-#ifdef SPEAD2_HAVE_IBV
             for (const auto &st : self.ibv_stats)
             {
                 py::dict d;
@@ -396,14 +450,11 @@ void register_stream_base(py::module_ &recv)
                 d["error"] = st->error;
                 out.append(d);
             }
-#endif
             return out;
         });
-#ifdef SPEAD2_HAVE_IBV
     cls.def("add_udp_ibv_reader", [](py_stream &self, const transport::ibv_config &config) {
         add_ibv(self, config);
     }, py::arg("config"));
-#endif
 }
 
 /// A member of a group as a Python object: the same object for the same
@@ -770,7 +821,6 @@ void register_recv(py::module_ &m)
                 self.group->stop();
         });
 
-#ifdef SPEAD2_HAVE_IBV
     py::class_<transport::ibv_config>(recv, "UdpIbvConfig")
         .def(py::init([](py::kwargs kwargs) {
             auto c = std::make_unique<transport::ibv_config>();
@@ -814,7 +864,7 @@ void register_recv(py::module_ &m)
                     throw py::value_error("max_poll must be at least 1");
                 c.max_poll = v;
             });
-#endif
+    register_ibv_probe(recv);
 }
 
 } // namespace spead2::bindings

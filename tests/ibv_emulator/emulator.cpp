@@ -92,6 +92,7 @@ struct config
 {
     in_addr_t iface = htonl(INADDR_LOOPBACK);   // network byte order
     uint8_t mac[6] = {0x02, 0, 0, 0, 0, 0x01};
+    bool no_devices = false;         // the RDMA stack is installed but has no device
     bool no_mprq = false;
     bool no_flow = false;
     bool no_raw = false;
@@ -179,6 +180,7 @@ void load_config(config &c)
         if (!parse_mac(v, c.mac))
             emu_warn("ignoring invalid SPEAD2_EMU_MAC=%s", v);
     }
+    c.no_devices = env_flag("SPEAD2_EMU_NO_DEVICES");
     c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
     c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
     c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
@@ -449,6 +451,11 @@ struct cq_t
     std::atomic<bool> armed{false};
     int users = 0;                   // QPs and WQs (under mu)
     bool broken = false;             // fatal CQ error (overrun): no more completions (under mu)
+    // Events handed to the application (ibv_get_cq_event, and
+    // ibv_get_async_event for IBV_EVENT_CQ_ERR), under cq.mutex.  As in
+    // libibverbs, ibv_destroy_cq waits until they are all acknowledged.
+    uint32_t comp_events_reported = 0;
+    uint32_t async_events_reported = 0;
     uint64_t pinned = 0;             // bytes charged against RLIMIT_MEMLOCK
 };
 
@@ -562,6 +569,7 @@ struct global
     pcap_reader pcap;
     std::vector<uint8_t> pcap_frame;
     bool pcap_pending = false;
+    bool pcap_started = false;       // a steered queue was ready with a buffer posted
     uint64_t pcap_sent = 0;
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
@@ -1066,9 +1074,50 @@ int destroy_cq_impl(ibv_cq *ibcq)
             ch->users--;
             ch->ch.refcnt--;
         }
+        {
+            // Asynchronous events not yet read that name this CQ go with it.
+            context_t *c = cq->ctx;
+            std::lock_guard<std::mutex> alock(c->amu);
+            size_t before = c->async_events.size();
+            c->async_events.erase(
+                std::remove_if(c->async_events.begin(), c->async_events.end(),
+                               [cq](const ibv_async_event &e) {
+                                   return e.event_type == IBV_EVENT_CQ_ERR
+                                       && e.element.cq == ibv_cq_ex_to_cq(&cq->cq);
+                               }),
+                c->async_events.end());
+            for (size_t i = c->async_events.size(); i < before; i++)
+            {
+                uint64_t v;
+                if (read(c->vctx.context.async_fd, &v, sizeof(v)) != sizeof(v))
+                    break;
+            }
+        }
         uncharge_pinned(cq->pinned);
         gl.objects--;
     }
+    // Like libibverbs: block until every event the application has taken
+    // for this CQ is acknowledged (ibv_ack_cq_events / ibv_ack_async_event).
+    // An application that never acknowledges hangs here, as it would on
+    // real hardware; say so once.
+    pthread_mutex_lock(&cq->cq.mutex);
+    bool warned = false;
+    while (cq->cq.comp_events_completed != cq->comp_events_reported
+           || cq->cq.async_events_completed != cq->async_events_reported)
+    {
+        timespec deadline;
+        clock_gettime(CLOCK_REALTIME, &deadline);
+        deadline.tv_sec += 1;
+        if (pthread_cond_timedwait(&cq->cq.cond, &cq->cq.mutex, &deadline) == ETIMEDOUT && !warned)
+        {
+            emu_warn("ibv_destroy_cq: waiting for %u completion and %u async event(s) to be acknowledged "
+                     "(as libibverbs does, this blocks until ibv_ack_cq_events / ibv_ack_async_event)",
+                     cq->comp_events_reported - cq->cq.comp_events_completed,
+                     cq->async_events_reported - cq->cq.async_events_completed);
+            warned = true;
+        }
+    }
+    pthread_mutex_unlock(&cq->cq.mutex);
     pthread_mutex_destroy(&cq->cq.mutex);
     pthread_cond_destroy(&cq->cq.cond);
     context_t *ctx = cq->ctx;
@@ -1475,22 +1524,48 @@ uint32_t flow_hash(const headers &h)
     return x;
 }
 
-result process_frame(const uint8_t *data, size_t len, bool lossless)
+/* Set bits of the rule's masks: how specific it is. */
+int mask_bits(const flow_t &f)
+{
+    int bits = 0;
+    auto count = [&bits](const void *p, size_t n) {
+        const auto *b = static_cast<const uint8_t *>(p);
+        for (size_t i = 0; i < n; i++)
+            bits += __builtin_popcount(b[i]);
+    };
+    if (f.has_eth)
+        count(&f.eth_mask, sizeof(f.eth_mask));
+    if (f.has_ip)
+        count(&f.ip_mask, sizeof(f.ip_mask));
+    if (f.has_l4)
+        count(&f.l4_mask, sizeof(f.l4_mask));
+    return bits;
+}
+
+/* Whether two rules match exactly the same frames (same specs, masks and
+ * masked values). */
+bool same_match(const flow_t &a, const flow_t &b)
+{
+    if (a.has_eth != b.has_eth || a.has_ip != b.has_ip || a.has_l4 != b.has_l4
+        || (a.has_l4 && a.l4_proto != b.l4_proto))
+        return false;
+    auto same = [](const void *va, const void *ma, const void *vb, const void *mb, size_t n) {
+        const auto *xa = static_cast<const uint8_t *>(va), *ya = static_cast<const uint8_t *>(ma);
+        const auto *xb = static_cast<const uint8_t *>(vb), *yb = static_cast<const uint8_t *>(mb);
+        for (size_t i = 0; i < n; i++)
+            if (ya[i] != yb[i] || (xa[i] & ya[i]) != (xb[i] & yb[i]))
+                return false;
+        return true;
+    };
+    return (!a.has_eth || same(&a.eth_val, &a.eth_mask, &b.eth_val, &b.eth_mask, sizeof(a.eth_val)))
+        && (!a.has_ip || same(&a.ip_val, &a.ip_mask, &b.ip_val, &b.ip_mask, sizeof(a.ip_val)))
+        && (!a.has_l4 || same(&a.l4_val, &a.l4_mask, &b.l4_val, &b.l4_mask, sizeof(a.l4_val)));
+}
+
+/* Delivers a steered frame to one QP's receive queue. */
+result deliver_to(qp_t *qp, const headers &h, const uint8_t *data, size_t len, bool lossless)
 {
     global &gl = *g;
-    headers h;
-    if (!parse_frame(data, len, h))
-        return drop(gl.stats.no_flow);
-    flow_t *match = nullptr;
-    for (flow_t *f : gl.flows)
-        if (flow_matches(*f, h))
-        {
-            match = f;
-            break;
-        }
-    if (!match)
-        return drop(gl.stats.no_flow);
-    qp_t *qp = match->qp;
     if (qp->rss)
     {
         const auto &wqs = qp->ind->wqs;
@@ -1505,16 +1580,58 @@ result process_frame(const uint8_t *data, size_t len, bool lossless)
         return wq->rx.striding ? deliver_striding(wq->rx, data, len, lossless)
                                : deliver_plain(wq->rx, data, len, lossless);
     }
-    else
+    if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS)
     {
-        if (qp->qp.state != IBV_QPS_RTR && qp->qp.state != IBV_QPS_RTS)
-        {
-            if (lossless && !qp->rx.cq->broken)
-                return result::retry;
-            return drop(gl.stats.not_ready);
-        }
-        return deliver_plain(qp->rx, data, len, lossless);
+        if (lossless && !qp->rx.cq->broken)
+            return result::retry;
+        return drop(gl.stats.not_ready);
     }
+    return deliver_plain(qp->rx, data, len, lossless);
+}
+
+/* Steering, modelled on mlx5 (ConnectX-5):
+ *  - the highest-precedence priority (lowest value) with a matching rule wins;
+ *  - among matching rules at that priority, the least specific (fewest mask
+ *    bits) wins: an overlapping wildcard rule takes the frames and the more
+ *    specific readers starve;
+ *  - every rule identical to the winner (same specs, masks and values, as
+ *    two readers of the same group or port create) gets its own copy.
+ * A frame copied to several queues waits for none of them in lossless mode
+ * (a queue without room drops its copy). */
+result process_frame(const uint8_t *data, size_t len, bool lossless)
+{
+    global &gl = *g;
+    headers h;
+    if (!parse_frame(data, len, h))
+        return drop(gl.stats.no_flow);
+    const flow_t *winner = nullptr;
+    int winner_bits = 0;
+    for (const flow_t *f : gl.flows)   // sorted by (priority, seq)
+    {
+        if (winner && f->priority != winner->priority)
+            break;
+        if (!flow_matches(*f, h))
+            continue;
+        const int bits = mask_bits(*f);
+        if (!winner || bits < winner_bits)
+        {
+            winner = f;
+            winner_bits = bits;
+        }
+    }
+    if (!winner)
+        return drop(gl.stats.no_flow);
+    std::vector<qp_t *> dests;
+    for (const flow_t *f : gl.flows)
+        if (f->priority == winner->priority && same_match(*f, *winner)
+            && std::find(dests.begin(), dests.end(), f->qp) == dests.end())
+            dests.push_back(f->qp);
+    if (dests.size() == 1)
+        return deliver_to(dests[0], h, data, len, lossless);
+    bool any = false;
+    for (qp_t *qp : dests)
+        any |= deliver_to(qp, h, data, len, false) == result::delivered;
+    return any ? result::delivered : result::dropped;
 }
 
 /* Takes the frames waiting on the UDP wire and processes them (device mutex
@@ -1569,9 +1686,59 @@ void sync_wire_locked()
 /* ------------------------------------------------------------------------ */
 /* The NIC thread                                                           */
 
+/* Whether the queue has a receive buffer posted (device mutex held). */
+bool rx_has_buffer(rx_queue &rx)
+{
+    if (rx.striding)
+    {
+        uint32_t db = be32toh(__atomic_load_n(&rx.dbrec[MLX5_RCV_DBR], __ATOMIC_ACQUIRE)) & 0xffff;
+        return rx.have_cur || ((db - uint32_t(rx.consumed)) & 0xffff) != 0;
+    }
+    std::lock_guard<std::mutex> lock(rx.rmu);
+    return rx.rhead != rx.rtail;
+}
+
+/* Whether some queue a flow rule steers to is ready and has a buffer posted
+ * (device mutex held). */
+bool steered_queue_armed_locked()
+{
+    global &gl = *g;
+    for (flow_t *f : gl.flows)
+    {
+        qp_t *qp = f->qp;
+        if (qp->rss)
+        {
+            for (wq_t *wq : qp->ind->wqs)
+                if (wq->wq.state == IBV_WQS_RDY && rx_has_buffer(wq->rx))
+                    return true;
+        }
+        else if ((qp->qp.state == IBV_QPS_RTR || qp->qp.state == IBV_QPS_RTS) && rx_has_buffer(qp->rx))
+            return true;
+    }
+    return false;
+}
+
 void pcap_step(uint64_t idle_ns)
 {
     global &gl = *g;
+    if (!gl.pcap_started)
+    {
+        // Replay begins once the application can receive: a queue ready
+        // (which it must be before it is posted to, as on mlx5) and posted.
+        bool armed;
+        {
+            std::lock_guard<std::mutex> lock(gl.mu);
+            armed = steered_queue_armed_locked();
+        }
+        if (!armed)
+        {
+            wait_stop(std::min<uint64_t>(idle_ns, 1000000));
+            return;
+        }
+        gl.pcap_started = true;
+        gl.pcap_base_n = gl.pcap_sent;
+        gl.pcap_base_ns = now_ns();
+    }
     if (!gl.pcap_pending)
     {
         if (!gl.pcap.next(gl.pcap_frame))
@@ -2254,6 +2421,16 @@ int ctx_modify_wq(ibv_wq *ibwq, ibv_wq_attr *attr)
         }
         else if (to == IBV_WQS_ERR && !rx.striding)
             rx_flush(rx, true);
+        if (to == IBV_WQS_RDY && from == IBV_WQS_RESET && rx.striding)
+        {
+            // As libmlx5 does on RESET -> RDY: the doorbell record starts
+            // again at 0, so WQEs posted before the queue was ready are lost.
+            __atomic_store_n(&rx.dbrec[MLX5_RCV_DBR], 0u, __ATOMIC_RELEASE);
+            rx.consumed = 0;
+            rx.have_cur = false;
+            rx.cur_pos = 0;
+            rx.warned_overpost = false;
+        }
 
         bool was_ready = from == IBV_WQS_RDY;
         wq->wq.state = to;
@@ -2539,9 +2716,11 @@ EMU_EXPORT ibv_device **ibv_get_device_list(int *num_devices)
         errno = ENOMEM;
         return nullptr;
     }
-    list[0] = &gl.device;
+    const int n = gl.cfg.no_devices ? 0 : 1;
+    if (n)
+        list[0] = &gl.device;
     if (num_devices)
-        *num_devices = 1;
+        *num_devices = n;
     return list;
 }
 
@@ -2868,6 +3047,9 @@ EMU_EXPORT int ibv_get_cq_event(ibv_comp_channel *channel, ibv_cq **cq, void **c
     }
     cq_t *c = ch->events.front();
     ch->events.pop_front();
+    pthread_mutex_lock(&c->cq.mutex);
+    c->comp_events_reported++;
+    pthread_mutex_unlock(&c->cq.mutex);
     *cq = ibv_cq_ex_to_cq(&c->cq);
     *cq_context = c->cq.cq_context;
     return 0;
@@ -2877,6 +3059,7 @@ EMU_EXPORT void ibv_ack_cq_events(ibv_cq *cq, unsigned int nevents)
 {
     pthread_mutex_lock(&cq->mutex);
     cq->comp_events_completed += nevents;
+    pthread_cond_broadcast(&cq->cond);
     pthread_mutex_unlock(&cq->mutex);
 }
 
@@ -2905,12 +3088,27 @@ EMU_EXPORT int ibv_get_async_event(ibv_context *context, ibv_async_event *event)
     }
     *event = ctx->async_events.front();
     ctx->async_events.pop_front();
+    if (event->event_type == IBV_EVENT_CQ_ERR)
+    {
+        // Still alive: destroy_cq removes the events of its CQ under amu.
+        cq_t *c = to_cq(event->element.cq);
+        pthread_mutex_lock(&c->cq.mutex);
+        c->async_events_reported++;
+        pthread_mutex_unlock(&c->cq.mutex);
+    }
     return 0;
 }
 
 EMU_EXPORT void ibv_ack_async_event(ibv_async_event *event)
 {
-    (void) event;
+    if (event && event->event_type == IBV_EVENT_CQ_ERR && event->element.cq)
+    {
+        ibv_cq *cq = event->element.cq;
+        pthread_mutex_lock(&cq->mutex);
+        cq->async_events_completed++;
+        pthread_cond_broadcast(&cq->cond);
+        pthread_mutex_unlock(&cq->mutex);
+    }
 }
 
 EMU_EXPORT const char *ibv_event_type_str(enum ibv_event_type event)
@@ -3015,7 +3213,7 @@ EMU_EXPORT int rdma_bind_addr(rdma_cm_id *id, sockaddr *addr)
         errno = EINVAL;
         return -1;
     }
-    if (addr->sa_family != AF_INET
+    if (gl.cfg.no_devices || addr->sa_family != AF_INET
         || reinterpret_cast<const sockaddr_in *>(addr)->sin_addr.s_addr != gl.cfg.iface)
     {
         errno = ENODEV;

@@ -31,6 +31,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cerrno>
 #include <cinttypes>
@@ -470,12 +471,18 @@ struct mprq_stack
         post(slot_addr(head), mr->lkey, wqe_size);
     }
 
+    /* Like production code: RESET -> RDY zeroes the doorbell record, so
+     * WQEs are posted only once the WQ is ready, counting from 0 again. */
     int set_state(ibv_wq_state s)
     {
         ibv_wq_attr a{};
         a.attr_mask = IBV_WQ_ATTR_STATE;
         a.wq_state = s;
-        return ibv_modify_wq(wq, &a);
+        const bool from_reset = wq->state == IBV_WQS_RESET;
+        int r = ibv_modify_wq(wq, &a);
+        if (r == 0 && s == IBV_WQS_RDY && from_reset)
+            head = 0;
+        return r;
     }
 
     void destroy()
@@ -630,8 +637,6 @@ void case_mprq_basic()
     REQUIRE(built);
     CHECK(s.rwq.wqe_cnt == 4);
     CHECK(s.wqe_size == 512);
-    s.post_next();
-    s.post_next();
 
     // Frames that arrive before the WQ is ready are dropped.
     stats_map s0 = stats();
@@ -640,6 +645,8 @@ void case_mprq_basic()
     CHECK(read_stats_file()["rx_ready"] == 0 && read_stats_file()["flows"] == 1);
     CHECK(s.set_state(IBV_WQS_RDY) == 0);
     CHECK(s.wq->state == IBV_WQS_RDY);
+    s.post_next();
+    s.post_next();
     CHECK(spead2_emu_nic_running() == 1);
     // Written synchronously: a test can wait on these before sending.
     CHECK(read_stats_file()["rx_ready"] == 1);
@@ -741,9 +748,9 @@ void case_mprq_doorbell_wrap()
     mprq_stack s;
     bool built = s.build(ctx, 16, 64, 7148, false);
     REQUIRE(built);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     for (int i = 0; i < 16; i++)
         s.post_next();
-    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     stats_map s0 = stats();
     const uint32_t n = 70000;
     uint32_t bad = 0;
@@ -1073,9 +1080,9 @@ void case_flow_filter()
     mprq_stack s;
     bool built = s.build(ctx, 8, 64, 7148, false);
     REQUIRE(built);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     for (int i = 0; i < 8; i++)
         s.post_next();
-    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     stats_map s0 = stats();
     send_frame(make_frame(100, 1, 7149));                       // other port
     send_frame(make_frame(100, 2, 7148, other_ip));             // other IP
@@ -1151,9 +1158,9 @@ void case_comp_channel()
     mprq_stack s;
     bool built = s.build(ctx, 8, 64, 7148, true);
     REQUIRE(built);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     for (int i = 0; i < 8; i++)
         s.post_next();
-    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     int fd = s.channel->fd;
     CHECK(fcntl(fd, F_GETFL) & O_NONBLOCK);
     ibv_cq *cq = ibv_cq_ex_to_cq(s.cq);
@@ -1231,9 +1238,9 @@ void case_cq_overflow()
     bool built = s.build(ctx, 8, 4, 7148, false);
     REQUIRE(built);
     CHECK(s.cq->cqe == 4);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     for (int i = 0; i < 8; i++)
         s.post_next();
-    CHECK(s.set_state(IBV_WQS_RDY) == 0);
     stats_map s0 = stats();
     std::vector<std::vector<uint8_t>> fr;
     for (int i = 0; i < 6; i++)
@@ -1282,8 +1289,8 @@ void case_teardown_order()
     mprq_stack s;
     bool built = s.build(ctx, 8, 64, 7148, true);
     REQUIRE(built);
-    s.post_next();
     CHECK(s.set_state(IBV_WQS_RDY) == 0);
+    s.post_next();
     CHECK(spead2_emu_nic_running() == 1);
     // Everything still referenced: EBUSY, nothing breaks.
     CHECK(ibv_destroy_cq(ibv_cq_ex_to_cq(s.cq)) == EBUSY);
@@ -1319,6 +1326,154 @@ void case_teardown_order()
     CHECK(ibv_poll_cq(cq, 1, nullptr) == 0);
     CHECK(ibv_destroy_cq(cq) == 0);
     CHECK(ibv_dealloc_pd(pd) == 0);
+}
+
+/* Like libmlx5, RESET -> RDY restarts the doorbell record at 0: WQEs posted
+ * while the WQ is not ready are lost, and the application must post after
+ * RDY (as the production code does). */
+void case_mprq_post_before_rdy()
+{
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    mprq_stack s;
+    bool built = s.build(ctx, 4, 64, 7148, false);
+    REQUIRE(built);
+    for (int round = 0; round < 2; round++)
+    {
+        // Posted in RESET (the first time straight after creation, then after
+        // an error-style reset): the NIC never sees them.
+        s.post_next();
+        s.post_next();
+        CHECK(be32toh(s.rwq.dbrec[MLX5_RCV_DBR]) != 0);
+        CHECK(s.set_state(IBV_WQS_RDY) == 0);
+        CHECK(be32toh(s.rwq.dbrec[MLX5_RCV_DBR]) == 0, "doorbell record not zeroed on RESET -> RDY");
+        stats_map s0 = stats();
+        send_frame(make_frame(100, 1 + 10 * round));
+        CHECK(wait_received(s0["received"] + 1));
+        CHECK(delta(stats(), s0, "no_buffer") == 1, "round %d", round);
+        CHECK(poll_ex(s.cq, 1, 30).empty());
+        // Posted once ready: received, counting WQEs from 0 again.
+        s.post_next();
+        auto A = make_frame(100, 2 + 10 * round);
+        send_frame(A);
+        auto c = poll_ex(s.cq, 1);
+        REQUIRE(c.size() == 1);
+        CHECK(c[0].status == IBV_WC_SUCCESS && c[0].wr_id == 0 && frame_at(s.slot_addr(0), A));
+        CHECK(s.set_state(IBV_WQS_RESET) == 0);
+    }
+    s.destroy();
+    unbind_device(ch, id);
+}
+
+/* Like libibverbs, ibv_destroy_cq blocks until every completion event the
+ * application took with ibv_get_cq_event is acknowledged. */
+void case_destroy_cq_waits_for_events()
+{
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    mprq_stack s;
+    bool built = s.build(ctx, 8, 64, 7148, true);
+    REQUIRE(built);
+    CHECK(s.set_state(IBV_WQS_RDY) == 0);
+    for (int i = 0; i < 8; i++)
+        s.post_next();
+    ibv_cq *cq = ibv_cq_ex_to_cq(s.cq);
+    CHECK(ibv_req_notify_cq(cq, 0) == 0);
+    send_frame(make_frame(100, 1));
+    pollfd pfd{s.channel->fd, POLLIN, 0};
+    CHECK(poll(&pfd, 1, 5000) == 1);
+    ibv_cq *ev_cq = nullptr;
+    void *ev_ctx = nullptr;
+    const int got = ibv_get_cq_event(s.channel, &ev_cq, &ev_ctx);   // REQUIRE evaluates twice
+    REQUIRE(got == 0);
+    CHECK(ev_cq == cq);
+    // Everything but the CQ goes; the event is still unacknowledged.
+    CHECK(ibv_destroy_flow(s.flow) == 0);
+    CHECK(ibv_destroy_qp(s.qp) == 0);
+    CHECK(ibv_destroy_rwq_ind_table(s.ind) == 0);
+    CHECK(ibv_destroy_wq(s.wq) == 0);
+    s.flow = nullptr;
+    s.qp = nullptr;
+    s.ind = nullptr;
+    s.wq = nullptr;
+    std::atomic<bool> acked{false}, returned{false}, saw_ack{false};
+    std::atomic<int> rc{-1};
+    std::thread t([&] {
+        rc = ibv_destroy_cq(cq);
+        saw_ack = acked.load();
+        returned = true;
+    });
+    // It cannot return before the acknowledgement, however long we wait.
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(!returned.load(), "ibv_destroy_cq returned with an event unacknowledged");
+    acked = true;
+    ibv_ack_cq_events(cq, 1);
+    t.join();
+    CHECK(rc == 0 && saw_ack.load());
+    s.cq = nullptr;
+    s.destroy();
+    unbind_device(ch, id);
+}
+
+/* Steering shared by several readers, as on ConnectX-5: identical rules
+ * (two readers of the same group) each get every frame; an overlapping,
+ * less specific rule at the same priority takes the frames from them. */
+void case_flow_sharing()
+{
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    mprq_stack a, b, w;
+    bool built = a.build(ctx, 8, 64, 7148, false) && b.build(ctx, 8, 64, 7148, false)
+        && w.build(ctx, 8, 64, -1, false);
+    REQUIRE(built);
+    for (mprq_stack *x : {&a, &b, &w})
+    {
+        CHECK(x->set_state(IBV_WQS_RDY) == 0);
+        for (int i = 0; i < 8; i++)
+            x->post_next();
+    }
+    stats_map s0 = stats();
+    auto F = make_frame(100, 1);
+    send_frame(F);
+    auto ca = poll_ex(a.cq, 1), cb = poll_ex(b.cq, 1);
+    REQUIRE(ca.size() == 1 && cb.size() == 1, "identical rules: %zu and %zu completions", ca.size(), cb.size());
+    CHECK(frame_at(a.slot_addr(0), F) && frame_at(b.slot_addr(0), F));
+    stats_map s1 = stats();
+    CHECK(delta(s1, s0, "received") == 1 && delta(s1, s0, "delivered") == 2, "received %" PRId64 ", delivered %" PRId64,
+          delta(s1, s0, "received"), delta(s1, s0, "delivered"));
+
+    // A wildcard for the port (any address) at the same priority: it takes
+    // the traffic, and the two exact readers starve.
+    w.flow = create_flow(w.qp, nullptr, 0, 7148);
+    REQUIRE(w.flow);
+    auto G = make_frame(100, 2);
+    send_frame(G);
+    auto cw = poll_ex(w.cq, 1);
+    REQUIRE(cw.size() == 1);
+    CHECK(frame_at(w.slot_addr(0), G));
+    CHECK(poll_ex(a.cq, 1, 50).empty() && poll_ex(b.cq, 1, 50).empty());
+    // Frames for another address on that port go to the wildcard as well.
+    send_frame(make_frame(100, 3, 7148, other_ip));
+    CHECK(poll_ex(w.cq, 1).size() == 1);
+
+    // At a lower precedence (higher value) the wildcard no longer interferes.
+    CHECK(ibv_destroy_flow(w.flow) == 0);
+    w.flow = create_flow(w.qp, nullptr, 0, 7148, 1);
+    REQUIRE(w.flow);
+    auto H = make_frame(100, 4);
+    send_frame(H);
+    CHECK(poll_ex(a.cq, 1).size() == 1 && poll_ex(b.cq, 1).size() == 1);
+    CHECK(poll_ex(w.cq, 1, 50).empty());
+    a.destroy();
+    b.destroy();
+    w.destroy();
+    unbind_device(ch, id);
 }
 
 void case_stats_file()
@@ -1642,11 +1797,11 @@ void child_pcap(int expect, int expect_junk, uint64_t min_ns, uint32_t ring_size
     mprq_stack s;
     bool built = s.build(ctx, ring_size, 256, 7148, false);
     REQUIRE(built);
-    for (uint32_t i = 0; i < ring_size; i++)
-        s.post_next();
     auto ref = pcap_frames(expect, 0);
     auto t0 = std::chrono::steady_clock::now();
     CHECK(s.set_state(IBV_WQS_RDY) == 0);
+    for (uint32_t i = 0; i < ring_size; i++)
+        s.post_next();   // replay (lossless) waits for buffers
     int got = 0, bad = 0;
     uint32_t used = 0;
     uint64_t cur_seq = 0;
@@ -1837,6 +1992,9 @@ int main(int argc, char **argv)
         {"comp_channel", case_comp_channel},
         {"cq_overflow", case_cq_overflow},
         {"teardown_order", case_teardown_order},
+        {"mprq_post_before_rdy", case_mprq_post_before_rdy},
+        {"destroy_cq_waits_for_events", case_destroy_cq_waits_for_events},
+        {"flow_sharing", case_flow_sharing},
         {"stats_file", case_stats_file},
     };
     int passed = 0, failed = 0;

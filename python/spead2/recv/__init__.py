@@ -21,8 +21,9 @@ IncompleteHeap = _recv.IncompleteHeap
 RawItem = _recv.RawItem
 StreamStatConfig = _recv.StreamStatConfig
 stream_stat_indices = _recv.stream_stat_indices
-if hasattr(_recv, "UdpIbvConfig"):  # built with the ibverbs headers
-    UdpIbvConfig = _recv.UdpIbvConfig
+# Always present; in a build without the rdma-core headers, add_udp_ibv_reader
+# raises RuntimeError saying so (spead2_ibv_check reports it too).
+UdpIbvConfig = _recv.UdpIbvConfig
 
 # The core statistics, as the C++ core defines them (a fresh StreamConfig has
 # exactly these, in index order).
@@ -235,6 +236,5 @@ __all__ = [
     "StreamStatConfig",
     "StreamStats",
     "stream_stat_indices",
+    "UdpIbvConfig",
 ]
-if hasattr(_recv, "UdpIbvConfig"):
-    __all__.append("UdpIbvConfig")

@@ -19,9 +19,10 @@ timestamp and frequency items, ``channels`` heaps per timestamp):
     in another process;
 ``ibverbs``
     ``add_udp_ibv_reader`` on a real device (``--ibv-interface``), or else on
-    the emulated device built from ``tests/ibv_emulator`` (labelled
-    "ibverbs (emulated)"), whose wire is a UDP socket carrying one Ethernet
-    frame per datagram.
+    the emulated test device (labelled "ibverbs (emulated)"): the one shipped
+    in the package (``spead2.tools.ibv_emulator``), else one built from
+    ``tests/ibv_emulator`` of a source tree.  Its wire is a UDP socket
+    carrying one Ethernet frame per datagram.
 
 With ``--streams N`` the receiver is a ``ChunkStreamRingGroup`` of N members
 instead of one ``ChunkRingStream``: heap i goes to member i mod N (N memory
@@ -1606,6 +1607,13 @@ class Context:
         if given:
             source = os.path.abspath(given)
         else:
+            # The test device shipped in the package (wheels built with the
+            # rdma-core headers): no source tree needed.
+            from spead2.tools import ibv_emulator
+
+            packaged = ibv_emulator.packaged_library()
+            if packaged is not None:
+                return str(packaged), None
             source = _find_emulator_source()
         build = os.path.join(source, "build.sh") if source else None
         out = os.path.join(cache_dir(), "ibv_emulator")
@@ -2291,7 +2299,7 @@ def build_parser():
                    help="ibverbs receive buffer [16 MiB]")
     i.add_argument("--ibv-emulator", metavar="PATH",
                    help="the emulated device: libspead2_ibv_emulator.so, or a tests/ibv_emulator directory to "
-                        "build it from [the source tree's, built into the cache]")
+                        "build it from [the one in the package, else the source tree's, built into the cache]")
     i.add_argument("--send-interface", metavar="ADDR", default=None,
                    help="local address the sender sends from (for a real device: the other port) [any]")
     m = p.add_argument_group("files")

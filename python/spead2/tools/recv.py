@@ -579,9 +579,8 @@ def add_network_readers(stream, sources, args):
     if not udp:
         return
     if args.ibv:
-        config_cls = getattr(spead2.recv, "UdpIbvConfig", None)
-        if config_cls is None or not hasattr(stream, "add_udp_ibv_reader"):
-            raise RuntimeError("this build of spead2 has no ibverbs support (--ibv)")
+        # A build without ibverbs raises from add_udp_ibv_reader, saying so.
+        config_cls = spead2.recv.UdpIbvConfig
         if not args.interface:
             raise RuntimeError("--ibv needs --interface (the IPv4 address of the NIC)")
         if any(s.kind == "multicast6" or ":" in s.host for s in udp):
@@ -998,6 +997,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="index of the interface to join IPv6 multicast groups on, 0 = any [%(default)s]")
     net.add_argument("--tcp", action="store_true", help="HOST:PORT sources listen for TCP connections, not UDP")
     net.add_argument("--ibv", action="store_true", help="receive UDP with ibverbs (where this build has it)")
+    net.add_argument("--check-ibv", action="store_true",
+                     help="instead of receiving, report whether ibverbs works here and what blocks it "
+                          "(spead2_ibv_check; takes --interface, --json)")
     net.add_argument("--ibv-vector", type=int, default=0, metavar="N",
                      help="completion vector for --ibv, -1 to poll [%(default)s]")
     net.add_argument("--filter", default="", metavar="BPF", help="BPF filter for capture files")
@@ -1056,6 +1058,12 @@ def choose_mode(parser, args, argv) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--check-ibv" in argv:
+        # spead2_recv --check-ibv [--interface ADDRESS] [...]: spead2_ibv_check
+        from spead2.tools import ibv_check
+
+        return ibv_check.main([a for a in argv if a != "--check-ibv"])
     parser = build_parser()
     if argv is None:
         argv = sys.argv[1:]

@@ -58,10 +58,18 @@ struct ibv_reader_stats
     std::string error;                                ///< why it stopped (guarded by mutex)
 };
 
+/// Whether this build has the ibverbs receiver (the rdma-core headers were
+/// found at build time).  Without it the configuration types exist, but
+/// make_ibv_reader throws std::runtime_error(IBV_NOT_BUILT_MESSAGE).
+bool ibv_compiled();
+
+/// The error a build without the rdma-core headers gives for any ibverbs use.
+extern const char *const IBV_NOT_BUILT_MESSAGE;
+
 /// Construct the best available ibverbs reader (MPRQ, else plain).  Errors a
 /// user can act on are raised as std::runtime_error / std::invalid_argument
 /// with the reason (no device owns the address, no flow steering, missing
-/// CAP_NET_RAW, libraries missing).
+/// CAP_NET_RAW, libraries missing, built without ibverbs).
 std::shared_ptr<reader> make_ibv_reader(packet_sink &sink, worker &thread, const ibv_config &config);
 
 /// Which kind of reader make_ibv_reader built (for tests and diagnostics).

@@ -17,7 +17,7 @@ struct loaded
     verbs_api verbs{};
     rdmacm_api rdmacm{};
     mlx5_api mlx5{};
-    std::string verbs_error, rdmacm_error;
+    std::string verbs_error, rdmacm_error, mlx5_error;
     bool have_verbs = false, have_rdmacm = false, have_mlx5 = false;
 };
 
@@ -82,6 +82,8 @@ loaded load_all()
             std::string ignored;
             if (!resolve(h, "ibv_reg_mr_iova2", v.reg_mr_iova2, ignored))
                 v.reg_mr_iova2 = nullptr;
+            if (!resolve(h, "ibv_query_port", v.query_port, ignored))
+                v.query_port = nullptr;
         }
     }
     if (!l.have_verbs)
@@ -116,6 +118,8 @@ loaded load_all()
             && resolve(h, "mlx5dv_init_obj", m.init_obj, err);
     }
     if (!l.have_mlx5)
+        l.mlx5_error = err;
+    if (!l.have_mlx5)
         log_debug("libmlx5 unavailable (%s): multi-packet receive queues will not be used", err.c_str());
     return l;
 }
@@ -148,6 +152,11 @@ const mlx5_api *mlx5()
 {
     const loaded &l = get();
     return l.have_mlx5 ? &l.mlx5 : nullptr;
+}
+
+std::string mlx5_error()
+{
+    return get().mlx5_error;
 }
 
 } // namespace spead2::ibv

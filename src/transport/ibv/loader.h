@@ -57,6 +57,9 @@ struct verbs_api
     /// Optional (rdma-core >= 29): registration with IBV_ACCESS_RELAXED_ORDERING
     /// and other optional access flags.  nullptr when the library lacks it.
     ibv_mr *(*reg_mr_iova2)(ibv_pd *pd, void *addr, size_t length, uint64_t iova, unsigned int access);
+    /// Optional: the exported (compat) ibv_query_port, used only when the
+    /// provider does not fill verbs_context::query_port.
+    int (*query_port)(ibv_context *context, uint8_t port_num, ibv_port_attr *attr);
 };
 
 struct rdmacm_api
@@ -81,5 +84,7 @@ const verbs_api &verbs();
 const rdmacm_api &rdmacm();
 /// nullptr if libmlx5 is unavailable (then multi-packet receive is not used).
 const mlx5_api *mlx5();
+/// Why mlx5() is nullptr (empty if it is not).
+std::string mlx5_error();
 
 } // namespace spead2::ibv

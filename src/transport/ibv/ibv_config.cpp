@@ -1,0 +1,84 @@
+// The parts of the ibverbs API that need no verbs headers: the configuration,
+// its validation and the SPEAD2_IBV_INTERFACE override.  Compiled into every
+// build, so the Python API is the same with or without the rdma-core headers.
+#include "transport/ibv/ibv_reader.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "common/logging.h"
+#include "common/socket_util.h"
+
+namespace spead2::transport
+{
+
+const char *const IBV_NOT_BUILT_MESSAGE =
+    "spead2 was built without ibverbs: install libibverbs-dev and reinstall spead2 "
+    "(the build needs the rdma-core headers: apt install libibverbs-dev librdmacm-dev, "
+    "then pip install --force-reinstall --no-binary spead2 spead2, or rebuild from source)";
+
+bool ibv_compiled()
+{
+#ifdef SPEAD2_HAVE_IBV
+    return true;
+#else
+    return false;
+#endif
+}
+
+void ibv_config::validate() const
+{
+    if (endpoints.empty())
+        throw std::invalid_argument("endpoints is empty");
+    if (interface_address.empty())
+        throw std::invalid_argument("interface address must be specified");
+    in_addr iface = resolve_ipv4(interface_address, "interface address");
+    if (iface.s_addr == htonl(INADDR_ANY))
+        throw std::invalid_argument("interface address must not be the unspecified address (0.0.0.0)");
+    for (const auto &ep : endpoints)
+        if (!ep.first.empty())
+            resolve_ipv4(ep.first, "endpoint");   // throws "endpoint ... is not an IPv4 address"
+    if (max_size < 1)
+        throw std::invalid_argument("max_size must be positive");
+    if (max_poll < 1)
+        throw std::invalid_argument("max_poll must be at least 1");
+}
+
+std::optional<ibv_config> ibv_override(const std::string &host, std::uint16_t port,
+                                       std::size_t max_size, std::size_t buffer_size,
+                                       const std::string &explicit_interface)
+{
+    const char *env = std::getenv("SPEAD2_IBV_INTERFACE");
+    if (!env)
+        return std::nullopt;
+    ibv_config c;
+    c.interface_address = explicit_interface.empty() || explicit_interface == "0.0.0.0" ? env : explicit_interface;
+    try
+    {
+        resolve_ipv4(c.interface_address, "SPEAD2_IBV_INTERFACE");
+    }
+    catch (std::invalid_argument &e)
+    {
+        log_warning("ignoring SPEAD2_IBV_INTERFACE: %s", e.what());
+        return std::nullopt;
+    }
+    c.endpoints.emplace_back(host, port);
+    c.max_size = max_size;
+    if (buffer_size)
+        c.buffer_size = buffer_size;
+    if (const char *vec = std::getenv("SPEAD2_IBV_COMP_VECTOR"))
+    {
+        char *end = nullptr;
+        long v = std::strtol(vec, &end, 10);
+        if (end && *end == '\0' && end != vec)
+            c.comp_vector = int(v);
+        else
+            log_warning("ignoring SPEAD2_IBV_COMP_VECTOR=%s: not an integer", vec);
+    }
+    return c;
+}
+
+} // namespace spead2::transport
