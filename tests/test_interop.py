@@ -715,3 +715,21 @@ def test_send_tool_udp_to_reference(ref_python):
         assert heap["values"]["data"] == send_tool.expected_payload(i, 5000).tolist()
         assert heap["values"]["frequency"] == (i % 4) * 1250
         assert heap["values"]["timestamp"] == i // 4
+
+
+def test_send_tool_tcp_to_reference(ref_python):
+    """spead2_send --tcp into the reference's TCP reader."""
+    proc, port = _start_reference_udp_receiver(48, "tcp", "127.0.0.1")
+    try:
+        assert send_tool.main(["--tcp", f"127.0.0.1:{port}", "--heaps", "12", "--heap-size", "5000",
+                               "--channels", "3", "--descriptors"]) == 0
+        result = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    heaps = result["heaps"]
+    assert len(heaps) == 1 + 12
+    for i, heap in enumerate(heaps[1:]):
+        assert heap["values"]["data"] == send_tool.expected_payload(i, 5000).tolist()
+        assert heap["values"]["frequency"] == (i % 3) * (5000 // 4)
