@@ -18,6 +18,8 @@ subprocess.
 import json
 import math
 import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -336,10 +338,19 @@ if mode == 'bytes':
 elif mode == 'pcap':
     stream.add_udp_pcap_file_reader(source)
 else:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    sock.bind(('127.0.0.1', 0))
-    stream.add_udp_reader(sock)
+    # 'udp' or 'tcp', listening on source ('-': 127.0.0.1; '::1': IPv6)
+    host = '127.0.0.1' if source == '-' else source
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    if mode == 'tcp':
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((host, 0))
+        sock.listen(1)
+        stream.add_tcp_reader(sock)
+    else:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        sock.bind((host, 0))
+        stream.add_udp_reader(sock)
     print('PORT', sock.getsockname()[1], flush=True)
 ig = spead2.ItemGroup()
 heaps = []
@@ -497,8 +508,14 @@ def test_our_pcap_to_reference(ref_python, tmp_path):
     plan.check(parse_result(proc.stdout))
 
 
-def _start_reference_udp_receiver(bits):
-    proc = refvenv.start_reference(REF_RECEIVER, "udp", "-", bits)
+def _start_ours(code, *args):
+    """`code` under our package, in a subprocess (as the reference runs)."""
+    return subprocess.Popen([sys.executable, "-c", code, *[str(a) for a in args]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+
+
+def _start_reference_udp_receiver(bits, mode="udp", host="-", start=None):
+    proc = (start or refvenv.start_reference)(REF_RECEIVER, mode, host, bits)
     killer = threading.Timer(30, proc.kill)  # in case it never gets going
     killer.start()
     line = proc.stdout.readline()
@@ -560,6 +577,100 @@ def test_our_udp_substreams_to_reference(ref_python):
         plan.check(result)
 
 
+def _has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1)")
+
+
+@needs_ipv6
+def test_our_udp_ipv6_to_reference(ref_python):
+    plan = Plan(48, big=20000).build()
+    proc, port = _start_reference_udp_receiver(48, "udp", "::1")
+    try:
+        stream = spead2.send.UdpStream(spead2.ThreadPool(), [("::1", port)],
+                                       spead2.send.StreamConfig(rate=UDP_RATE))
+        plan.send(stream)
+        del stream
+        result = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    plan.check(result)
+
+
+def _tcp_round_trip(start, host, make_stream):
+    """Plan heaps through a TcpStream made by `make_stream(port)` to
+    REF_RECEIVER started by `start` (the reference, or our package)."""
+    plan = Plan(40, big=50000).build()
+    proc, port = _start_reference_udp_receiver(40, "tcp", host, start=start)
+    try:
+        stream = make_stream(port)
+        plan.send(stream)
+        del stream  # closing the connection ends the receiver's stream
+        result = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    plan.check(result)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)], ids=["v4", "v6"])
+@pytest.mark.parametrize("receiver", ["reference", "ours"])
+def test_our_tcp_to_receiver(ref_python, receiver, host):
+    """Our TcpStream (endpoints form) into the reference's TCP reader and
+    into ours: every heap, descriptor and value decoded as sent."""
+    start = refvenv.start_reference if receiver == "reference" else _start_ours
+    config = spead2.send.StreamConfig(max_packet_size=9000)
+    _tcp_round_trip(start, host, lambda port: spead2.send.TcpStream(spead2.ThreadPool(), [(host, port)], config))
+
+
+def test_our_tcp_socket_form_to_reference(ref_python):
+    """TcpStream adopting a connected socket (closed by us straight away:
+    the stream has its own duplicate)."""
+
+    def make(port):
+        sock = socket.create_connection(("127.0.0.1", port))
+        stream = spead2.send.TcpStream(spead2.ThreadPool(), sock)
+        sock.close()
+        return stream
+
+    _tcp_round_trip(refvenv.start_reference, "127.0.0.1", make)
+
+
+def test_our_asyncio_tcp_to_reference(ref_python):
+    """spead2.send.asyncio.TcpStream.connect, then async_send_heap."""
+    import asyncio
+
+    import spead2.send.asyncio
+
+    plan = Plan(40).build()
+    proc, port = _start_reference_udp_receiver(40, "tcp", "127.0.0.1")
+
+    async def send():
+        stream = await spead2.send.asyncio.TcpStream.connect(spead2.ThreadPool(), [("127.0.0.1", port)])
+        for heap, _, _ in plan.heaps:
+            await stream.async_send_heap(heap)
+        await stream.async_send_heap(plan.ig.get_end())
+
+    try:
+        asyncio.run(send())
+        result = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    plan.check(result)
+
+
 # ---------------------------------------------------------------------------
 # spead2_send's traffic, decoded by the reference
 
@@ -604,3 +715,21 @@ def test_send_tool_udp_to_reference(ref_python):
         assert heap["values"]["data"] == send_tool.expected_payload(i, 5000).tolist()
         assert heap["values"]["frequency"] == (i % 4) * 1250
         assert heap["values"]["timestamp"] == i // 4
+
+
+def test_send_tool_tcp_to_reference(ref_python):
+    """spead2_send --tcp into the reference's TCP reader."""
+    proc, port = _start_reference_udp_receiver(48, "tcp", "127.0.0.1")
+    try:
+        assert send_tool.main(["--tcp", f"127.0.0.1:{port}", "--heaps", "12", "--heap-size", "5000",
+                               "--channels", "3", "--descriptors"]) == 0
+        result = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    heaps = result["heaps"]
+    assert len(heaps) == 1 + 12
+    for i, heap in enumerate(heaps[1:]):
+        assert heap["values"]["data"] == send_tool.expected_payload(i, 5000).tolist()
+        assert heap["values"]["frequency"] == (i % 3) * (5000 // 4)

@@ -284,7 +284,7 @@ def test_udp_loopback(make_place_capture):
         receiver.stream.add_udp_reader(sock)
         port = sock.getsockname()[1]
         assert send_tool.main([f"127.0.0.1:{port}", "--heaps", str(n_heaps), "--rate", "0.5", "--descriptors",
-                               "--ttl", "2", "--bind", "127.0.0.1"]) == 0
+                               "--bind", "127.0.0.1"]) == 0
         heaps = receiver.collect()  # stopped by the end-of-stream heap
     finally:
         sock.close()
@@ -309,6 +309,114 @@ def test_udp_round_robin(make_place_capture):
             sock.close()
     check_heaps(results[0], range(0, n_heaps, 2), heap_size)
     check_heaps(results[1], range(1, n_heaps, 2), heap_size)
+
+
+def test_tcp(make_place_capture):
+    """--tcp: one connection to our chunk stream's TCP reader."""
+    n_heaps, channels, heap_size = 40, 4, 5000
+    receiver = Receiver(make_place_capture, n_heaps, channels, heap_size, heap_size // 4)
+    acceptor = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        acceptor.bind(("127.0.0.1", 0))
+        acceptor.listen(1)
+        receiver.stream.add_tcp_reader(acceptor)
+        port = acceptor.getsockname()[1]
+        assert send_tool.main(["--tcp", f"127.0.0.1:{port}", "--heaps", str(n_heaps), "--heap-size",
+                               str(heap_size), "--descriptors", "--bind", "127.0.0.1", "--buffer", "100000",
+                               "--connect-timeout", "10", "--packet", "9000"]) == 0
+        heaps = receiver.collect()
+    finally:
+        acceptor.close()
+    check_heaps(heaps, range(n_heaps), heap_size)
+
+
+def _has_ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+@pytest.mark.parametrize("form", ["[::1]:{}", "::1:{}"])
+def test_udp_ipv6(make_place_capture, form):
+    n_heaps, channels, heap_size = 24, 4, 3000
+    receiver = Receiver(make_place_capture, n_heaps, channels, heap_size, heap_size // 4)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::1", 0))
+        receiver.stream.add_udp_reader(sock)
+        assert send_tool.main([form.format(sock.getsockname()[1]), "--heaps", str(n_heaps), "--heap-size",
+                               str(heap_size), "--rate", "0.2", "--rate-method", "sw"]) == 0
+        heaps = receiver.collect()
+    finally:
+        sock.close()
+    check_heaps(heaps, range(n_heaps), heap_size)
+
+
+def _pcap_destinations(path):
+    """(destination port, heap cnt) of every frame of a pcap file, in order."""
+    out = []
+    for payload, frame_port in zip(pcap_payloads(path), _pcap_ports(path)):
+        out.append((frame_port, parse_packet(payload).heap_cnt))
+    return out
+
+
+def _pcap_ports(path):
+    blob = pathlib.Path(path).read_bytes()
+    pos, ports = 24, []
+    while pos < len(blob):
+        caplen = int.from_bytes(blob[pos + 8:pos + 12], "little")
+        frame = blob[pos + 16:pos + 16 + caplen]
+        ports.append(int.from_bytes(frame[36:38], "big"))
+        pos += 16 + caplen
+    return ports
+
+
+@pytest.mark.parametrize("mode", ["round-robin", "serial"])
+def test_group_mode(make_place_capture, tmp_path, mode):
+    """--group-mode sends a data heap per destination in one send_heaps call:
+    round-robin interleaves their packets, serial sends heap after heap; the
+    heaps decode the same either way."""
+    path = tmp_path / "g.pcap"
+    n_heaps, channels, heap_size = 6, 3, 4000   # 3 packets per heap at --packet 1472
+    assert send_tool.main(["--pcap", str(path), "--heaps", str(n_heaps), "--heap-size", str(heap_size),
+                           "--channels", str(channels), "--group-mode", mode, "--no-end",
+                           "127.0.0.1:7000", "127.0.0.1:7001"]) == 0
+    frames = _pcap_destinations(path)
+    assert len(frames) == n_heaps * 3
+    first_group = [port for port, _ in frames[:6]]
+    if mode == "round-robin":
+        assert first_group == [7000, 7001] * 3
+    else:
+        assert first_group == [7000] * 3 + [7001] * 3
+    # Heap i (cnt i + 1) goes to destination i % 2.
+    assert all(port == 7000 + (cnt - 1) % 2 for port, cnt in frames)
+    receiver = Receiver(make_place_capture, n_heaps, channels, heap_size, heap_size // 4)
+    receiver.stream.add_udp_pcap_file_reader(str(path))
+    check_heaps(receiver.collect(), range(n_heaps), heap_size)
+
+
+def test_group_size(tmp_path):
+    """--group-size N: N heaps per group (cnts 1..N interleaved), the last group shorter."""
+    path = tmp_path / "s.pcap"
+    assert send_tool.main(["--pcap", str(path), "--heaps", "5", "--heap-size", "2000", "--group-mode",
+                           "round-robin", "--group-size", "3", "--no-end"]) == 0
+    cnts = [cnt for _, cnt in _pcap_destinations(path)]
+    assert cnts == [1, 2, 3, 1, 2, 3, 4, 5, 4, 5]
+
+
+def test_tcp_refused():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    proc = run_tool("--tcp", f"127.0.0.1:{port}", "--heaps", "1")
+    assert proc.returncode == 2
+    assert f"cannot send to 127.0.0.1:{port}" in proc.stderr
+    assert "Connection refused" in proc.stderr
 
 
 def test_no_end(make_place_capture, tmp_path):
@@ -356,7 +464,19 @@ def test_pcap_destinations(tmp_path):
         (["127.0.0.1:8888", "--channels", "0"], "is not positive"),
         (["127.0.0.1:8888", "--rate", "-1"], "is not a finite non-negative number"),
         (["127.0.0.1:8888", "--ttl", "300"], "--ttl must be between 0 and 255"),
-        (["--pcap", "x.pcap", "--ttl", "3"], "apply to UDP only"),
+        (["--pcap", "x.pcap", "--ttl", "3"], "do not apply to --pcap"),
+        (["--pcap", "x.pcap", "--tcp"], "do not apply to --pcap"),
+        (["--pcap", "x.pcap", "[::1]:8888"], "IPv4 frames"),
+        (["--tcp", "127.0.0.1:8888", "127.0.0.1:8889"], "--tcp sends to exactly one HOST:PORT"),
+        (["--tcp", "127.0.0.1:8888", "--ttl", "2"], "apply to UDP only, not to --tcp"),
+        (["127.0.0.1:8888", "--connect-timeout", "1"], "--connect-timeout applies to --tcp only"),
+        (["127.0.0.1:8888", "--ttl", "2"], "endpoint is not a multicast address"),
+        (["127.0.0.1:8888", "--rate-method", "fast"], "is not a rate method"),
+        (["127.0.0.1:8888", "--group-size", "2"], "--group-size needs --group-mode"),
+        (["127.0.0.1:8888", "--group-mode", "serial", "--group-size", "5", "--max-heaps", "4"],
+         "--group-size 5 is more than --max-heaps 4"),
+        (["127.0.0.1:8888", "--burst-rate-ratio", "0.5"], "--burst-rate-ratio must be at least 1"),
+        (["[::1]:8888", "127.0.0.1:8889"], "Endpoint does not match protocol of the socket"),
         (["127.0.0.1:8888", "--addr-bits", "8", "--heap-size", "100", "--channel-step", "100"],
          "do not fit in 8 bits"),
         (["127.0.0.1:8888", "--addr-bits", "8", "--heap-size", "300"], "does not fit in 8 heap address bits"),

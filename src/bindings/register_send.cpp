@@ -2,9 +2,16 @@
 #include <cerrno>
 #include <cstring>
 
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <pybind11/native_enum.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+
+#include <optional>
+#include <system_error>
 
 #include "bindings/module.h"
 #include "common/thread_pool.h"
@@ -15,8 +22,80 @@
 namespace spead2::bindings
 {
 
+/// A socket.socket of the given type (SOCK_DGRAM, SOCK_STREAM), open; any
+/// other object does not match the overload (TypeError, as the reference).
+template <int Type>
+struct typed_socket
+{
+    int fd = -1;   ///< the Python object's descriptor (not owned)
+};
+
+} // namespace spead2::bindings
+
+namespace pybind11::detail
+{
+
+template <int Type>
+struct type_caster<spead2::bindings::typed_socket<Type>>
+{
+    PYBIND11_TYPE_CASTER(spead2::bindings::typed_socket<Type>, const_name("socket.socket"));
+
+    bool load(handle src, bool)
+    {
+        object socket_cls = module_::import("socket").attr("socket");
+        if (!isinstance(src, socket_cls))
+            return false;
+        int fd = src.attr("fileno")().cast<int>();
+        if (fd < 0 || src.attr("type").cast<int>() != Type)
+            return false;
+        value.fd = fd;
+        return true;
+    }
+
+    static handle cast(const spead2::bindings::typed_socket<Type> &, return_value_policy, handle)
+    {
+        return none().release();
+    }
+};
+
+} // namespace pybind11::detail
+
+namespace spead2::bindings
+{
+
 namespace
 {
+
+using namespace spead2::send;
+
+/// A duplicate of the socket's descriptor (the stream owns it; the caller
+/// may close the original straight away, as with the reference).
+template <int Type>
+int dup_socket(const typed_socket<Type> &sock)
+{
+    int fd = ::fcntl(sock.fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        throw std::system_error(errno, std::generic_category(), "duplicating the socket");
+    return fd;
+}
+
+using endpoint_list = std::vector<std::pair<std::string, std::uint16_t>>;
+
+std::vector<socket_endpoint> resolve_socket_endpoints(const endpoint_list &endpoints)
+{
+    std::vector<socket_endpoint> out;
+    for (const auto &[host, port] : endpoints)
+        out.push_back(resolve_endpoint(host, port));
+    return out;
+}
+
+std::unique_ptr<udp_stream> make_udp(const stream_config &config, const endpoint_list &endpoints,
+                                     udp_socket_options options)
+{
+    auto eps = resolve_socket_endpoints(endpoints);
+    py::gil_scoped_release nogil;
+    return std::make_unique<udp_stream>(config, std::move(eps), options);
+}
 
 using namespace spead2::send;
 
@@ -285,19 +364,91 @@ void register_send(py::module_ &m)
             return py::bytes(reinterpret_cast<const char *>(d.data()), d.size());
         });
 
+    using udp_kind = udp_socket_options::kind;
     py::class_<udp_stream, stream> udp(send, "UdpStream");
-    udp.def(py::init([](std::shared_ptr<thread_pool>, const std::vector<std::pair<std::string, int>> &endpoints,
-                        const stream_config &config, std::size_t buffer_size,
-                        const std::string &interface_address, py::object ttl, bool allow_gso) {
-                return std::make_unique<udp_stream>(config, resolve_endpoints(endpoints), buffer_size,
-                                                    interface_address, ttl.is_none() ? -1 : ttl.cast<int>(),
-                                                    allow_gso);
+    udp.def(py::init([](std::shared_ptr<thread_pool>, const endpoint_list &endpoints, const stream_config &config,
+                        std::size_t buffer_size, const std::string &interface_address, bool allow_gso) {
+                udp_socket_options o;
+                o.buffer_size = buffer_size;
+                o.interface_address = interface_address;
+                o.allow_gso = allow_gso;
+                return make_udp(config, endpoints, o);
             }),
             py::arg("thread_pool"), py::arg("endpoints"), py::arg("config") = stream_config(),
             py::arg("buffer_size") = DEFAULT_UDP_SEND_BUFFER, py::arg("interface_address") = "",
-            py::arg("ttl") = py::none(), py::arg("allow_gso") = true)
+            py::kw_only(), py::arg("allow_gso") = true)
+        .def(py::init([](std::shared_ptr<thread_pool>, const endpoint_list &endpoints, const stream_config &config,
+                         std::size_t buffer_size, int ttl, bool allow_gso) {
+                 udp_socket_options o;
+                 o.type = udp_kind::multicast;
+                 o.buffer_size = buffer_size;
+                 o.ttl = ttl;
+                 o.allow_gso = allow_gso;
+                 return make_udp(config, endpoints, o);
+             }),
+             py::arg("thread_pool"), py::arg("endpoints"), py::arg("config") = stream_config(),
+             py::arg("buffer_size") = DEFAULT_UDP_SEND_BUFFER, py::arg("ttl"),
+             py::kw_only(), py::arg("allow_gso") = true)
+        .def(py::init([](std::shared_ptr<thread_pool>, const endpoint_list &endpoints, const stream_config &config,
+                         std::size_t buffer_size, int ttl, const std::string &interface_address, bool allow_gso) {
+                 udp_socket_options o;
+                 o.type = udp_kind::multicast_v4;
+                 o.buffer_size = buffer_size;
+                 o.ttl = ttl;
+                 o.interface_address = interface_address;
+                 o.allow_gso = allow_gso;
+                 return make_udp(config, endpoints, o);
+             }),
+             py::arg("thread_pool"), py::arg("endpoints"), py::arg("config") = stream_config(),
+             py::arg("buffer_size") = DEFAULT_UDP_SEND_BUFFER, py::arg("ttl"), py::arg("interface_address"),
+             py::kw_only(), py::arg("allow_gso") = true)
+        .def(py::init([](std::shared_ptr<thread_pool>, const endpoint_list &endpoints, const stream_config &config,
+                         std::size_t buffer_size, int ttl, unsigned int interface_index, bool allow_gso) {
+                 udp_socket_options o;
+                 o.type = udp_kind::multicast_v6;
+                 o.buffer_size = buffer_size;
+                 o.ttl = ttl;
+                 o.interface_index = interface_index;
+                 o.allow_gso = allow_gso;
+                 return make_udp(config, endpoints, o);
+             }),
+             py::arg("thread_pool"), py::arg("endpoints"), py::arg("config") = stream_config(),
+             py::arg("buffer_size") = DEFAULT_UDP_SEND_BUFFER, py::arg("ttl"), py::arg("interface_index"),
+             py::kw_only(), py::arg("allow_gso") = true)
+        .def(py::init([](std::shared_ptr<thread_pool>, const typed_socket<SOCK_DGRAM> &socket,
+                         const endpoint_list &endpoints, const stream_config &config, bool allow_gso) {
+                 auto eps = resolve_socket_endpoints(endpoints);
+                 udp_socket_options o;
+                 o.type = udp_kind::adopt;
+                 o.fd = dup_socket(socket);
+                 o.allow_gso = allow_gso;
+                 return std::make_unique<udp_stream>(config, std::move(eps), o);
+             }),
+             py::arg("thread_pool"), py::arg("socket"), py::arg("endpoints"), py::arg("config") = stream_config(),
+             py::kw_only(), py::arg("allow_gso") = true)
         .def_readonly_static("DEFAULT_BUFFER_SIZE", &DEFAULT_UDP_SEND_BUFFER)
         .def_property_readonly("using_gso", &udp_stream::using_gso);
+
+    py::class_<tcp_stream, stream> tcp(send, "TcpStream");
+    tcp.def(py::init([](std::shared_ptr<thread_pool>, const typed_socket<SOCK_STREAM> &socket,
+                        const stream_config &config) {
+                return std::make_unique<tcp_stream>(config, dup_socket(socket));
+            }),
+            py::arg("thread_pool"), py::arg("socket"), py::arg("config") = stream_config())
+        .def(py::init([](std::shared_ptr<thread_pool>, const endpoint_list &endpoints, const stream_config &config,
+                         std::size_t buffer_size, const std::string &interface_address,
+                         std::optional<double> connect_timeout) {
+                 if (endpoints.size() != 1)
+                     throw std::invalid_argument("endpoints must contain exactly one element");
+                 auto eps = resolve_socket_endpoints(endpoints);
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<tcp_stream>(config, eps[0], buffer_size, interface_address,
+                                                     connect_timeout ? *connect_timeout : -1.0);
+             }),
+             py::arg("thread_pool"), py::arg("endpoints"), py::arg("config") = stream_config(),
+             py::arg("buffer_size") = DEFAULT_TCP_SEND_BUFFER, py::arg("interface_address") = "",
+             py::kw_only(), py::arg("connect_timeout") = py::none())
+        .def_readonly_static("DEFAULT_BUFFER_SIZE", &DEFAULT_TCP_SEND_BUFFER);
 
     py::class_<pcap_stream, stream> pcap(send, "PcapFileStream");
     pcap.def(py::init([](std::shared_ptr<thread_pool>, const std::string &filename,

@@ -12,6 +12,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -269,78 +270,172 @@ udp_endpoint resolve_ipv4(const std::string &host, std::uint16_t port)
 namespace
 {
 
-sockaddr_in to_sockaddr(const udp_endpoint &ep)
-{
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(ep.port);
-    sa.sin_addr.s_addr = htonl(ep.address);
-    return sa;
-}
-
 bool is_multicast(std::uint32_t address) { return (address >> 28) == 0xe; }
 
 // Largest UDP payload that GSO may produce in one call (IPv4 total length limit).
 constexpr std::size_t GSO_MAX_BYTES = 65507;
 constexpr std::size_t GSO_MAX_SEGMENTS = 64;
 
+[[noreturn]] void throw_errno(const std::string &what)
+{
+    throw std::system_error(errno, std::generic_category(), what);
+}
+
+void set_option(int fd, int level, int name, const void *value, socklen_t length)
+{
+    if (setsockopt(fd, level, name, value, length) < 0)
+        throw_errno("set_option");
+}
+
+void check_hops(int ttl)
+{
+    if (ttl < 0 || ttl > 255)
+        throw std::out_of_range("multicast hops value out of range");
+}
+
 } // anonymous namespace
 
-udp_stream::udp_stream(const stream_config &config, std::vector<udp_endpoint> endpoints,
-                       std::size_t buffer_size, const std::string &interface_address, int ttl,
-                       bool allow_gso)
-    : stream(config), endpoints(std::move(endpoints)), gso(allow_gso)
+void wait_writable(int fd)
 {
-    if (this->endpoints.empty())
-        throw std::invalid_argument("endpoints is empty");
+    pollfd p{fd, POLLOUT, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR)
+    {
+    }
+}
+
+namespace
+{
+
+/// Closes the descriptor unless released.
+struct fd_guard
+{
+    int fd;
+    ~fd_guard() { if (fd >= 0) ::close(fd); }
+    int release() { int f = fd; fd = -1; return f; }
+};
+
+} // anonymous namespace
+
+bool socket_endpoint::is_multicast() const
+{
+    if (family() == AF_INET)
+    {
+        const auto *sa = reinterpret_cast<const sockaddr_in *>(&address);
+        return spead2::send::is_multicast(ntohl(sa->sin_addr.s_addr));
+    }
+    if (family() == AF_INET6)
+    {
+        const auto *sa = reinterpret_cast<const sockaddr_in6 *>(&address);
+        return IN6_IS_ADDR_MULTICAST(&sa->sin6_addr);
+    }
+    return false;
+}
+
+socket_endpoint resolve_endpoint(const std::string &host, std::uint16_t port)
+{
+    socket_endpoint ep;
+    ep.address = resolve_address(host, port, AF_UNSPEC, ep.length);
+    return ep;
+}
+
+udp_stream::udp_stream(const stream_config &config, std::vector<socket_endpoint> endpoints,
+                       const udp_socket_options &options)
+    : stream(config), endpoints(std::move(endpoints)), gso(options.allow_gso)
+{
+    using kind = udp_socket_options::kind;
+    fd_guard guard{options.type == kind::adopt ? options.fd : -1};
+    int family;
+    if (options.type == kind::adopt)
+    {
+        // An empty endpoint list is allowed here (no substreams), as in the reference.
+        sockaddr_storage local{};
+        socklen_t length = sizeof(local);
+        if (getsockname(guard.fd, reinterpret_cast<sockaddr *>(&local), &length) < 0)
+            throw_errno("getsockname");
+        family = local.ss_family;
+    }
+    else
+    {
+        if (this->endpoints.empty())
+            throw std::invalid_argument("Endpoint list must be non-empty");
+        family = this->endpoints[0].family();
+    }
     for (const auto &ep : this->endpoints)
+        if (ep.family() != family)
+            throw std::invalid_argument("Endpoint does not match protocol of the socket");
+    // The form's requirements on the endpoints and interface come before
+    // any socket is made.
+    in_addr iface_v4{};
+    switch (options.type)
     {
-        sockaddr_storage ss{};
-        sockaddr_in sa = to_sockaddr(ep);
-        std::memcpy(&ss, &sa, sizeof(sa));
-        addresses.push_back(ss);
-        address_lengths.push_back(sizeof(sa));
-    }
-    fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        throw std::system_error(errno, std::generic_category(), "socket");
-    try
-    {
-        set_socket_buffer(fd, false, buffer_size);
-        bool any_multicast = false;
+    case kind::multicast:
         for (const auto &ep : this->endpoints)
-            any_multicast |= is_multicast(ep.address);
-        if (ttl >= 0)
-        {
-            int v = ttl;
-            if (setsockopt(fd, IPPROTO_IP, IP_TTL, &v, sizeof(v)) < 0
-                || (any_multicast && setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &v, sizeof(v)) < 0))
-                throw std::system_error(errno, std::generic_category(), "setting the TTL");
-        }
-        if (!interface_address.empty())
-        {
-            udp_endpoint iface = resolve_ipv4(interface_address, 0);
-            in_addr a{};
-            a.s_addr = htonl(iface.address);
-            if (any_multicast)
-            {
-                if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof(a)) < 0)
-                    throw std::system_error(errno, std::generic_category(),
-                                            "selecting multicast interface " + interface_address);
-            }
-            else
-            {
-                sockaddr_in sa = to_sockaddr(iface);
-                if (bind(fd, reinterpret_cast<sockaddr *>(&sa), sizeof(sa)) < 0)
-                    throw std::system_error(errno, std::generic_category(), "binding to " + interface_address);
-            }
-        }
-    }
-    catch (...)
+            if (!ep.is_multicast())
+                throw std::invalid_argument("endpoint is not a multicast address");
+        check_hops(options.ttl);
+        break;
+    case kind::multicast_v4:
     {
-        close(fd);
-        throw;
+        for (const auto &ep : this->endpoints)
+            if (ep.family() != AF_INET || !ep.is_multicast())
+                throw std::invalid_argument("endpoint is not an IPv4 multicast address");
+        socklen_t length;
+        sockaddr_storage sa = resolve_address(options.interface_address, 0, AF_UNSPEC, length);
+        if (sa.ss_family != AF_INET)
+            throw std::invalid_argument("interface address is not an IPv4 address");
+        iface_v4 = reinterpret_cast<const sockaddr_in *>(&sa)->sin_addr;
+        check_hops(options.ttl);
+        break;
     }
+    case kind::multicast_v6:
+        for (const auto &ep : this->endpoints)
+            if (ep.family() != AF_INET6 || !ep.is_multicast())
+                throw std::invalid_argument("endpoint is not an IPv6 multicast address");
+        check_hops(options.ttl);
+        break;
+    default:
+        break;
+    }
+
+    if (options.type != kind::adopt)
+    {
+        guard.fd = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (guard.fd < 0)
+            throw_errno("socket");
+        set_socket_buffer(guard.fd, false, options.buffer_size);
+    }
+    const int hops = options.ttl;
+    switch (options.type)
+    {
+    case kind::plain:
+        if (!options.interface_address.empty())
+        {
+            socket_endpoint local = resolve_endpoint(options.interface_address, 0);
+            if (bind(guard.fd, reinterpret_cast<const sockaddr *>(&local.address), local.length) < 0)
+                throw_errno("bind");
+        }
+        break;
+    case kind::multicast:
+        if (family == AF_INET)
+            set_option(guard.fd, IPPROTO_IP, IP_MULTICAST_TTL, &hops, sizeof(hops));
+        else
+            set_option(guard.fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof(hops));
+        break;
+    case kind::multicast_v4:
+        set_option(guard.fd, IPPROTO_IP, IP_MULTICAST_TTL, &hops, sizeof(hops));
+        set_option(guard.fd, IPPROTO_IP, IP_MULTICAST_IF, &iface_v4, sizeof(iface_v4));
+        break;
+    case kind::multicast_v6:
+    {
+        set_option(guard.fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof(hops));
+        unsigned int index = options.interface_index;
+        set_option(guard.fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &index, sizeof(index));
+        break;
+    }
+    case kind::adopt:
+        break;
+    }
+    fd = guard.release();
 }
 
 udp_stream::~udp_stream()
@@ -360,8 +455,8 @@ void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, con
         iov[i].iov_base = const_cast<std::uint8_t *>(d);
         iov[i].iov_len = sizes[i];
         d += sizes[i];
-        msgs[i].msg_hdr.msg_name = &addresses[subs[i]];
-        msgs[i].msg_hdr.msg_namelen = address_lengths[subs[i]];
+        msgs[i].msg_hdr.msg_name = &endpoints[subs[i]].address;
+        msgs[i].msg_hdr.msg_namelen = endpoints[subs[i]].length;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
@@ -373,6 +468,11 @@ void udp_stream::send_plain(const std::uint8_t *d, const std::size_t *sizes, con
         {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            {
+                wait_writable(fd);   // an adopted socket may be non-blocking
+                continue;
+            }
             // Packets that cannot be sent are lost, as on a real network; say so.
             log_warning("sendmmsg failed: %s (%zu packets dropped)", std::strerror(errno), n - sent);
             return;
@@ -409,8 +509,8 @@ bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, const
         std::memset(&m, 0, sizeof(m));
         iov[n_msgs].iov_base = const_cast<std::uint8_t *>(d);
         iov[n_msgs].iov_len = bytes;
-        m.msg_hdr.msg_name = &addresses[subs[i]];
-        m.msg_hdr.msg_namelen = address_lengths[subs[i]];
+        m.msg_hdr.msg_name = &endpoints[subs[i]].address;
+        m.msg_hdr.msg_namelen = endpoints[subs[i]].length;
         m.msg_hdr.msg_iov = &iov[n_msgs];
         m.msg_hdr.msg_iovlen = 1;
         if (j - i > 1)
@@ -436,6 +536,11 @@ bool udp_stream::send_gso(const std::uint8_t *d, const std::size_t *sizes, const
         {
             if (errno == EINTR)
                 continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+            {
+                wait_writable(fd);
+                continue;
+            }
             if (sent == 0 && (errno == EIO || errno == EINVAL || errno == ENOPROTOOPT || errno == EOPNOTSUPP))
                 return false;   // GSO not usable here: caller falls back
             log_warning("sendmmsg failed: %s (some packets dropped)", std::strerror(errno));

@@ -92,9 +92,11 @@ struct heap_reference
     double rate = -1.0;                ///< < 0: the stream's rate; 0: not paced
 };
 
-/// A heap (group) that cannot be sent: code() is EINVAL for a bad request
-/// (empty group, substream out of range, cnt out of range) and EAGAIN when
-/// more than max_heaps heaps would be in flight.
+/// An error Python sees as OSError(errno): for a heap (group) that cannot
+/// be sent, code() is EINVAL for a bad request (empty group, substream out
+/// of range, cnt out of range) and EAGAIN when more than max_heaps heaps
+/// would be in flight; a TCP connection that fails or breaks gives the
+/// socket's errno.
 class send_error : public std::system_error
 {
 public:
@@ -170,7 +172,7 @@ public:
     const std::vector<std::shared_ptr<transport::inproc_queue>> &get_queues() const { return queues; }
 };
 
-/// An IPv4 UDP endpoint, resolved.
+/// An IPv4 UDP endpoint, resolved (pcap frames).
 struct udp_endpoint
 {
     std::uint32_t address;   ///< host byte order
@@ -179,29 +181,85 @@ struct udp_endpoint
 /// Resolve a host name or dotted quad (IPv4); throws std::invalid_argument with the name.
 udp_endpoint resolve_ipv4(const std::string &host, std::uint16_t port);
 
-constexpr std::size_t DEFAULT_UDP_SEND_BUFFER = 512 * 1024;
+/// A resolved socket address, IPv4 or IPv6.
+struct socket_endpoint
+{
+    sockaddr_storage address{};
+    socklen_t length = 0;
+    int family() const { return address.ss_family; }
+    bool is_multicast() const;
+};
+/// Resolve @a host (name, dotted quad or IPv6 literal) and @a port; the
+/// first address found.  Throws std::runtime_error when it cannot.
+socket_endpoint resolve_endpoint(const std::string &host, std::uint16_t port);
 
-/// Kernel UDP: sendmmsg batches, with UDP GSO (UDP_SEGMENT) where the kernel offers it.
+/// Wait until @a fd can be written to (for sockets the caller made non-blocking).
+void wait_writable(int fd);
+
+constexpr std::size_t DEFAULT_UDP_SEND_BUFFER = 512 * 1024;
+constexpr std::size_t DEFAULT_TCP_SEND_BUFFER = 212992;
+
+/// How a udp_stream sets up its socket: the constructor forms of the
+/// reference's UdpStream.
+struct udp_socket_options
+{
+    enum class kind
+    {
+        plain,           ///< interface_address (optional) is the source address (bind)
+        multicast,       ///< multicast endpoints (IPv4 or IPv6), ttl = hops
+        multicast_v4,    ///< IPv4 multicast endpoints, ttl, outgoing interface by address
+        multicast_v6,    ///< IPv6 multicast endpoints, ttl, outgoing interface by index
+        adopt,           ///< a socket given by the caller (fd, duplicated by the caller)
+    };
+    kind type = kind::plain;
+    std::size_t buffer_size = DEFAULT_UDP_SEND_BUFFER;
+    std::string interface_address;
+    unsigned int interface_index = 0;
+    int ttl = 1;
+    int fd = -1;               ///< adopt: the stream owns it from construction on
+    bool allow_gso = true;
+};
+
+/// Kernel UDP (IPv4 or IPv6): sendmmsg batches, with UDP GSO (UDP_SEGMENT)
+/// where the kernel offers it.
 class udp_stream : public stream
 {
     int fd = -1;
-    std::vector<udp_endpoint> endpoints;
-    std::vector<sockaddr_storage> addresses;   ///< per substream, ready for sendmmsg
-    std::vector<socklen_t> address_lengths;
+    std::vector<socket_endpoint> endpoints;
     bool gso;
     void send_plain(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n);
     bool send_gso(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n);
 protected:
     void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
-    /// @a ttl < 0: leave the default.  @a interface_address: empty for the default;
-    /// for multicast it selects the outgoing interface, for unicast the source address.
-    udp_stream(const stream_config &config, std::vector<udp_endpoint> endpoints,
-               std::size_t buffer_size, const std::string &interface_address, int ttl,
-               bool allow_gso = true);
+    /// Errors as the reference: std::invalid_argument (ValueError) for
+    /// endpoints that do not fit the form, std::out_of_range (IndexError)
+    /// for a ttl outside 0-255, std::system_error (RuntimeError) when the
+    /// socket cannot be set up.
+    udp_stream(const stream_config &config, std::vector<socket_endpoint> endpoints,
+               const udp_socket_options &options);
     ~udp_stream() override;
     std::size_t num_substreams() const override { return endpoints.size(); }
     bool using_gso() const { return gso; }
+};
+
+/// SPEAD over TCP: packets written back to back on one connection.
+class tcp_stream : public stream
+{
+    int fd = -1;
+protected:
+    void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
+public:
+    /// Adopt a (connected) stream socket; the stream owns @a fd.
+    tcp_stream(const stream_config &config, int fd);
+    /// Connect to @a endpoint (optionally from @a interface_address), waiting
+    /// at most @a timeout seconds (< 0: as long as the kernel tries).  A
+    /// failed connection raises send_error with the errno (OSError:
+    /// ConnectionRefusedError, TimeoutError, ...).
+    tcp_stream(const stream_config &config, const socket_endpoint &endpoint, std::size_t buffer_size,
+               const std::string &interface_address, double timeout = -1.0);
+    ~tcp_stream() override;
+    std::size_t num_substreams() const override { return 1; }
 };
 
 /// Packets written as Ethernet/IPv4/UDP frames to a nanosecond pcap file.

@@ -1,6 +1,7 @@
 import enum
+import socket
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, overload
 
 import spead2
 from spead2._items import Descriptor, Flavour, Item
@@ -114,20 +115,121 @@ class InprocStream(Stream):
     @property
     def queues(self) -> Sequence[spead2.InprocQueue]: ...
 
+_EndpointList = Sequence[tuple[str, int]]
+
 class UdpStream(Stream):
     DEFAULT_BUFFER_SIZE: ClassVar[int]
+    @overload
     def __init__(
         self,
         thread_pool: spead2.ThreadPool,
-        endpoints: Sequence[tuple[str, int]],
+        endpoints: _EndpointList,
         config: StreamConfig = ...,
         buffer_size: int = ...,
         interface_address: str = ...,
-        ttl: int | None = ...,
+        *,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig,
+        buffer_size: int,
+        ttl: int,
+        *,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig = ...,
+        buffer_size: int = ...,
+        *,
+        ttl: int,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig,
+        buffer_size: int,
+        ttl: int,
+        interface_address: str,
+        *,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig = ...,
+        buffer_size: int = ...,
+        *,
+        ttl: int,
+        interface_address: str,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig,
+        buffer_size: int,
+        ttl: int,
+        interface_index: int,
+        *,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig = ...,
+        buffer_size: int = ...,
+        *,
+        ttl: int,
+        interface_index: int,
+        allow_gso: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        socket: socket.socket,
+        endpoints: _EndpointList,
+        config: StreamConfig = ...,
+        *,
         allow_gso: bool = ...,
     ) -> None: ...
     @property
     def using_gso(self) -> bool: ...
+
+class TcpStream(Stream):
+    DEFAULT_BUFFER_SIZE: ClassVar[int]
+    @overload
+    def __init__(
+        self, thread_pool: spead2.ThreadPool, socket: socket.socket, config: StreamConfig = ...
+    ) -> None: ...
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        endpoints: _EndpointList,
+        config: StreamConfig = ...,
+        buffer_size: int = ...,
+        interface_address: str = ...,
+        *,
+        connect_timeout: float | None = ...,
+    ) -> None: ...
 
 class PcapFileStream(Stream):
     def __init__(

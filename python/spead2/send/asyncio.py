@@ -136,3 +136,33 @@ for _name in dir(_send):
         globals()[_name] = _wrap_stream_class(_name, _obj, _AsyncSendMixin, __name__)
         __all__.append(_name)
 del _name, _obj
+
+
+if "TcpStream" in globals():  # (a stand-in backend in the tests may have none)
+
+    class TcpStream(globals()["TcpStream"]):
+        """SPEAD over TCP, with asynchronous connection and sends.
+
+        The constructor takes the same arguments as
+        :class:`spead2.send.TcpStream`: a socket that is already connected, or
+        endpoints to connect to (which blocks until connected).  Most code uses
+        :meth:`connect` instead, which connects without blocking the event loop.
+        """
+
+        @classmethod
+        async def connect(cls, *args, **kwargs):
+            """Open a connection and return the stream.
+
+            The arguments are those of the constructor of
+            :class:`spead2.send.TcpStream` (``thread_pool, endpoints, config,
+            buffer_size, interface_address``, and ``connect_timeout``).  A
+            connection that cannot be made raises :exc:`OSError`
+            (:exc:`ConnectionRefusedError` when nothing listens,
+            :exc:`TimeoutError` when `connect_timeout` passes).
+            """
+            loop = _get_loop()
+            return await loop.run_in_executor(None, _functools.partial(cls, *args, **kwargs))
+
+
+    TcpStream.__module__ = __name__
+    TcpStream.__qualname__ = "TcpStream"

@@ -3,6 +3,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import spead2
+import spead2.send
 from spead2.send import GroupMode, Heap, HeapReference, HeapReferenceList, Stream, StreamConfig
 
 _HeapRefs = HeapReferenceList | Sequence[HeapReference]
@@ -25,20 +26,20 @@ class InprocStream(_AsyncStream):
     @property
     def queues(self) -> Sequence[spead2.InprocQueue]: ...
 
-class UdpStream(_AsyncStream):
-    DEFAULT_BUFFER_SIZE: ClassVar[int]
-    def __init__(
-        self,
+class UdpStream(spead2.send.UdpStream, _AsyncStream): ...
+
+class TcpStream(spead2.send.TcpStream, _AsyncStream):
+    @classmethod
+    async def connect(
+        cls,
         thread_pool: spead2.ThreadPool,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
         buffer_size: int = ...,
         interface_address: str = ...,
-        ttl: int | None = ...,
-        allow_gso: bool = ...,
-    ) -> None: ...
-    @property
-    def using_gso(self) -> bool: ...
+        *,
+        connect_timeout: float | None = ...,
+    ) -> TcpStream: ...
 
 class PcapFileStream(_AsyncStream):
     def __init__(

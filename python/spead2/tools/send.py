@@ -3,6 +3,7 @@
 Usage::
 
     spead2_send [options] HOST:PORT [HOST:PORT ...]
+    spead2_send [options] --tcp HOST:PORT
     spead2_send [options] --pcap FILE [HOST:PORT ...]
     python -m spead2.tools.send ...
 
@@ -25,9 +26,16 @@ channels + frequency // channel_step``, and can then check every payload byte
 ``heap_address_bits`` wide; the timestamp wraps around at
 ``2**heap_address_bits``.
 
-With several destinations, data heap ``i`` goes to destination
-``i % len(destinations)`` (round robin); the descriptor heap
-(``--descriptors``) and the end-of-stream heap go to every destination.
+With several destinations (the substreams of one stream), data heap ``i``
+goes to destination ``i % len(destinations)`` (round robin); the descriptor
+heap (``--descriptors``) and the end-of-stream heap go to every destination.
+With ``--group-mode``, data heaps are handed over ``--group-size`` at a time
+(default: one per destination) in one ``send_heaps`` call, their packets
+interleaved as the mode says (``round-robin``: one packet of each heap in
+turn; ``serial``: heap after heap).
+
+A HOST is a name, an IPv4 address or an IPv6 address (``[::1]:8888`` or
+``::1:8888``).  ``--tcp`` sends over one TCP connection instead of UDP.
 
 Heaps are sent until ``--heaps`` data heaps have gone, or forever
 (``--heaps -1``, the default) until Ctrl-C, which stops cleanly: the heap
@@ -228,6 +236,8 @@ def _endpoint(text):
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # [IPv6]:PORT
     try:
         number = int(port)
     except ValueError:
@@ -267,16 +277,24 @@ def _nonnegative_float(text):
     return value
 
 
+def _rate_method(text):
+    try:
+        return spead2.send.RateMethod[text.upper()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate method (SW, HW or AUTO)") from None
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="spead2_send",
         description="Send synthetic SPEAD heaps (timestamp, frequency and a payload with a known pattern) "
-                    "over UDP or into a pcap file, for testing receivers.",
+                    "over UDP or TCP (IPv4 or IPv6) or into a pcap file, for testing receivers.",
         epilog="Payload byte j of data heap i is (i + j) % 256; the heap index is recovered from the "
                "immediates as (timestamp - first) // timestamp_step * channels + frequency // channel_step.",
     )
     parser.add_argument("destinations", nargs="*", type=_endpoint, metavar="HOST:PORT",
-                        help="UDP destination(s); data heaps go to them in turn (with --pcap: the addresses "
+                        help="UDP destination(s) (substreams); data heaps go to them in turn (with --tcp: the "
+                             "one server to connect to; with --pcap: the addresses "
                              f"written into the frames, default {DEFAULT_PCAP_DESTINATION[0]}:"
                              f"{DEFAULT_PCAP_DESTINATION[1]})")
     parser.add_argument("--pcap", metavar="FILE", help="write the packets to a pcap file instead of sending them")
@@ -316,13 +334,32 @@ def build_parser():
     proto.add_argument("--burst", type=_positive_int, default=None, metavar="BYTES",
                        help="bytes sent back to back before the rate limit applies "
                             f"[{spead2.send.StreamConfig.DEFAULT_BURST_SIZE}]")
+    proto.add_argument("--burst-rate-ratio", type=float, default=None, metavar="RATIO",
+                       help="rate at which a burst may catch up, relative to --rate "
+                            f"[{spead2.send.StreamConfig.DEFAULT_BURST_RATE_RATIO}]")
+    proto.add_argument("--rate-method", type=_rate_method, default=None, metavar="METHOD",
+                       help="how the rate is enforced: SW, HW or AUTO (no transport here has hardware "
+                            "pacing, so all three pace in software) [AUTO]")
+    proto.add_argument("--max-heaps", type=_positive_int, default=None, metavar="N",
+                       help=f"heaps in flight at once [{spead2.send.StreamConfig.DEFAULT_MAX_HEAPS}]")
+    proto.add_argument("--group-mode", choices=["round-robin", "serial"], default=None,
+                       help="send data heaps in groups (send_heaps), their packets interleaved one per heap "
+                            "in turn (round-robin) or heap after heap (serial) [one heap at a time]")
+    proto.add_argument("--group-size", type=_positive_int, default=None, metavar="N",
+                       help="data heaps per group with --group-mode [the number of destinations]")
 
-    net = parser.add_argument_group("UDP")
-    net.add_argument("--ttl", type=int, default=None, help="time to live of the packets (multicast hops)")
+    net = parser.add_argument_group("UDP and TCP")
+    net.add_argument("--tcp", action="store_true", help="send over TCP to the one HOST:PORT (a TCP receiver)")
+    net.add_argument("--connect-timeout", type=_nonnegative_float, default=None, metavar="SECONDS",
+                     help="with --tcp: give up connecting after this long [as long as the kernel tries]")
+    net.add_argument("--ttl", type=int, default=None,
+                     help="multicast hops (multicast destinations only, IPv4 or IPv6)")
     net.add_argument("--bind", metavar="ADDRESS", default="",
-                     help="local interface address to send from (for multicast: the outgoing interface)")
+                     help="local address to send from; with --ttl, the outgoing multicast interface: an IPv4 "
+                          "address, or an interface index for IPv6 multicast")
     net.add_argument("--buffer", type=_positive_int, default=None, metavar="BYTES",
-                     help=f"socket send buffer size [{spead2.send.UdpStream.DEFAULT_BUFFER_SIZE}]")
+                     help=f"socket send buffer size [UDP {spead2.send.UdpStream.DEFAULT_BUFFER_SIZE}, "
+                          f"TCP {spead2.send.TcpStream.DEFAULT_BUFFER_SIZE}]")
     net.add_argument("--no-gso", action="store_true", help="do not use UDP generic segmentation offload")
 
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -333,8 +370,21 @@ def build_parser():
 def _check_args(parser, args):
     if args.pcap is None and not args.destinations:
         parser.error("give at least one HOST:PORT destination, or --pcap FILE")
-    if args.pcap is not None and (args.ttl is not None or args.bind or args.buffer is not None or args.no_gso):
-        parser.error("--ttl, --bind, --buffer and --no-gso apply to UDP only, not to --pcap")
+    if args.pcap is not None and (args.ttl is not None or args.bind or args.buffer is not None or args.no_gso
+                                  or args.tcp):
+        parser.error("--tcp, --ttl, --bind, --buffer and --no-gso do not apply to --pcap")
+    if args.pcap is not None and any(":" in host for host, _ in args.destinations):
+        parser.error("--pcap writes IPv4 frames: give IPv4 destinations")
+    if args.tcp and len(args.destinations) != 1:
+        parser.error("--tcp sends to exactly one HOST:PORT")
+    if args.tcp and (args.ttl is not None or args.no_gso):
+        parser.error("--ttl and --no-gso apply to UDP only, not to --tcp")
+    if args.connect_timeout is not None and not args.tcp:
+        parser.error("--connect-timeout applies to --tcp only")
+    if args.group_size is not None and args.group_mode is None:
+        parser.error("--group-size needs --group-mode")
+    if args.burst_rate_ratio is not None and not args.burst_rate_ratio >= 1.0:
+        parser.error("--burst-rate-ratio must be at least 1")
     addr_bits = args.flavour if args.flavour is not None else args.addr_bits
     if addr_bits is None:
         addr_bits = DEFAULT_ADDR_BITS
@@ -352,17 +402,35 @@ def _check_args(parser, args):
         parser.error("--ttl must be between 0 and 255")
 
 
+def _udp_kwargs(args):
+    """Keyword arguments selecting the UdpStream constructor form (see spead2.send.UdpStream)."""
+    kwargs = {"allow_gso": not args.no_gso}
+    if args.buffer is not None:
+        kwargs["buffer_size"] = args.buffer
+    if args.ttl is not None:
+        kwargs["ttl"] = args.ttl
+        if args.bind.isdigit():
+            kwargs["interface_index"] = int(args.bind)
+        elif args.bind:
+            kwargs["interface_address"] = args.bind
+    elif args.bind:
+        kwargs["interface_address"] = args.bind
+    return kwargs
+
+
 def _make_stream(parser, args, config):
     thread_pool = spead2.ThreadPool()
     try:
         if args.pcap is not None:
             endpoints = args.destinations or [DEFAULT_PCAP_DESTINATION]
             return spead2.send.PcapFileStream(thread_pool, args.pcap, endpoints, config)
-        kwargs = {"interface_address": args.bind, "ttl": args.ttl, "allow_gso": not args.no_gso}
-        if args.buffer is not None:
-            kwargs["buffer_size"] = args.buffer
-        return spead2.send.UdpStream(thread_pool, args.destinations, config, **kwargs)
-    except (ValueError, OSError, RuntimeError) as exc:
+        if args.tcp:
+            kwargs = {"interface_address": args.bind, "connect_timeout": args.connect_timeout}
+            if args.buffer is not None:
+                kwargs["buffer_size"] = args.buffer
+            return spead2.send.TcpStream(thread_pool, args.destinations, config, **kwargs)
+        return spead2.send.UdpStream(thread_pool, args.destinations, config, **_udp_kwargs(args))
+    except (ValueError, OSError, RuntimeError, IndexError) as exc:
         where = args.pcap if args.pcap is not None else " ".join(f"{h}:{p}" for h, p in args.destinations)
         parser.error(f"cannot send to {where}: {exc}")
 
@@ -442,9 +510,26 @@ def run(args, parser=None, out=None):
     config_kwargs = {"max_packet_size": args.packet, "rate": args.rate * 1e9 / 8}
     if args.burst is not None:
         config_kwargs["burst_size"] = args.burst
+    if args.burst_rate_ratio is not None:
+        config_kwargs["burst_rate_ratio"] = args.burst_rate_ratio
+    if args.rate_method is not None:
+        config_kwargs["rate_method"] = args.rate_method
+    if args.max_heaps is not None:
+        config_kwargs["max_heaps"] = args.max_heaps
+    if args.max_heaps is None and args.group_mode is not None:
+        # A group must fit in the heaps allowed in flight.
+        config_kwargs["max_heaps"] = max(spead2.send.StreamConfig.DEFAULT_MAX_HEAPS,
+                                         args.group_size or len(args.destinations) or 1)
     config = spead2.send.StreamConfig(**config_kwargs)
     stream = _make_stream(parser, args, config)
     n_dest = stream.num_substreams
+    group_mode = None
+    if args.group_mode is not None:
+        group_mode = {"round-robin": spead2.send.GroupMode.ROUND_ROBIN,
+                      "serial": spead2.send.GroupMode.SERIAL}[args.group_mode]
+    group_size = args.group_size or n_dest
+    if group_mode is not None and group_size > config.max_heaps:
+        parser.error(f"--group-size {group_size} is more than --max-heaps {config.max_heaps}")
 
     repeat = args.repeat_pointers
     data_packets = count_packets(traffic.heap(0, repeat), flavour, args.packet)
@@ -467,15 +552,25 @@ def run(args, parser=None, out=None):
                     counter.add(stream.send_heap(heap, substream_index=sub), packets)
             index = 0
             while (args.heaps < 0 or index < args.heaps) and not stop.requested:
-                sent = stream.send_heap(traffic.heap(index, repeat), substream_index=index % n_dest)
-                counter.add(sent, data_packets, data=True)
-                if manifest_heaps is not None:
-                    manifest_heaps.append({
-                        "timestamp": traffic.timestamp(index),
-                        "frequency": traffic.channel(index),
-                        "sha256": hashlib.sha256(traffic.payload(index).tobytes()).hexdigest(),
-                    })
-                index += 1
+                if group_mode is None:
+                    indices = [index]
+                    sent = stream.send_heap(traffic.heap(index, repeat), substream_index=index % n_dest)
+                else:
+                    end = index + group_size if args.heaps < 0 else min(index + group_size, args.heaps)
+                    indices = list(range(index, end))
+                    refs = [spead2.send.HeapReference(traffic.heap(i, repeat), substream_index=i % n_dest)
+                            for i in indices]
+                    sent = stream.send_heaps(refs, group_mode)
+                for i in indices:
+                    # Bytes per heap: all data heaps have the same size.
+                    counter.add(sent // len(indices), data_packets, data=True)
+                    if manifest_heaps is not None:
+                        manifest_heaps.append({
+                            "timestamp": traffic.timestamp(i),
+                            "frequency": traffic.channel(i),
+                            "sha256": hashlib.sha256(traffic.payload(i).tobytes()).hexdigest(),
+                        })
+                index += len(indices)
         except KeyboardInterrupt:
             interrupted = True
         interrupted = interrupted or stop.requested
