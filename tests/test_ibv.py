@@ -492,6 +492,8 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
     [
         ("mprq", {}),
         ("plain", {"SPEAD2_EMU_NO_MPRQ": 1}),
+        # MPW_ALLOWED is a send-side flag: without it the MPRQ reader is still used.
+        ("mprq", {"SPEAD2_EMU_NO_MPW": 1}),
         # Construction fails part-way: after the CQ, WQ and indirection table
         # (no raw QP), or after the QP (the MR is too large to register).
         ("mprq-no-raw", {"SPEAD2_EMU_NO_RAW": 1}),

@@ -94,6 +94,7 @@ struct config
     uint8_t mac[6] = {0x02, 0, 0, 0, 0, 0x01};
     bool no_devices = false;         // the RDMA stack is installed but has no device
     bool no_mprq = false;
+    bool no_mpw = false;   ///< MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED (a send-side flag) not reported
     bool no_flow = false;
     bool no_raw = false;
     bool old_flow_abi = false;       // flow verbs only in the legacy (pre-v13) slots
@@ -182,6 +183,7 @@ void load_config(config &c)
     }
     c.no_devices = env_flag("SPEAD2_EMU_NO_DEVICES");
     c.no_mprq = env_flag("SPEAD2_EMU_NO_MPRQ");
+    c.no_mpw = env_flag("SPEAD2_EMU_NO_MPW");
     c.no_flow = env_flag("SPEAD2_EMU_NO_FLOW");
     c.no_raw = env_flag("SPEAD2_EMU_NO_RAW");
     c.old_flow_abi = env_flag("SPEAD2_EMU_OLD_FLOW_ABI");
@@ -3262,7 +3264,7 @@ EMU_EXPORT int mlx5dv_query_device(ibv_context *ctx_in, mlx5dv_context *attrs_ou
         return EOPNOTSUPP;
     uint64_t requested = attrs_out->comp_mask;
     attrs_out->version = 0;
-    attrs_out->flags = MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED;
+    attrs_out->flags = gl.cfg.no_mpw ? 0 : MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED;
     attrs_out->comp_mask = 0;
     if (requested & MLX5DV_CONTEXT_MASK_STRIDING_RQ)
     {

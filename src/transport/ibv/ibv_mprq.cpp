@@ -32,8 +32,11 @@ mprq_reader::mprq_reader(packet_sink &sink, worker &thread, const ibv_config &cf
         throw mprq_unsupported("the device is not an mlx5 device (or libmlx5 is missing)");
     mlx5dv_context dv{};
     dv.comp_mask = MLX5DV_CONTEXT_MASK_STRIDING_RQ;
+    // MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED is about multi-packet *send* WQEs: it
+    // says nothing about striding receive queues, so it is not required here
+    // (a device or firmware setting that disables enhanced send WQEs must not
+    // cost the receiver its fast path).
     if (m->query_device(context, &dv) != 0 || !(dv.comp_mask & MLX5DV_CONTEXT_MASK_STRIDING_RQ)
-        || !(dv.flags & MLX5DV_CONTEXT_FLAGS_MPW_ALLOWED)
         || !(dv.striding_rq_caps.supported_qpts & (1U << IBV_QPT_RAW_PACKET)))
         throw mprq_unsupported("the device does not offer striding receive queues for raw packets");
     const auto &caps = dv.striding_rq_caps;
