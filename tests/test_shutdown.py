@@ -396,3 +396,45 @@ def test_exit_with_consumer_blocked_in_get(tmp_path):
         results.append((proc.returncode, out, err))
     assert all("exiting" in out for _, out, _ in results)
     assert [rc for rc, _, _ in results] == [0, 0, 0], [err for _, _, err in results]
+
+
+HEAP_STREAM_EXIT = r"""
+import socket, sys, threading, time
+import numpy as np
+import spead2, spead2.recv, spead2.send
+
+mode = sys.argv[1]
+stream = spead2.recv.Stream(spead2.ThreadPool(), spead2.recv.StreamConfig(),
+                            spead2.recv.RingStreamConfig(heaps=2))
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("127.0.0.1", 0))
+stream.add_udp_reader(sock)
+port = sock.getsockname()[1]
+ig = spead2.send.ItemGroup()
+ig.add_item(0x1000, "x", "", (256,), dtype=np.uint8, value=np.zeros(256, np.uint8))
+tx = spead2.send.UdpStream(spead2.ThreadPool(), [("127.0.0.1", port)], spead2.send.StreamConfig(rate=50e6))
+
+def send_forever():
+    while True:
+        tx.send_heap(ig.get_heap())
+
+threading.Thread(target=send_forever, daemon=True).start()
+if mode == "consume":
+    for _, heap in zip(range(20), stream):
+        pass
+elif mode == "blocked":
+    threading.Thread(target=lambda: [h for h in stream], daemon=True).start()
+time.sleep(0.3)   # the ring is full (worker blocked) or being consumed, the sender still sending
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["idle", "consume", "blocked"])
+def test_exit_with_heap_stream_and_live_sender(mode):
+    """Interpreter exit while a heap stream's UDP reader runs and a sender is
+    still sending (ring full, being consumed, or a consumer blocked in get):
+    no hang, no abort."""
+    proc = subprocess.run([sys.executable, "-c", HEAP_STREAM_EXIT, mode], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exiting" in proc.stdout

@@ -186,24 +186,20 @@ void add_stream_methods(py::class_<stream> &cls)
 {
     cls.def("send_heap", [](stream &s, py::object heap, std::int64_t cnt, std::size_t substream_index, double rate) {
                const spead2::send::heap &h = heap_of(heap).h;
-               py::gil_scoped_release nogil;
-               return s.send_heap(h, cnt, substream_index, rate);
+               return without_gil([&] { return s.send_heap(h, cnt, substream_index, rate); });
            }, py::arg("heap"), py::arg("cnt") = -1, py::arg("substream_index") = 0, py::arg("rate") = -1.0)
         .def("send_heaps", [](stream &s, const py_heap_reference_list &heaps, group_mode mode) {
-               py::gil_scoped_release nogil;
-               return s.send_heaps(heaps.refs.data(), heaps.refs.size(), mode);
+               return without_gil([&] { return s.send_heaps(heaps.refs.data(), heaps.refs.size(), mode); });
            }, py::arg("heaps"), py::arg("mode"))
         .def("send_heaps", [](stream &s, const std::vector<const py_heap_reference *> &heaps, group_mode mode) {
                auto refs = to_refs(heaps);
-               py::gil_scoped_release nogil;
-               return s.send_heaps(refs.data(), refs.size(), mode);
+               return without_gil([&] { return s.send_heaps(refs.data(), refs.size(), mode); });
            }, py::arg("heaps"), py::arg("mode"))
         // For spead2.send.asyncio: reserve room in the queue when a send is
         // requested, send (and release) later on the stream's worker thread.
         .def("_reserve", &stream::reserve, py::arg("n"))
         .def("_send_reserved", [](stream &s, const py_heap_reference_list &heaps, group_mode mode) {
-               py::gil_scoped_release nogil;
-               return s.send_heaps(heaps.refs.data(), heaps.refs.size(), mode, true);
+               return without_gil([&] { return s.send_heaps(heaps.refs.data(), heaps.refs.size(), mode, true); });
            }, py::arg("heaps"), py::arg("mode"));
 }
 
@@ -342,7 +338,7 @@ void register_send(py::module_ &m)
     base.def("set_cnt_sequence", [](stream &s, std::uint64_t next, std::uint64_t step) {
                  s.set_cnt_sequence(std::int64_t(next), std::int64_t(step));
              }, py::arg("next"), py::arg("step"))
-        .def("flush", &stream::flush, py::call_guard<py::gil_scoped_release>())
+        .def("flush", [](stream &s) { without_gil([&] { s.flush(); }); })
         .def_property_readonly("num_substreams", &stream::num_substreams);
     add_stream_methods(base);
 
