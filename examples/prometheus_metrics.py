@@ -17,7 +17,7 @@ import prometheus_client
 import spead2
 import spead2.prometheus
 import spead2.recv
-from spead2.tools.recv import Layout, make_place_callback
+from spead2.tools.recv import Layout, make_builtin_place
 
 CAPTURE = "tests/data/lo-64-48-8k-multi.pcap"
 
@@ -30,7 +30,7 @@ def main():
     layout = Layout(place="timestamp", heap_size=8192, heaps_per_chunk=4, timestamp_id=0x1600,
                     channel_id=0x4103, channels=4, channel_step=256, timestamp_step=8192,
                     first_timestamp=1000000, cnt_first=1, cnt_step=1)
-    place = make_place_callback(layout)
+    place = make_builtin_place(layout)   # built-in C++ placement: no numba needed
     prometheus_client.start_http_server(args.port)
     print(f"serving http://localhost:{args.port}/metrics for {args.seconds} s")
     deadline = time.monotonic() + args.seconds

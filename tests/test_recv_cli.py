@@ -762,3 +762,18 @@ def test_tcp_multicast_is_an_error(capsys):
     status, out, err = run_main(capsys, ["239.1.2.3:8000", "--tcp"])
     assert status == 1
     assert "--tcp cannot receive from a multicast group" in err
+
+
+def test_chunk_mode_needs_no_numba():
+    """Chunk mode places heaps with the built-in (C++) placements: it works
+    where numba and scipy cannot be imported."""
+    capture = "lo-64-48-8k-multi.pcap"
+    code = ("import sys; sys.modules['numba'] = None; sys.modules['scipy'] = None\n"
+            "from spead2.tools import recv\n"
+            "sys.exit(recv.main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(DATA_DIR / capture), "--chunks",
+                           *layout_args(manifest_for(capture)), "--json"],
+                          capture_output=True, text=True, timeout=60 * SLOW)
+    assert proc.returncode == 0, proc.stderr
+    chunks, summary = json_lines(proc.stdout)
+    assert summary["heaps_placed"] == 32

@@ -63,7 +63,6 @@ exits with status 0.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -184,6 +183,21 @@ class Layout:
     @property
     def key_name(self) -> str:
         return "cnt" if self.place == "cnt" else "timestamp"
+
+
+def make_builtin_place(layout: Layout):
+    """The built-in (C++) placement for `layout` (spead2.recv.place): the same
+    chunks as make_place_callback's numba callback, without numba."""
+    import spead2.recv.place
+
+    if layout.place == "cnt":
+        return spead2.recv.place.heap_counter(heap_size=layout.heap_size, heaps_per_chunk=layout.heaps_per_chunk,
+                                              cnt_first=layout.cnt_first, cnt_step=layout.cnt_step, extra=True)
+    return spead2.recv.place.timestamp_channel(
+        heap_size=layout.heap_size, channels=layout.channels, channel_step=layout.channel_step,
+        timestamp_step=layout.timestamp_step, timestamps_per_chunk=layout.timestamps_per_chunk,
+        first_timestamp=layout.first_timestamp, timestamp_id=layout.timestamp_id, channel_id=layout.channel_id,
+        extra=True)
 
 
 def make_place_callback(layout: Layout):
@@ -662,7 +676,7 @@ def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[flo
 def receive(args, layout: Layout, sources: List[Source], stop: StopRequest, out=None, err=None) -> int:
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    place = make_place_callback(layout)
+    place = make_builtin_place(layout)
     report = Report(layout, args, out, err)
     deadline = time.monotonic() + args.duration if args.duration is not None else None
     files = [s for s in sources if s.kind == "file"]
@@ -1095,17 +1109,13 @@ def main(argv=None) -> int:
 
     logging.basicConfig(format=f"{PROG}: %(name)s %(levelname)s: %(message)s",
                         level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
-    # Signals are caught from here on: a Ctrl-C while numba compiles still
-    # ends with the summary.
+    # Signals are caught from here on: a Ctrl-C at any point still ends with
+    # the summary.
     stop = StopRequest()
     stop.install()
     try:
         if mode == "heaps":
             return receive_heaps(args, sources, stop)
-        if importlib.util.find_spec("numba") is None or importlib.util.find_spec("scipy") is None:
-            print(f"{PROG}: error: the place callback needs numba and scipy (pip install numba scipy)",
-                  file=sys.stderr)
-            return 1
         return receive(args, layout, sources, stop)
     except BrokenPipeError:
         # The reader of our output went away (e.g. | head): not an error of ours.
