@@ -777,3 +777,40 @@ def test_chunk_mode_needs_no_numba():
     assert proc.returncode == 0, proc.stderr
     chunks, summary = json_lines(proc.stdout)
     assert summary["heaps_placed"] == 32
+
+
+def test_live_json(capsys, tmp_path):
+    """--live --json: 'live' records with each stream's counts, the rings and
+    the group window; the last one agrees with the summary."""
+    capture = "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), "--streams", "1", "--live", "--json",
+                                         *layout_args(manifest_for(capture))])
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    live = [r for r in records if r["type"] == "live"]
+    summary = records[-1]
+    assert summary["type"] == "summary"
+    assert live and not [r for r in records if r["type"] == "chunk"]   # the view replaces chunk lines
+    last = live[-1]
+    assert last["streams"][0]["packets"] == summary["member_stats"][0]["packets"]
+    assert last["streams"][0]["heaps"] == summary["member_stats"][0]["heaps"]
+    assert set(last["rings"]) == {"data", "free"}
+    assert last["rings"]["data"]["capacity"] >= 1 and "high_water_mark" in last["rings"]["data"]
+    assert "chunks_in_window" in last["group"]
+    assert last["heaps_placed"] == summary["heaps_placed"] == 32
+
+
+def test_live_text(capsys):
+    capture = "lo-64-48-8k-multi.pcap"
+    status, out, err = run_main(capsys, [str(DATA_DIR / capture), "--live", *layout_args(manifest_for(capture))])
+    assert status == 0, err
+    assert re.search(r"^\s+stream\s+pkt/s\s+packets\s+heaps", err, re.M)
+    assert "data ring" in err and "free ring" in err
+    assert "Summary (end of stream)" in out
+    assert "chunk " not in out.split("Summary")[0]   # no chunk lines
+
+
+def test_live_needs_chunk_mode(capsys):
+    status, out, err = run_main(capsys, ["8000", "--heaps", "--live"])
+    assert status == 2
+    assert "--live applies to chunk mode" in err

@@ -94,7 +94,7 @@ DEFAULT_MEM_INITIAL = 8
 #: Options that only chunk mode has: giving one chooses chunk mode.
 CHUNK_OPTIONS = ("place", "heap_size", "heaps_per_chunk", "timestamp_id", "channel_id", "channels",
                  "channel_step", "timestamp_step", "first_timestamp", "cnt_first", "cnt_step", "verify",
-                 "max_chunks", "ring", "streams", "eviction", "cores")
+                 "max_chunks", "ring", "streams", "eviction", "cores", "live")
 #: Options that only heap mode has.
 HEAP_OPTIONS = ("descriptors", "values", "joint", "count", "ring_heaps", "mem_pool", "mem_lower", "mem_upper",
                 "mem_max_free", "mem_initial")
@@ -293,7 +293,10 @@ class Report:
         self.verify = args.verify
         self.out = out
         self.err = err
-        self.progress = not args.quiet and _isatty(err)
+        #: --live: a refreshing view of every stream, the rings and the group
+        #: (or, with --json, "live" records); replaces the chunk lines.
+        self.live = getattr(args, "live", False)
+        self.progress = not args.quiet and _isatty(err) and not self.live
         self.start = time.monotonic()
         self.chunks = 0
         self.complete_chunks = 0
@@ -310,6 +313,9 @@ class Report:
         self._last_progress = 0.0
         self._last_sample = (self.start, 0, 0)  # time, packets, heaps placed
         self._rate = (0.0, 0.0)
+        self._live_lines = 0
+        self._live_last = 0.0
+        self._live_packets = {}   # stream index -> (time, packets)
 
     # -- chunks
     def begin_stream(self):
@@ -334,7 +340,7 @@ class Report:
             first_key = int(keys.min())
         if self.verify and n:
             self._verify(chunk, present)
-        if self.quiet:
+        if self.quiet or self.live:
             return
         percent = 100.0 * n / hpc
         if self.json:
@@ -376,8 +382,81 @@ class Report:
         self.verified += n_good
         self.corrupt += len(slots) - n_good
 
+    # -- live view
+    def live_snapshot(self, stream):
+        """What --live shows: per stream (group member) counts and rates,
+        the rings and, for a group, its window."""
+        now = time.monotonic()
+        members = list(getattr(stream, "members", None) or [stream])
+        rows = []
+        for i, m in enumerate(members):
+            st = m.stats
+            t0, p0 = self._live_packets.get(i, (self.start, 0))
+            rate = (st["packets"] - p0) / (now - t0) if now > t0 else 0.0
+            self._live_packets[i] = (now, st["packets"])
+            rows.append({"stream": i, "packets_per_s": round(rate, 1), "packets": st["packets"],
+                         "heaps": st["heaps"], "evicted": st["incomplete_heaps_evicted"],
+                         "too_old": st.get("too_old_heaps", 0), "rejected": st.get("rejected_heaps", 0),
+                         "out_of_range": st.get("out_of_range_heaps", 0),
+                         "malformed": st.get("malformed_packets", 0)})
+        rings = {}
+        for name in ("data", "free"):
+            ring = getattr(stream, name + "_ringbuffer", None)
+            if ring is not None:
+                rings[name] = {"size": ring.qsize(), "capacity": ring.maxsize,
+                               "high_water_mark": ring.high_water_mark,
+                               "blocked_puts": ring.blocked_puts, "blocked_gets": ring.blocked_gets}
+        snapshot = {"type": "live", "elapsed": round(now - self.start, 3), "chunks": self.chunks,
+                    "complete_chunks": self.complete_chunks, "heaps_placed": self.heaps_placed,
+                    "streams": rows, "rings": rings}
+        health = getattr(stream, "health", None)
+        if health is not None:
+            snapshot["group"] = dict(health)
+        return snapshot
+
+    def live_tick(self, stream, force=False):
+        now = time.monotonic()
+        if not force and now - self._live_last < PROGRESS_INTERVAL:
+            return
+        self._live_last = now
+        snap = self.live_snapshot(stream)
+        if self.json:
+            print(json.dumps(snap), file=self.out, flush=True)
+            return
+        total_rate = sum(r["packets_per_s"] for r in snap["streams"])
+        lines = [f"{snap['elapsed']:8.1f} s  {total_rate:10.0f} pkt/s  chunks {snap['chunks']} "
+                 f"({snap['complete_chunks']} complete)  heaps placed {snap['heaps_placed']}",
+                 f"  {'stream':>6} {'pkt/s':>10} {'packets':>11} {'heaps':>9} {'evicted':>8} {'too_old':>8} "
+                 f"{'rejected':>9} {'out_of_range':>12} {'malformed':>10}"]
+        for r in snap["streams"]:
+            lines.append(f"  {r['stream']:>6} {r['packets_per_s']:>10.0f} {r['packets']:>11} {r['heaps']:>9} "
+                         f"{r['evicted']:>8} {r['too_old']:>8} {r['rejected']:>9} {r['out_of_range']:>12} "
+                         f"{r['malformed']:>10}")
+        ring_text = []
+        for name, r in snap["rings"].items():
+            waits = r["blocked_puts"] if name == "data" else r["blocked_gets"]
+            ring_text.append(f"{name} ring {r['size']}/{r['capacity']} (high {r['high_water_mark']}, "
+                             f"worker waited {waits}x)")
+        if "group" in snap:
+            g = snap["group"]
+            ring_text.append(f"window {g['chunks_in_window']} chunks, {g['lossy_flushes']} lossy flushes, "
+                             f"{g['member_waits']} waits")
+        lines.append("  " + "   ".join(ring_text))
+        terminal = _isatty(self.err)
+        if terminal and self._live_lines:
+            self.err.write(f"\x1b[{self._live_lines}F")   # back to the first line of the last view
+        for line in lines:
+            self.err.write(line + ("\x1b[K" if terminal else "") + "\n")
+        if not terminal:
+            self.err.write("\n")
+        self.err.flush()
+        self._live_lines = len(lines) if terminal else 0
+
     # -- progress
     def tick(self, stream, force=False):
+        if self.live:
+            self.live_tick(stream, force)
+            return
         if not self.progress:
             return
         now = time.monotonic()
@@ -570,6 +649,14 @@ class GroupReceiver:
     def data_ringbuffer(self):
         return self.group.data_ringbuffer
 
+    @property
+    def free_ringbuffer(self):
+        return self.group.free_ringbuffer
+
+    @property
+    def health(self):
+        return self.group.health
+
     def add_free_chunk(self, chunk):
         self.group.add_free_chunk(chunk)
 
@@ -653,7 +740,7 @@ def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[flo
             timeout = 0.05 if stopping else POLL_INTERVAL
             if deadline is not None and not stopping:
                 timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-            if report.progress:
+            if report.progress or report.live:
                 timeout = min(timeout, PROGRESS_INTERVAL)
             try:
                 select.select([ring.data_fd, stop.fd], [], [], timeout)
@@ -670,6 +757,8 @@ def run_stream(stream, report: Report, stop: StopRequest, deadline: Optional[flo
         stream.add_free_chunk(chunk)
         report.tick(stream)
     report.flush()
+    if report.live:
+        report.tick(stream, force=True)   # the final state, also for runs shorter than one refresh
     return stopped_by
 
 
@@ -1022,6 +1111,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true",
                      help="one JSON object per chunk (heap mode: per heap) and one for the summary (per stream)")
     out.add_argument("-q", "--quiet", action="store_true", help="print only the summary (no chunks, no progress)")
+    out.add_argument("--live", action="store_true",
+                     help="chunk mode: instead of chunk lines, a view refreshed twice a second of each stream's "
+                          "rate and losses by kind, the rings' occupancy and the group window; with --json, "
+                          "'live' records")
     out.add_argument("--duration", type=_duration, default=None, metavar="SECONDS",
                      help="stop after this long")
     out.add_argument("-v", "--verbose", action="store_true", help="show spead2's debug log messages")
