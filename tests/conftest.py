@@ -6,6 +6,7 @@ numba or scipy are missing; modules that do need them skip cleanly.
 """
 
 import ctypes
+import logging
 import os
 
 import numpy as np
@@ -305,3 +306,32 @@ def pytest_runtest_makereport(item, call):
             and item.nodeid.split("::")[0].endswith(("test_ibv.py", "test_ibv_tools.py"))):
         report.outcome = "failed"
         report.longrepr = f"ibverbs test skipped although SPEAD2_EXPECT_IBV=1: {report.longrepr}"
+
+
+class CollectLog(logging.Handler):
+    """Keeps every record logged to it (for the logging tests)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def messages(self):
+        return [r.getMessage() for r in self.records]
+
+
+@pytest.fixture
+def spead2_log():
+    """The records of the Python logger "spead2" during the test (level DEBUG);
+    the log limits are reset afterwards."""
+    logger = logging.getLogger("spead2")
+    handler = CollectLog()
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+    spead2.set_log_limits()

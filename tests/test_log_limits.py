@@ -17,31 +17,6 @@ pytest.importorskip("numba")
 pytest.importorskip("scipy")
 
 
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-    def messages(self):
-        return [r.getMessage() for r in self.records]
-
-
-@pytest.fixture
-def spead2_log():
-    logger = logging.getLogger("spead2")
-    handler = Collect()
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
-    spead2.set_log_limits()
-
-
 def wait_for(handler, pattern, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,15 +13,6 @@ import spead2.recv
 DATA = pathlib.Path(__file__).parent / "data"
 
 
-class Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 def wait_for_record(handler, predicate, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -30,18 +21,6 @@ def wait_for_record(handler, predicate, timeout=10):
                 return r
         time.sleep(0.02)
     return None
-
-
-@pytest.fixture
-def spead2_log():
-    logger = logging.getLogger("spead2")
-    handler = Collect()
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.DEBUG)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 def test_truncated_capture_warning_reaches_python_logger(spead2_log, tmp_path, place_plain_llc):

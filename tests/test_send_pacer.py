@@ -22,4 +22,4 @@ def test_pacer_fake_clock(tmp_path):
                     "-o", str(exe)], check=True, capture_output=True, text=True)
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "all pacer checks passed" in proc.stdout
+    assert "test_send_pacer: all checks passed" in proc.stdout

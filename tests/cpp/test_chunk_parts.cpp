@@ -10,19 +10,11 @@
 #include "chunk/heap_table.h"
 #include "chunk/range_set.h"
 
+#include "check.h"
+
 using namespace spead2::chunk;
 
-static int failures = 0;
 
-#define CHECK(cond)                                                                  \
-    do                                                                               \
-    {                                                                                \
-        if (!(cond))                                                                 \
-        {                                                                            \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
 
 namespace
 {
@@ -174,11 +166,5 @@ int main()
     test_window_large_ids();
     test_range_set();
     test_heap_table();
-    if (failures)
-    {
-        std::fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    std::printf("test_chunk_parts: all checks passed\n");
-    return 0;
+    return check_result("test_chunk_parts");
 }

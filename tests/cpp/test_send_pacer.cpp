@@ -8,20 +8,12 @@
 
 #include "send/pacer.h"
 
+#include "check.h"
+
 using namespace spead2::send;
 using namespace std::chrono;
 
-static int failures = 0;
 
-#define CHECK(cond)                                                                       \
-    do                                                                                    \
-    {                                                                                     \
-        if (!(cond))                                                                      \
-        {                                                                                 \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                                   \
-        }                                                                                 \
-    } while (0)
 
 namespace
 {
@@ -166,11 +158,5 @@ int main()
     test_idle_resets_schedule();
     test_per_packet_rates();
     test_burst_size();
-    if (failures)
-    {
-        std::fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    std::printf("all pacer checks passed\n");
-    return 0;
+    return check_result("test_send_pacer");
 }
