@@ -1,7 +1,6 @@
 """Rate-limited logging: a flood of bad packets gives a few log lines and a
 summary with the exact count, never one line per packet; statistics stay exact."""
 
-import logging
 import re
 import time
 
