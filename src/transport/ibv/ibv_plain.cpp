@@ -205,6 +205,29 @@ bool plain_reader::poll_once(batch &b, bool &partial)
             flush_reposts();
     }
     flush_reposts();
+    if (need_recovery)
+    {
+        // The queue pair failed (an error completion, or ibv_post_recv refused
+        // because it is already in the error state).  Frames that completed
+        // successfully before the failure may still be queued in the CQ: hand
+        // them over now, as the reset would discard them.
+        int m;
+        while ((m = ibv_poll_cq(q->cq.get(), int(wcs.size()), wcs.data())) > 0)
+        {
+            for (int i = 0; i < m; i++)
+            {
+                if (wcs[i].status == IBV_WC_SUCCESS)
+                {
+                    consecutive_recoveries = 0;
+                    if (running)
+                        running = deliver(b, q->memory->data() + std::size_t(wcs[i].wr_id) * slot_size,
+                                          wcs[i].byte_len, bad);
+                }
+                else if (wcs[i].status != IBV_WC_WR_FLUSH_ERR)
+                    error_completion(wcs[i].status);
+            }
+        }
+    }
     if (bad)
         b.malformed(bad);
     return running;
