@@ -44,39 +44,20 @@ class _FdWaiter:
                     self._loop.remove_reader(self._fd)
 
 
-class ChunkRingbuffer(_ChunkRingbuffer):
-    """A :class:`spead2.recv.ChunkRingbuffer` with coroutine ``get`` and ``put``.
+async def _until_done(attempt, busy, waiter):
+    """Call `attempt` until it does not raise `busy`, waiting on `waiter` in
+    between.  Yields to the loop first (a busy producer cannot starve it) and
+    never awaits after `attempt` succeeded, so cancellation is all-or-nothing."""
+    await asyncio.sleep(0)
+    while True:
+        try:
+            return attempt()
+        except busy:
+            await waiter.wait()
 
-    The synchronous methods are still available as ``get_nowait`` and
-    ``put_nowait``; async iteration yields chunks until the ring is stopped.
-    """
 
-    def __init__(self, maxsize):
-        super().__init__(maxsize)
-        self._data_waiter = _FdWaiter(self.data_fd)
-        self._space_waiter = _FdWaiter(self.space_fd)
-
-    # Both coroutines yield to the event loop *before* touching the ring (so a
-    # busy producer cannot starve the loop) and never await after the
-    # operation succeeded, so cancellation is all-or-nothing.
-
-    async def get(self):
-        """Retrieve a chunk, waiting if necessary; raises :exc:`spead2.Stopped`."""
-        await asyncio.sleep(0)
-        while True:
-            try:
-                return self.get_nowait()
-            except spead2.Empty:
-                await self._data_waiter.wait()
-
-    async def put(self, chunk):
-        """Add a chunk, waiting for space if necessary; raises :exc:`spead2.Stopped`."""
-        await asyncio.sleep(0)
-        while True:
-            try:
-                return self.put_nowait(chunk)
-            except spead2.Full:
-                await self._space_waiter.wait()
+class _AsyncIterGet:
+    """Async iteration over ``await self.get()`` until :exc:`spead2.Stopped`."""
 
     def __aiter__(self):
         return self
@@ -88,7 +69,28 @@ class ChunkRingbuffer(_ChunkRingbuffer):
             raise StopAsyncIteration from None
 
 
-class Stream(_Stream):
+class ChunkRingbuffer(_AsyncIterGet, _ChunkRingbuffer):
+    """A :class:`spead2.recv.ChunkRingbuffer` with coroutine ``get`` and ``put``.
+
+    The synchronous methods are still available as ``get_nowait`` and
+    ``put_nowait``; async iteration yields chunks until the ring is stopped.
+    """
+
+    def __init__(self, maxsize):
+        super().__init__(maxsize)
+        self._data_waiter = _FdWaiter(self.data_fd)
+        self._space_waiter = _FdWaiter(self.space_fd)
+
+    async def get(self):
+        """Retrieve a chunk, waiting if necessary; raises :exc:`spead2.Stopped`."""
+        return await _until_done(self.get_nowait, spead2.Empty, self._data_waiter)
+
+    async def put(self, chunk):
+        """Add a chunk, waiting for space if necessary; raises :exc:`spead2.Stopped`."""
+        return await _until_done(lambda: self.put_nowait(chunk), spead2.Full, self._space_waiter)
+
+
+class Stream(_AsyncIterGet, _Stream):
     """A :class:`spead2.recv.Stream` whose :meth:`get` is a coroutine.
 
     The synchronous form is still available as ``get_nowait``; async
@@ -101,18 +103,4 @@ class Stream(_Stream):
 
     async def get(self):
         """Retrieve a heap, waiting if necessary; raises :exc:`spead2.Stopped`."""
-        await asyncio.sleep(0)
-        while True:
-            try:
-                return self.get_nowait()
-            except spead2.Empty:
-                await self._waiter.wait()
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        try:
-            return await self.get()
-        except spead2.Stopped:
-            raise StopAsyncIteration from None
+        return await _until_done(self.get_nowait, spead2.Empty, self._waiter)
