@@ -434,7 +434,7 @@ def driver_main(args):
 
         args.ref_python = bench_tool.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
                                                       lambda msg: print(f"# {msg}", file=sys.stderr))
-    interpreters = [("ours", sys.executable), ("ref", args.ref_python)]
+    interpreters = [("ours", args.ours_python or sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}
     try:
@@ -544,7 +544,7 @@ def driver_main(args):
     if args.json:
         out = {
             "config": {k: v for k, v in vars(args).items()},
-            "python_ours": sys.executable,
+            "python_ours": args.ours_python or sys.executable,
             "python_ref": args.ref_python,
             "results": results,
         }
@@ -572,6 +572,9 @@ def main():
                              "chunks the CPU never reads back; use a ring larger than the cache, e.g. "
                              "--extra-chunks 124, to measure cold destinations) [%(default)s]")
     parser.add_argument("--ref-python", default=None)
+    parser.add_argument("--ours-python", default=None,
+                        help="interpreter for the 'ours' side [this one]; with --ref-python, two builds of "
+                             "this package can be compared (e.g. wrappers that set PYTHONPATH to each build)")
     parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(SCENARIOS))
     parser.add_argument("--sources", help="comma-separated subset of mem,pcap")
     parser.add_argument("--json", help="write results to this file")
