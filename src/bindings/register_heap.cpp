@@ -180,8 +180,8 @@ void register_heap_stream(py::module_ &recv)
                  register_stoppable(raw, [raw] { raw->stop(); });
                  return self;
              }),
-             py::arg("thread_pool"), py::arg("config") = py_stream_config(),
-             py::arg("ring_config") = ring_stream_config())
+             py::arg("thread_pool"), py::arg_v("config", py_stream_config(), "StreamConfig()"),
+             py::arg_v("ring_config", ring_stream_config(), "RingStreamConfig()"))
         .def_property_readonly("ring_config", [](py_heap_stream &self) { return self.heaps().get_ring_config(); })
         .def_property_readonly("ringbuffer", [](py_heap_stream &self) { return self.heaps().get_ringbuffer(); })
         .def_property_readonly("fd", [](py_heap_stream &self) { return self.heaps().get_ringbuffer()->data_fd(); })

@@ -203,7 +203,7 @@ void register_recv_chunks(py::module_ &recv)
                  register_stoppable(raw, [raw] { raw->stop(); });
                  return self;
              }),
-             py::arg("thread_pool"), py::arg("config") = py_stream_config(),
+             py::arg("thread_pool"), py::arg_v("config", py_stream_config(), "StreamConfig()"),
              py::arg("chunk_stream_config"), py::arg("data_ringbuffer"), py::arg("free_ringbuffer"));
 }
 

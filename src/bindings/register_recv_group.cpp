@@ -122,7 +122,7 @@ void register_recv_groups(py::module_ &recv)
                  self.members.push_back(std::move(wrapper));
                  return member_object(self, self_obj, self.members.size() - 1);
              },
-             py::arg("thread_pool"), py::arg("config") = py_stream_config(), py::arg("chunk_stream_config"))
+             py::arg("thread_pool"), py::arg_v("config", py_stream_config(), "StreamConfig()"), py::arg("chunk_stream_config"))
         .def_property_readonly("health", [](py_ring_group &self) {
                  auto h = self.get().get_health();
                  py::dict d;

@@ -271,7 +271,8 @@ void register_recv_readers(py::module_ &recv)
             spec.interface_index = interface_index;
             add_udp(self, spec, max_size);
         }, py::arg("multicast_group"), py::arg("port"), py::arg("max_size") = transport::DEFAULT_UDP_MAX_SIZE,
-           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE, py::arg("interface_index"))
+           py::arg("buffer_size") = transport::DEFAULT_UDP_BUFFER_SIZE,
+           py::arg("interface_index") = 0u)   // as the reference; unused (without it, overload 2 matches)
         .def("add_udp_reader", [](py_stream &self, py::object socket, std::size_t max_size) {
             if (!py::hasattr(socket, "fileno"))
                 throw py::type_error("socket must be a socket.socket (or have fileno())");

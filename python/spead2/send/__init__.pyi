@@ -68,12 +68,13 @@ class StreamConfig:
     def burst_rate(self) -> float: ...
     def __init__(
         self,
-        max_packet_size: int = ...,
-        rate: float = ...,
-        burst_size: int = ...,
-        max_heaps: int = ...,
-        burst_rate_ratio: float = ...,
-        rate_method: RateMethod = ...,
+        *,
+        max_packet_size: int = 1472,
+        rate: float = 0.0,
+        burst_size: int = 65536,
+        max_heaps: int = 4,
+        burst_rate_ratio: float = 1.05,
+        rate_method: RateMethod = RateMethod.AUTO,
     ) -> None: ...
 
 class HeapReference:
@@ -94,11 +95,13 @@ class PacketGenerator:
     def __iter__(self) -> Iterator[bytes]: ...
     def __next__(self) -> bytes: ...
 
-_HeapRefs = HeapReferenceList | Sequence[HeapReference]
 
 class Stream:
     def send_heap(self, heap: Heap, cnt: int = -1, substream_index: int = 0, rate: float = -1.0) -> int: ...
-    def send_heaps(self, heaps: _HeapRefs, mode: GroupMode) -> int: ...
+    @overload
+    def send_heaps(self, heaps: HeapReferenceList, mode: GroupMode) -> int: ...
+    @overload
+    def send_heaps(self, heaps: Sequence[HeapReference], mode: GroupMode) -> int: ...
     def set_cnt_sequence(self, next: int, step: int) -> None: ...
     def flush(self) -> None: ...
     @property

@@ -1,6 +1,7 @@
 import asyncio
+import socket
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, overload
 
 import spead2
 import spead2.send
@@ -29,6 +30,11 @@ class InprocStream(_AsyncStream):
 class UdpStream(spead2.send.UdpStream, _AsyncStream): ...
 
 class TcpStream(spead2.send.TcpStream, _AsyncStream):
+    # connect(*args, **kwargs) passes its arguments to the constructor.
+    @overload
+    @classmethod
+    async def connect(cls, thread_pool: spead2.ThreadPool, socket: socket.socket, config: StreamConfig = ...) -> TcpStream: ...
+    @overload
     @classmethod
     async def connect(
         cls,
