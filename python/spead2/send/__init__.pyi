@@ -128,10 +128,10 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 524288,
+        interface_address: str = "",
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -142,7 +142,7 @@ class UdpStream(Stream):
         buffer_size: int,
         ttl: int,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -150,10 +150,10 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -165,7 +165,7 @@ class UdpStream(Stream):
         ttl: int,
         interface_address: str,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -173,11 +173,11 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
         interface_address: str,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -189,7 +189,7 @@ class UdpStream(Stream):
         ttl: int,
         interface_index: int,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -197,11 +197,11 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
         interface_index: int,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -211,7 +211,7 @@ class UdpStream(Stream):
         endpoints: _EndpointList,
         config: StreamConfig = ...,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @property
     def using_gso(self) -> bool: ...
@@ -228,10 +228,10 @@ class TcpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 212992,
+        interface_address: str = "",
         *,
-        connect_timeout: float | None = ...,
+        connect_timeout: float | None = None,
     ) -> None: ...
 
 class PcapFileStream(Stream):
@@ -241,5 +241,5 @@ class PcapFileStream(Stream):
         filename: str,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        source: tuple[str, int] = ...,
+        source: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None: ...

@@ -41,10 +41,10 @@ class TcpStream(spead2.send.TcpStream, _AsyncStream):
         thread_pool: spead2.ThreadPool,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 212992,
+        interface_address: str = "",
         *,
-        connect_timeout: float | None = ...,
+        connect_timeout: float | None = None,
     ) -> TcpStream: ...
 
 class PcapFileStream(_AsyncStream):
@@ -54,5 +54,5 @@ class PcapFileStream(_AsyncStream):
         filename: str,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        source: tuple[str, int] = ...,
+        source: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None: ...
