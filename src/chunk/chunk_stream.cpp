@@ -51,7 +51,8 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
       chunk_config(chunk_config),
       allocate(std::move(allocate)),
       ready(std::move(ready)),
-      copy(memcpy_by_id(user_config.get_memcpy())),
+      copy(memcpy_by_id(user_config.get_memcpy(), true)),   // the chunk window fences (chunk_window.h)
+      dest_prefetch_max_payload(user_config.get_memcpy() == MEMCPY_NONTEMPORAL ? 0 : DEST_PREFETCH_MAX_PAYLOAD),
       presence_payload_size(chunk_config.get_packet_presence_payload_size()),
       max_heaps(user_config.get_max_heaps()),
       substreams(user_config.get_substreams()),
@@ -597,7 +598,7 @@ void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t e
     // copies do not stall on read-for-ownership misses (large chunks do not
     // fit in cache).
     const heap_placement &where = h.where;
-    if (packet_payload >= DEST_PREFETCH_MAX_PAYLOAD)
+    if (packet_payload >= dest_prefetch_max_payload)
         return;
     if (!where.target || behind_window(where.chunk_id))
         return;

@@ -112,6 +112,10 @@ private:
     allocate_function allocate;
     ready_function ready;
     memcpy_function copy;
+    /// Packets with at least this much payload get no destination prefetch
+    /// (0: none do, for MEMCPY_NONTEMPORAL: its stores bypass the cache, and
+    /// a line prefetched for writing must be evicted again before each one).
+    std::uint64_t dest_prefetch_max_payload;
     std::size_t presence_payload_size;
     std::size_t max_heaps;
     std::size_t substreams;

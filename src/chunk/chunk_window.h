@@ -11,6 +11,10 @@
 // movement to the group, which then releases what every member has left.
 //
 // Not thread-safe: the owner serialises access (stream lock, group mutex).
+// Chunks leave the window only after store_fence(): the streams copy payload
+// with unfenced non-temporal stores (MEMCPY_NONTEMPORAL), which must be
+// visible before another thread (the consumer, or the group releasing the
+// chunk) can see the chunk.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +23,7 @@
 #include <vector>
 
 #include "chunk/config.h"
+#include "common/memcpy.h"
 
 namespace spead2::chunk
 {
@@ -57,6 +62,7 @@ public:
     template<typename Ready, typename Moved>
     void flush_head(const Ready &ready, const Moved &moved)
     {
+        store_fence();
         chunk *c = slot(head);
         slot(head) = nullptr;
         head++;
@@ -73,6 +79,7 @@ public:
     {
         if (head >= target)
             return;
+        store_fence();
         while (head < tail && head < target)
         {
             chunk *c = slot(head);
@@ -100,6 +107,7 @@ public:
         {
             const std::uint64_t restart = id - (max - 1);
             const std::uint64_t old_head = head;
+            store_fence();
             while (head < tail)
             {
                 chunk *c = slot(head);

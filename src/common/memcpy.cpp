@@ -1,5 +1,6 @@
 #include "common/memcpy.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
@@ -21,22 +22,36 @@ void *memcpy_std(void *dest, const void *src, std::size_t n) noexcept
 namespace
 {
 
-// Copy the unaligned head so that the destination becomes 'align'-aligned;
-// returns the number of bytes handled.
-std::size_t copy_head(std::uint8_t *d, const std::uint8_t *s, std::size_t n, std::size_t align)
+// Non-temporal stores only ever write whole cache lines: the partial lines at
+// the head and the tail of the destination are written with ordinary stores.
+// A line written partly by each kind would first be pulled into the cache by
+// the ordinary store and then have to be evicted again by the streaming one
+// (measured: 1424-byte copies into a cold 256 MiB ring at half the speed of
+// plain memcpy when the head was only aligned to 32 bytes).
+constexpr std::size_t CACHE_LINE = 64;
+
+struct line_split
 {
-    std::size_t head = (align - (std::uintptr_t(d) & (align - 1))) & (align - 1);
+    std::size_t head;   ///< bytes before the first whole line
+    std::size_t body;   ///< bytes of whole lines
+};
+
+line_split split_lines(const std::uint8_t *d, std::size_t n)
+{
+    std::size_t head = (CACHE_LINE - (std::uintptr_t(d) & (CACHE_LINE - 1))) & (CACHE_LINE - 1);
     if (head > n)
         head = n;
-    std::memcpy(d, s, head);
-    return head;
+    return {head, (n - head) & ~(CACHE_LINE - 1)};
 }
 
 __attribute__((target("avx2")))
 void copy_nt_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
-    std::size_t done = copy_head(d, s, n, 32);
-    for (; done + 128 <= n; done += 128)
+    const line_split sp = split_lines(d, n);
+    std::memcpy(d, s, sp.head);
+    std::size_t done = sp.head;
+    const std::size_t body_end = sp.head + sp.body;
+    for (; done + 128 <= body_end; done += 128)
     {
         __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done));
         __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
@@ -47,20 +62,25 @@ void copy_nt_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
         _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 64), c);
         _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 96), e);
     }
-    for (; done + 32 <= n; done += 32)
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done)));
-    _mm_sfence();
+    for (; done < body_end; done += 64)
+    {
+        __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done));
+        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
+        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done), a);
+        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 32), b);
+    }
     std::memcpy(d + done, s + done, n - done);
 }
 
 void copy_nt_sse2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
-    std::size_t done = copy_head(d, s, n, 16);
-    for (; done + 16 <= n; done += 16)
+    const line_split sp = split_lines(d, n);
+    std::memcpy(d, s, sp.head);
+    std::size_t done = sp.head;
+    const std::size_t body_end = sp.head + sp.body;
+    for (; done < body_end; done += 16)
         _mm_stream_si128(reinterpret_cast<__m128i *>(d + done),
                          _mm_loadu_si128(reinterpret_cast<const __m128i *>(s + done)));
-    _mm_sfence();
     std::memcpy(d + done, s + done, n - done);
 }
 
@@ -69,7 +89,7 @@ const bool have_avx2 = __builtin_cpu_supports("avx2");
 } // anonymous namespace
 #endif
 
-void *memcpy_nontemporal(void *dest, const void *src, std::size_t n) noexcept
+void *memcpy_nontemporal_unfenced(void *dest, const void *src, std::size_t n) noexcept
 {
 #if SPEAD2_X86
     auto *d = static_cast<std::uint8_t *>(dest);
@@ -84,12 +104,28 @@ void *memcpy_nontemporal(void *dest, const void *src, std::size_t n) noexcept
 #endif
 }
 
-memcpy_function memcpy_by_id(int id)
+void store_fence() noexcept
+{
+#if SPEAD2_X86
+    _mm_sfence();
+#else
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+void *memcpy_nontemporal(void *dest, const void *src, std::size_t n) noexcept
+{
+    memcpy_nontemporal_unfenced(dest, src, n);
+    store_fence();
+    return dest;
+}
+
+memcpy_function memcpy_by_id(int id, bool caller_fences)
 {
     switch (id)
     {
     case MEMCPY_STD: return memcpy_std;
-    case MEMCPY_NONTEMPORAL: return memcpy_nontemporal;
+    case MEMCPY_NONTEMPORAL: return caller_fences ? memcpy_nontemporal_unfenced : memcpy_nontemporal;
     default: throw std::invalid_argument("Unknown memcpy function " + std::to_string(id));
     }
 }
