@@ -327,6 +327,33 @@ class TestBadConfiguration:
 
 # -------------------------------------------------------------- behaviour
 
+def test_health_while_member_waits_for_a_free_chunk(place_bias):
+    """A member blocked on an empty free ring (inside the group, holding its
+    lock) must not block ``group.health``: the thread asking is often the one
+    that would give the chunk back (spead2_recv --live hung this way)."""
+    h = Harness(place_bias.llc, n=1, n_chunks=GROUP_MAX_CHUNKS + 1, data_capacity=8, mode=LOSSLESS)
+    h.feed(range(6 * HEAPS_PER_CHUNK))
+    time.sleep(1.0)  # let the member use every free chunk and wait for another (not a timing assertion)
+    result = []
+    # A regression deadlocks with the GIL held, where pytest's timeout cannot
+    # act: faulthandler's watchdog (no GIL needed) ends the run instead.
+    import faulthandler
+
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        t = threading.Thread(target=lambda: result.append(h.group.health), daemon=True)
+        t.start()
+        t.join(10)
+        blocked = t.is_alive()
+        chunks = h.collect()  # gives chunks back: unblocks the member either way
+        t.join(10)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert not blocked, "group.health waited for the member"
+    assert result and result[0]["chunks_in_window"] >= 1
+    assert len(chunks) == 6
+
+
 @pytest.mark.parametrize("mode", [LOSSY, LOSSLESS], ids=["lossy", "lossless"])
 class TestChunkStreamRingGroup:
     def run(self, harness, positions, mode, **kwargs):

@@ -157,15 +157,23 @@ chunk *chunk_group::get_chunk(std::uint64_t chunk_id, std::uintptr_t stream_id, 
         [&](std::uint64_t id) { return allocate(std::int64_t(id), batch_stats).release(); },
         [&](chunk *c) { ready(std::unique_ptr<chunk>(c), batch_stats); },   // unreachable after the wait
         [](std::uint64_t) {});
+    publish_window();
     return window.get(chunk_id);
 }
 
-chunk_group::health chunk_group::get_health()
+void chunk_group::publish_window()
 {
-    std::lock_guard<std::mutex> lock(mutex);
-    const bool live = window.get_head() != chunk_window::END;
-    return {live ? window.get_head() : 0, live ? std::size_t(window.get_tail() - window.get_head()) : 0,
-            lossy_flushes, member_waits};
+    health_head.store(window.get_head(), std::memory_order_relaxed);
+    health_tail.store(window.get_tail(), std::memory_order_relaxed);
+}
+
+chunk_group::health chunk_group::get_health() const
+{
+    const std::uint64_t head = health_head.load(std::memory_order_relaxed);
+    const std::uint64_t tail = health_tail.load(std::memory_order_relaxed);
+    const bool live = head != chunk_window::END;
+    return {live ? head : 0, live && tail > head ? std::size_t(tail - head) : 0,
+            lossy_flushes.load(std::memory_order_relaxed), member_waits.load(std::memory_order_relaxed)};
 }
 
 bool chunk_group::any_pool_stopped() const
@@ -189,6 +197,7 @@ void chunk_group::member_head_moved(std::size_t index, std::uint64_t head, std::
         low,
         [&](chunk *c) { ready(std::unique_ptr<chunk>(c), batch_stats); },
         [&](std::uint64_t) { advanced = true; });
+    publish_window();
     lock.unlock();   // waiters woken with the mutex held would only block on it
     if (advanced)
         head_advanced.notify_all();

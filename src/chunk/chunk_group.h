@@ -20,6 +20,7 @@
 // member on a shared thread cannot run.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -103,8 +104,15 @@ class chunk_group
     std::vector<std::uint64_t> member_heads;     ///< guarded by mutex
     std::uint64_t last_flush_until = 0;          ///< guarded by mutex
     bool stopping = false;                       ///< guarded by mutex
-    std::uint64_t lossy_flushes = 0;             ///< guarded by mutex
-    std::uint64_t member_waits = 0;              ///< guarded by mutex
+    // Health, written with the mutex held and read without it: a member may
+    // hold the mutex while it blocks on the free ring (in get_chunk), and
+    // the thread that would give it a chunk back may be asking for health.
+    std::atomic<std::uint64_t> health_head{0};
+    std::atomic<std::uint64_t> health_tail{0};
+    std::atomic<std::uint64_t> lossy_flushes{0};
+    std::atomic<std::uint64_t> member_waits{0};
+    /// Publish the window's head and tail to health_* (mutex held).
+    void publish_window();
     std::vector<std::unique_ptr<chunk_group_member>> members;  ///< changed by the user only
 
     /// A chunk for a member (called with the member's lock held).
@@ -144,7 +152,8 @@ public:
         std::uint64_t lossy_flushes;    ///< LOSSY: times the members were told to let chunks go
         std::uint64_t member_waits;     ///< times a member waited for the others to move on
     };
-    health get_health();
+    /// Never blocks (see health_head).
+    health get_health() const;
 
     /// Stop every member and release every chunk (idempotent; any thread).
     virtual void stop();
