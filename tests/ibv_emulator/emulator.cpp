@@ -2496,7 +2496,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         // A QP needs a receive or a send queue (or both).
         if ((a.cap.max_recv_wr < 1 && a.cap.max_send_wr < 1) || a.cap.max_recv_wr > uint32_t(gl.cfg.max_qp_wr)
             || a.cap.max_send_wr > uint32_t(gl.cfg.max_qp_wr)
-            || (a.cap.max_send_wr > 0 && (!a.send_cq || a.cap.max_send_sge < 1))
+            || (a.cap.max_send_wr > 0 && !a.send_cq)
             || a.cap.max_inline_data > 0
             || a.cap.max_recv_sge > uint32_t(max_sge) || a.cap.max_send_sge > uint32_t(max_sge))
             return fail<qp_t>(EINVAL);
@@ -2512,7 +2512,7 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         qp->has_send_queue = a.cap.max_send_wr > 0;
         qp->sq_cap = a.cap.max_send_wr;
         qp->sig_all = a.sq_sig_all != 0;
-        qp->sq_max_sge = a.cap.max_send_sge;
+        qp->sq_max_sge = std::max<uint32_t>(a.cap.max_send_sge, 1);   // as libmlx5: at least one
     }
     ibv_qp &q = qp->qp;
     q.context = context;
