@@ -576,3 +576,43 @@ def test_constructor_signature():
     assert "udp_ibv_config" in spead2.send.UdpIbvStream.__init__.__doc__
     assert issubclass(spead2.send.asyncio.UdpIbvStream, spead2._spead2.send.UdpIbvStream)
     assert hasattr(spead2.send.asyncio.UdpIbvStream, "async_send_heap")
+
+
+# ------------------------------------------------------------------ CLI
+
+@pytest.mark.timeout(120)
+def test_cli_ibv(emulator, tmp_path):
+    """spead2_send --ibv sends through the emulated NIC: every frame valid,
+    every heap decodable, to each destination in turn."""
+    env = emu_env(emulator, tmp_path)
+    env["PYTHONPATH"] = str(pathlib.Path(spead2.__file__).parent.parent)
+    proc = subprocess.run(
+        [sys.executable, "-m", "spead2.tools.send", "--ibv", "--bind", "127.0.0.1", "--ttl", "3",
+         "--ibv-vector", "-1", "--ibv-max-poll", "4", "--buffer", "65536", "--heaps", "6", "--heap-size", "8192",
+         "--descriptors", f"{GROUP}:{BASE_PORT}", f"{GROUP}:{BASE_PORT + 1}"],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    paths = split_by_port(tmp_path, ttl=3)
+    assert sorted(paths) == [BASE_PORT, BASE_PORT + 1]
+    for path in paths.values():
+        heaps = decode_ours(path)
+        # The descriptor heap and 3 data heaps each (the end-of-stream heap
+        # ends the stream rather than being yielded)
+        assert len(heaps) == 4
+    assert emu_stats(tmp_path)["tx_bad_frames"] == 0
+
+
+def test_cli_ibv_errors():
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "spead2.tools.send", *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(pathlib.Path(spead2.__file__).parent.parent)},
+                              timeout=60)
+
+    proc = run("--ibv", f"{GROUP}:{BASE_PORT}")
+    assert proc.returncode == 2 and "--ibv needs --bind" in proc.stderr
+    proc = run("--ibv-max-poll", "3", f"{GROUP}:{BASE_PORT}")
+    assert proc.returncode == 2 and "apply to --ibv only" in proc.stderr
+    proc = run("--ibv", "--tcp", "--bind", "127.0.0.1", f"{GROUP}:{BASE_PORT}")
+    assert proc.returncode == 2 and "does not combine" in proc.stderr
+    proc = run("--ibv", "--bind", "127.0.0.1", "127.0.0.1:8888")
+    assert proc.returncode == 2 and "endpoint is not an IPv4 multicast address" in proc.stderr
