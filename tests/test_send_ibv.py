@@ -616,3 +616,52 @@ def test_cli_ibv_errors():
     assert proc.returncode == 2 and "does not combine" in proc.stderr
     proc = run("--ibv", "--bind", "127.0.0.1", "127.0.0.1:8888")
     assert proc.returncode == 2 and "endpoint is not an IPv4 multicast address" in proc.stderr
+
+
+RECOVERY_SENDER = textwrap.dedent(
+    """
+    import errno, json, numpy as np, spead2, spead2.send
+    data = np.arange(65536, dtype=np.uint8)
+    cfg = spead2.send.UdpIbvConfig(endpoints=[("239.10.1.1", 7200)], interface_address="127.0.0.1",
+                                   memory_regions=[data])
+    stream = spead2.send.UdpIbvStream(spead2.ThreadPool(), spead2.send.StreamConfig(), cfg)
+    heap = spead2.send.Heap()
+    heap.add_item(spead2.Item(0x1000, "", "", shape=data.shape, dtype=data.dtype, value=data))
+    out = {}
+    try:
+        stream.send_heap(heap)
+        out["first"] = None
+    except OSError as exc:
+        out["first"] = [type(exc).__name__, exc.errno, str(exc)]
+    out["after"] = [stream.send_heap(heap) for _ in range(3)]
+    stream.flush()
+    out["stats"] = stream._ibv_stats
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_send_error_completion_recovers(emulator, tmp_path):
+    """A work request the NIC fails (fault injection: a protection error, the
+    queue pair in the error state) makes send_heap raise OSError(EIO); the
+    queue pair is reset and the next heaps go out intact."""
+    env = emu_env(emulator, tmp_path, SPEAD2_EMU_SEND_ERROR_AT=5)
+    proc = subprocess.run([sys.executable, "-c", RECOVERY_SENDER], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    name, err, message = out["first"]
+    assert name == "OSError" and err == 5     # EIO
+    assert "local protection error" in message
+    assert "the send queue was reset" in proc.stderr      # logged
+    assert len(out["after"]) == 3 and all(n > 65536 for n in out["after"])
+    assert out["stats"]["error_completions"] >= 1
+    stats = emu_stats(tmp_path)
+    assert stats["tx_errors"] == 1 and stats["tx_bad_frames"] == 0
+    # The three heaps sent after the reset decode completely (the failed one
+    # is incomplete, so the receiver drops it).
+    paths = split_by_port(tmp_path)
+    heaps = decode_ours(paths[BASE_PORT])
+    digest = hashlib.sha256(np.arange(65536, dtype=np.uint8).tobytes()).hexdigest()
+    assert [items for _, items in heaps] == [{"4096": digest}] * 3

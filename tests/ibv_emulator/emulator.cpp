@@ -114,6 +114,7 @@ struct config
     std::vector<uint64_t> error_frames;
     uint64_t error_frames_from = 0;    // N+: every frame from N on (0: none)
     uint64_t cq_error_at = 0;
+    uint64_t send_error_at = 0;      // the N-th send WR (from 1, all QPs) fails with a protection error
     // Where sent frames go (SPEAD2_EMU_SEND_WIRE).
     wire_kind send_wire = wire_kind::none;
     sockaddr_in send_udp_addr{};     // port 0: each frame's own UDP destination port
@@ -235,6 +236,7 @@ void load_config(config &c)
         }
     }
     c.cq_error_at = env_u64("SPEAD2_EMU_CQ_ERROR_AT", 0, 0, UINT64_MAX);
+    c.send_error_at = env_u64("SPEAD2_EMU_SEND_ERROR_AT", 0, 0, UINT64_MAX);
     if (const char *v = env("SPEAD2_EMU_SEND_WIRE"))
     {
         std::string w = v;
@@ -509,6 +511,22 @@ struct channel_t
     int users = 0;                   // CQs (under mu of the global)
 };
 
+/* How many send queue entries a QP's polled completions have retired.  A
+ * completion generated before a RESET (which frees the whole send queue)
+ * must not retire entries again when it is polled afterwards: each carries
+ * the generation it was made in. */
+struct sq_retired
+{
+    std::mutex mu;
+    uint64_t freed = 0;
+    uint64_t gen = 0;
+    uint64_t get()
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        return freed;
+    }
+};
+
 struct completion
 {
     completion() = default;
@@ -524,7 +542,8 @@ struct completion
     ibv_wc_opcode opcode = IBV_WC_RECV;
     // Send completions: polling one gives back sq_count send queue entries
     // (this WR and the unsignaled ones before it) to the QP's counter.
-    std::shared_ptr<std::atomic<uint64_t>> sq_freed;
+    std::shared_ptr<sq_retired> sq_freed;
+    uint64_t sq_gen = 0;
     uint32_t sq_count = 0;
 };
 
@@ -620,7 +639,7 @@ struct qp_t
     uint32_t sq_cap = 0, sq_max_sge = 0;
     uint64_t sq_posted = 0;          // WRs accepted
     uint64_t sq_reported = 0;        // WRs covered by completions generated so far
-    std::shared_ptr<std::atomic<uint64_t>> sq_freed = std::make_shared<std::atomic<uint64_t>>(0);
+    std::shared_ptr<sq_retired> sq_freed = std::make_shared<sq_retired>();
     uint64_t sq_pinned = 0;
     ind_table_t *ind = nullptr;
     uint64_t hash_fields = 0;
@@ -675,6 +694,7 @@ struct global
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
     uint64_t frames_to_queues = 0;   // for SPEAD2_EMU_ERROR_FRAMES / CQ_ERROR_AT
+    uint64_t send_wrs = 0;           // for SPEAD2_EMU_SEND_ERROR_AT
     uint64_t pinned = 0;             // bytes pinned by MRs and queue buffers (under mu)
 
     // The NIC thread
@@ -1028,7 +1048,11 @@ int cq_poll(ibv_cq *ibcq, int num_entries, ibv_wc *wc)
         w.byte_len = e.byte_len;
         w.qp_num = e.qp_num;
         if (e.sq_freed)
-            e.sq_freed->fetch_add(e.sq_count, std::memory_order_release);
+        {
+            std::lock_guard<std::mutex> lock(e.sq_freed->mu);
+            if (e.sq_freed->gen == e.sq_gen)
+                e.sq_freed->freed += e.sq_count;
+        }
     }
     cq->cons.store(c + n, std::memory_order_release);
     return int(n);
@@ -2098,6 +2122,10 @@ void sq_complete(qp_t *qp, uint64_t wr_id, ibv_wc_status status, uint32_t byte_l
     completion c{wr_id, wall_ns(), byte_len, qp->qp.qp_num, status};
     c.opcode = IBV_WC_SEND;
     c.sq_freed = qp->sq_freed;
+    {
+        std::lock_guard<std::mutex> lock(qp->sq_freed->mu);
+        c.sq_gen = qp->sq_freed->gen;
+    }
     c.sq_count = uint32_t(qp->sq_posted - qp->sq_reported);
     if (cq->broken)
         return;
@@ -2139,7 +2167,7 @@ int op_post_send(ibv_qp *ibqp, ibv_send_wr *wr, ibv_send_wr **bad_wr)
             else if (w->num_sge < 0 || uint32_t(w->num_sge) > qp->sq_max_sge || w->opcode != IBV_WR_SEND
                      || (w->send_flags & IBV_SEND_INLINE))
                 err = EINVAL;
-            else if (qp->sq_posted - qp->sq_freed->load(std::memory_order_acquire) >= qp->sq_cap)
+            else if (qp->sq_posted - qp->sq_freed->get() >= qp->sq_cap)
                 err = ENOMEM;    // send queue full: completions not polled yet
             if (err)
             {
@@ -2159,7 +2187,7 @@ int op_post_send(ibv_qp *ibqp, ibv_send_wr *wr, ibv_send_wr **bad_wr)
             }
             // Gather.
             frame.clear();
-            bool prot = false;
+            bool prot = ++gl.send_wrs == gl.cfg.send_error_at;   // fault injection
             for (int i = 0; i < w->num_sge && !prot; i++)
             {
                 const ibv_sge &sg = w->sg_list[i];
@@ -2656,7 +2684,11 @@ int modify_qp_impl(ibv_qp *ibqp, ibv_qp_attr *attr, int mask)
             {
                 rx_flush(qp->rx, false);
                 // RESET discards the send queue too: every entry is free again.
-                qp->sq_freed->store(qp->sq_posted);
+                {
+                    std::lock_guard<std::mutex> sl(qp->sq_freed->mu);
+                    qp->sq_freed->freed = qp->sq_posted;
+                    qp->sq_freed->gen++;
+                }
                 qp->sq_reported = qp->sq_posted;
             }
             else if (to == IBV_QPS_ERR)
