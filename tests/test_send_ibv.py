@@ -665,3 +665,54 @@ def test_send_error_completion_recovers(emulator, tmp_path):
     heaps = decode_ours(paths[BASE_PORT])
     digest = hashlib.sha256(np.arange(65536, dtype=np.uint8).tobytes()).hexdigest()
     assert [items for _, items in heaps] == [{"4096": digest}] * 3
+
+
+TEARDOWN_SENDER = textwrap.dedent(
+    """
+    import asyncio, gc, json, weakref
+    import numpy as np, spead2, spead2.send, spead2.send.asyncio
+
+    class Buf(bytearray):
+        pass
+
+    # The stream holds the regions' buffers: dropping every other reference
+    # keeps the memory alive (and registered) until the stream goes.
+    region = Buf(1 << 20)
+    alive = weakref.ref(region)
+    cfg = spead2.send.UdpIbvConfig(endpoints=[("239.10.1.1", 7200)], interface_address="127.0.0.1",
+                                   memory_regions=[region])
+    stream = spead2.send.asyncio.UdpIbvStream(spead2.ThreadPool(), spead2.send.StreamConfig(max_heaps=8), cfg)
+    view = np.frombuffer(region, np.uint8)[:65536]
+    view[:] = 7
+    del region, cfg
+    gc.collect()
+    out = {"alive_with_stream": alive() is not None}
+    heap = spead2.send.Heap()
+    heap.add_item(spead2.Item(0x1000, "", "", shape=view.shape, dtype=view.dtype, value=view))
+
+    async def run():
+        futures = [stream.async_send_heap(heap) for _ in range(4)]
+        return sum(await asyncio.gather(*futures))
+
+    out["sent"] = asyncio.run(run())
+    del heap, view, stream
+    gc.collect()
+    out["alive_after"] = alive() is not None
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.timeout(60)
+def test_teardown_releases_regions(emulator, tmp_path):
+    """The stream keeps its memory regions alive while the NIC may read them,
+    and lets go of them (and tears down without hanging) when it is deleted."""
+    proc = subprocess.run([sys.executable, "-c", TEARDOWN_SENDER], capture_output=True, text=True,
+                          env=emu_env(emulator, tmp_path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["alive_with_stream"] is True
+    assert out["sent"] > 4 * 65536
+    assert out["alive_after"] is False
+    stats = emu_stats(tmp_path)
+    assert stats["send_queues"] == 0 and stats["tx_frames"] > 0
