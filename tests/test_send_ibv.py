@@ -696,7 +696,13 @@ TEARDOWN_SENDER = textwrap.dedent(
 
     out["sent"] = asyncio.run(run())
     del heap, view, stream
-    gc.collect()
+    # The asyncio worker may hold the stream a moment longer.
+    import time
+    for _ in range(100):
+        gc.collect()
+        if alive() is None:
+            break
+        time.sleep(0.05)
     out["alive_after"] = alive() is not None
     print(json.dumps(out))
     """

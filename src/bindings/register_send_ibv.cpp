@@ -30,8 +30,9 @@ struct py_udp_ibv_config
     std::vector<py::object> memory_regions;
 };
 
-/// The buffers of the memory regions, held for as long as the stream (the
-/// NIC reads them); released after the stream has deregistered them.
+/// The buffers of the memory regions, held by the stream for as long as the
+/// NIC may read them (udp_ibv_stream releases its keepalive only after it
+/// has deregistered them).
 struct region_buffers
 {
     std::vector<Py_buffer> views;
@@ -44,24 +45,8 @@ struct region_buffers
         for (auto &v : views)
             PyBuffer_Release(&v);
     }
-    void add(const py::object &obj)
-    {
-        Py_buffer view;
-        // C-contiguous (numpy says "ndarray is not C-contiguous" otherwise,
-        // as with the reference); read-only buffers are fine: the NIC only reads.
-        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0)
-            throw py::error_already_set();
-        views.push_back(view);
-    }
-};
-
-/// The stream with the buffers it reads from (base-from-member: the buffers
-/// are taken before the stream registers them, and released after it has
-/// deregistered them).
-class py_udp_ibv_stream : private region_buffers, public send::udp_ibv_stream
-{
-    const transport::ibv_send_config &take(const std::vector<py::object> &regions,
-                                           transport::ibv_send_config &c)
+    /// Take the buffers of @a regions and point @a c's memory regions at them.
+    const transport::ibv_send_config &take(const std::vector<py::object> &regions, transport::ibv_send_config &c)
     {
         c.memory_regions.clear();
         for (const auto &obj : regions)
@@ -71,11 +56,14 @@ class py_udp_ibv_stream : private region_buffers, public send::udp_ibv_stream
         }
         return c;
     }
-public:
-    py_udp_ibv_stream(const std::vector<py::object> &regions, const send::stream_config &config,
-                      transport::ibv_send_config ibv_config)
-        : region_buffers(), send::udp_ibv_stream(config, take(regions, ibv_config))
+    void add(const py::object &obj)
     {
+        Py_buffer view;
+        // C-contiguous (numpy says "ndarray is not C-contiguous" otherwise,
+        // as with the reference); read-only buffers are fine: the NIC only reads.
+        if (PyObject_GetBuffer(obj.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0)
+            throw py::error_already_set();
+        views.push_back(view);
     }
 };
 
@@ -137,14 +125,16 @@ void register_send_ibv(py::module_ &m)
                 c.memory_regions.assign(v.begin(), v.end());
             });
 
-    py::class_<py_udp_ibv_stream, send::stream>(send, "UdpIbvStream")
+    py::class_<send::udp_ibv_stream, send::stream>(send, "UdpIbvStream")
         .def(py::init([](std::shared_ptr<thread_pool>, const send::stream_config &config,
                          const py_udp_ibv_config &udp_ibv_config) {
-                 return std::make_unique<py_udp_ibv_stream>(udp_ibv_config.memory_regions, config,
-                                                            udp_ibv_config.config);
+                 auto buffers = std::make_shared<region_buffers>();
+                 transport::ibv_send_config c = udp_ibv_config.config;
+                 buffers->take(udp_ibv_config.memory_regions, c);
+                 return std::make_unique<send::udp_ibv_stream>(config, c, std::move(buffers));
              }),
              py::arg("thread_pool"), py::arg("config") = send::stream_config(), py::arg("udp_ibv_config"))
-        .def_property_readonly("_ibv_stats", [](const py_udp_ibv_stream &s) {
+        .def_property_readonly("_ibv_stats", [](const send::udp_ibv_stream &s) {
             // For tests and diagnostics (not part of the reference's API).
             const auto st = s.get_sender_stats();
             py::dict d;

@@ -29,8 +29,10 @@ void as_send_error(F &&f)
 
 } // anonymous namespace
 
-udp_ibv_stream::udp_ibv_stream(const stream_config &config, const transport::ibv_send_config &ibv_config)
+udp_ibv_stream::udp_ibv_stream(const stream_config &config, const transport::ibv_send_config &ibv_config,
+                               std::shared_ptr<void> keepalive)
     : stream(config, true),
+      keepalive(std::move(keepalive)),
       sender(transport::make_ibv_sender(ibv_config, config.get_max_packet_size())),
       n_endpoints(ibv_config.endpoints.size())
 {

@@ -16,6 +16,7 @@ namespace spead2::send
 
 class udp_ibv_stream : public stream
 {
+    std::shared_ptr<void> keepalive;   ///< owner of the memory regions: released after the sender
     std::unique_ptr<transport::ibv_sender> sender;
     std::size_t n_endpoints;
     std::vector<transport::ibv_send_packet> packets;
@@ -25,8 +26,12 @@ protected:
     void transmit_gathered(const iovec *iov, const gathered_packet *p, std::size_t n) override;
     void end_of_group() override;
 public:
-    /// Throws as make_ibv_sender does (the reference's errors for a bad configuration).
-    udp_ibv_stream(const stream_config &config, const transport::ibv_send_config &ibv_config);
+    /// Throws as make_ibv_sender does (the reference's errors for a bad
+    /// configuration).  @a keepalive owns the memory regions' memory (or
+    /// keeps it alive); it is released only after the regions have been
+    /// deregistered from the NIC.
+    udp_ibv_stream(const stream_config &config, const transport::ibv_send_config &ibv_config,
+                   std::shared_ptr<void> keepalive = nullptr);
     std::size_t num_substreams() const override { return n_endpoints; }
     void flush() override;
     transport::ibv_sender_stats get_sender_stats() const { return sender->get_stats(); }
