@@ -77,6 +77,39 @@ def test_api_present_and_errors_clear():
 
 
 @pytest.mark.timeout(150)
+def test_send_api_present_and_errors_clear():
+    code = textwrap.dedent(
+        """
+        import json
+        import spead2, spead2.send, spead2.send.asyncio
+        out = {}
+        config = spead2.send.UdpIbvConfig(endpoints=[("239.1.2.3", 7148)], interface_address="10.0.0.1", ttl=4)
+        out["ttl"] = config.ttl
+        for key, cls, cfg in [("sync", spead2.send.UdpIbvStream, config),
+                              ("asyncio", spead2.send.asyncio.UdpIbvStream, config),
+                              ("invalid", spead2.send.UdpIbvStream, spead2.send.UdpIbvConfig())]:
+            try:
+                cls(spead2.ThreadPool(), spead2.send.StreamConfig(), cfg)
+                out[key] = None
+            except Exception as exc:
+                out[key] = [type(exc).__name__, str(exc)]
+        print(json.dumps(out))
+        """
+    )
+    proc = run(code)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ttl"] == 4
+    for key in ("sync", "asyncio", "invalid"):
+        assert out[key][0] == "RuntimeError", out[key]
+        assert MESSAGE in out[key][1]
+    proc = run("import sys; from spead2.tools import send; "
+               "sys.exit(send.main(['--ibv', '--bind', '127.0.0.1', '--heaps', '1', '239.1.2.3:7148']))")
+    assert proc.returncode != 0
+    assert MESSAGE in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.timeout(150)
 def test_ibv_interface_override_says_so():
     code = textwrap.dedent(
         """

@@ -8,4 +8,5 @@ PYBIND11_MODULE(_spead2, m)
     spead2::bindings::register_memory(m);
     spead2::bindings::register_recv(m);
     spead2::bindings::register_send(m);
+    spead2::bindings::register_send_ibv(m);
 }

@@ -23,6 +23,8 @@ void register_common(py::module_ &m);
 void register_memory(py::module_ &m);
 void register_recv(py::module_ &m);
 void register_send(py::module_ &m);
+/// spead2.send.UdpIbvConfig / UdpIbvStream (register_send_ibv.cpp); after register_send.
+void register_send_ibv(py::module_ &m);
 
 /// Set at interpreter exit (atexit).  Threads blocked in a ring operation
 /// without the GIL then never take it back: after atexit, CPython kills

@@ -101,7 +101,7 @@ packet_generator::packet_generator(const heap &h, std::int64_t cnt, std::size_t 
         throw std::invalid_argument("repeat_pointers is set but the item pointers do not fit in one packet");
 }
 
-std::size_t packet_generator::next_packet(std::uint8_t *out)
+std::size_t packet_generator::write_header(std::uint8_t *out, std::uint64_t &length)
 {
     // Choose the item pointers for this packet.
     std::size_t first, count;
@@ -121,7 +121,7 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
     // Payload goes in multiples of 8 bytes per packet (the last one may be
     // shorter), as the reference cuts heaps.
     std::size_t space = (max_packet_size - header_bytes) & ~std::size_t(7);
-    std::uint64_t length = std::min<std::uint64_t>(space, payload_size - offset);
+    length = std::min<std::uint64_t>(space, payload_size - offset);
 
     const std::uint64_t header = (std::uint64_t(0x5304) << 48)
                                  | (std::uint64_t((64 - hab) / 8) << 40)
@@ -136,15 +136,27 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
     p += SPECIAL_ITEMS * ITEM_POINTER_SIZE;
     for (std::size_t i = 0; i < count; i++, p += ITEM_POINTER_SIZE)
         store_be64(p, pointers[first + i]);
+    return header_bytes;
+}
 
-    // Payload
+namespace
+{
+
+// Source of the zero padding (see the constructor); a packet carries at most
+// a few bytes of it, but any amount is handed out in pieces of this size.
+const std::uint8_t zero_padding[256] = {};
+
+} // anonymous namespace
+
+template<typename F>
+void packet_generator::walk_payload(std::uint64_t length, F &&f)
+{
     std::uint64_t left = length;
     while (left > 0 && piece < pieces.size())
     {
         const auto &pc = pieces[piece];
         std::size_t n = std::min<std::uint64_t>(left, pc.second - piece_offset);
-        std::memcpy(p, pc.first + piece_offset, n);
-        p += n;
+        f(pc.first + piece_offset, n);
         left -= n;
         piece_offset += n;
         if (piece_offset == pc.second)
@@ -153,13 +165,39 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
             piece_offset = 0;
         }
     }
-    std::memset(p, 0, left);   // padding (see the constructor)
+    while (left > 0)
+    {
+        std::size_t n = std::min<std::uint64_t>(left, sizeof(zero_padding));
+        f(zero_padding, n);
+        left -= n;
+    }
     offset += length;
     if (offset == payload_size && next_pointer >= pointers.size())
         done = true;
     if (h.get_repeat_pointers() && offset == payload_size)
         done = true;
+}
+
+std::size_t packet_generator::next_packet(std::uint8_t *out)
+{
+    std::uint64_t length;
+    const std::size_t header_bytes = write_header(out, length);
+    std::uint8_t *p = out + header_bytes;
+    walk_payload(length, [&p](const std::uint8_t *data, std::size_t n) {
+        std::memcpy(p, data, n);
+        p += n;
+    });
     return header_bytes + std::size_t(length);
+}
+
+std::size_t packet_generator::next_packet_parts(std::uint8_t *header, std::vector<iovec> &payload)
+{
+    std::uint64_t length;
+    const std::size_t header_bytes = write_header(header, length);
+    walk_payload(length, [&payload](const std::uint8_t *data, std::size_t n) {
+        payload.push_back(iovec{const_cast<std::uint8_t *>(data), n});
+    });
+    return header_bytes;
 }
 
 } // namespace spead2::send

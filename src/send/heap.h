@@ -16,6 +16,8 @@
 #include <cstdint>
 #include <vector>
 
+#include <sys/uio.h>
+
 namespace spead2::send
 {
 
@@ -72,12 +74,27 @@ class packet_generator
     std::size_t max_ptrs;                     ///< item pointers (besides the specials) per packet
     bool done = false;
     std::uint64_t make_pointer(bool immediate, std::uint64_t id, std::uint64_t value) const;
+    /// Write the SPEAD header and item pointers of the next packet into
+    /// @a out; returns their size and sets @a length to the payload bytes.
+    std::size_t write_header(std::uint8_t *out, std::uint64_t &length);
+    /// Hand the next @a length payload bytes to @a f(pointer, size) in
+    /// pieces, advancing the payload cursor; then finish the packet.
+    template<typename F>
+    void walk_payload(std::uint64_t length, F &&f);
 public:
     /// Throws std::invalid_argument when the heap cannot be sent with this packet size.
     packet_generator(const heap &h, std::int64_t cnt, std::size_t max_packet_size);
     bool has_next() const { return !done; }
     /// Write the next packet into @a out (at least max_packet_size bytes); returns its size.
     std::size_t next_packet(std::uint8_t *out);
+    /// The next packet as parts, for transports that gather (ibverbs): the
+    /// SPEAD header and item pointers are written into @a header (at least
+    /// max_packet_size bytes), and the payload is appended to @a payload as
+    /// pieces that point into the items' own data (padding points at static
+    /// zeros).  Nothing is copied.
+    /// Returns the header size; the packet is the header followed by the
+    /// pieces, in order.
+    std::size_t next_packet_parts(std::uint8_t *header, std::vector<iovec> &payload);
     std::uint64_t get_payload_size() const { return payload_size; }
 };
 

@@ -65,8 +65,13 @@ stream_config &stream_config::set_burst_rate_ratio(double v)
 
 // ------------------------------------------------------------------- stream
 
-stream::stream(const stream_config &config)
+stream::stream(const stream_config &config) : stream(config, false)
+{
+}
+
+stream::stream(const stream_config &config, bool gather)
     : config(config),
+      gather(gather),
       buffer(SEND_BATCH_PACKETS * config.get_max_packet_size()),
       sizes(SEND_BATCH_PACKETS),
       substreams(SEND_BATCH_PACKETS),
@@ -195,14 +200,34 @@ std::size_t stream::send_heaps(const heap_reference *refs, std::size_t n, group_
     std::size_t total = 0;
     while (!active.empty())
     {
-        std::size_t count = 0, used = 0;
+        std::size_t count = 0, used = 0, header_used = 0;
+        iov.clear();
+        gathered.clear();
         while (!active.empty() && count < SEND_BATCH_PACKETS && used + max_packet <= buffer.size()
                && (count == 0 || used + max_packet <= max_batch_bytes)
                && !(paced && rate_pacer.burst_full()))
         {
             const std::size_t idx = active[turn];
             packet_generator &gen = generators[idx];
-            const std::size_t size = gen.next_packet(buffer.data() + used);
+            std::size_t size;
+            if (gather)
+            {
+                // The header goes to the scratch buffer; the payload stays where it is.
+                payload_scratch.clear();
+                const std::size_t header = gen.next_packet_parts(buffer.data() + header_used, payload_scratch);
+                gathered_packet gp{iov.size(), 1 + payload_scratch.size(), header, refs[idx].substream_index};
+                iov.push_back(iovec{buffer.data() + header_used, header});
+                for (const iovec &piece : payload_scratch)
+                {
+                    iov.push_back(piece);
+                    gp.size += piece.iov_len;
+                }
+                gathered.push_back(gp);
+                size = gp.size;
+                header_used += header;
+            }
+            else
+                size = gen.next_packet(buffer.data() + used);
             sizes[count] = size;
             substreams[count] = refs[idx].substream_index;
             if (paced)
@@ -216,12 +241,34 @@ std::size_t stream::send_heaps(const heap_reference *refs, std::size_t n, group_
             if (turn >= active.size())
                 turn = 0;
         }
-        transmit(buffer.data(), sizes.data(), substreams.data(), count);
+        if (gather)
+            transmit_gathered(iov.data(), gathered.data(), count);
+        else
+            transmit(buffer.data(), sizes.data(), substreams.data(), count);
         if (paced)
             rate_pacer.end_batch();
         total += used;
     }
+    end_of_group();
     return total;
+}
+
+void stream::transmit_gathered(const iovec *iov, const gathered_packet *packets, std::size_t n)
+{
+    // A transport that asked for parts but does not take them: flatten.
+    std::vector<std::uint8_t> flat;
+    std::vector<std::size_t> flat_sizes(n), flat_subs(n);
+    for (std::size_t i = 0; i < n; i++)
+    {
+        for (std::size_t j = 0; j < packets[i].n_iov; j++)
+        {
+            const auto *p = static_cast<const std::uint8_t *>(iov[packets[i].first + j].iov_base);
+            flat.insert(flat.end(), p, p + iov[packets[i].first + j].iov_len);
+        }
+        flat_sizes[i] = packets[i].size;
+        flat_subs[i] = packets[i].substream;
+    }
+    transmit(flat.data(), flat_sizes.data(), flat_subs.data(), n);
 }
 
 // ------------------------------------------------------------- bytes_stream

@@ -103,15 +103,31 @@ public:
     using std::system_error::system_error;
 };
 
+/// One packet of a gathered batch (see stream::transmit_gathered): its
+/// parts are iov[first] (SPEAD header and item pointers, in the stream's
+/// scratch buffer) followed by the payload pieces iov[first + 1 ..
+/// first + n_iov - 1], which point into the heaps' item data.
+struct gathered_packet
+{
+    std::size_t first;
+    std::size_t n_iov;
+    std::size_t size;        ///< bytes of the whole SPEAD packet
+    std::size_t substream;
+};
+
 class stream
 {
     stream_config config;
+    bool gather;                          ///< the transport takes packets as parts
     std::mutex mutex;                 ///< one group at a time
     std::int64_t next_cnt = 1;
     std::int64_t cnt_step = 1;
     std::vector<std::uint8_t> buffer;     ///< SEND_BATCH_PACKETS packets back to back
     std::vector<std::size_t> sizes;
     std::vector<std::size_t> substreams;  ///< per packet of the batch
+    std::vector<iovec> iov;               ///< gather mode: the parts of the batch's packets
+    std::vector<iovec> payload_scratch;
+    std::vector<gathered_packet> gathered;
     std::vector<packet_generator> generators;
     std::vector<std::size_t> active;      ///< generators with packets left, in turn order
     std::vector<double> rates;            ///< per heap of the group
@@ -125,6 +141,20 @@ protected:
     /// sizes; packet i goes to substream @a subs[i].
     virtual void transmit(const std::uint8_t *data, const std::size_t *sizes, const std::size_t *subs,
                           std::size_t n) = 0;
+    /// Gather mode (a stream constructed with gather = true calls this
+    /// instead of transmit): send @a n packets made of the parts in @a iov.
+    /// The headers live in a scratch buffer that is reused after this
+    /// returns; the payload pieces point into the callers' heaps, which stay
+    /// valid until send_heaps returns (see end_of_group).
+    virtual void transmit_gathered(const iovec *iov, const gathered_packet *packets, std::size_t n);
+    /// Called once at the end of every send_heaps, after the last batch: a
+    /// transport that keeps referring to payload memory after
+    /// transmit_gathered returned (a NIC reading it by DMA) must be done
+    /// with it before this returns.
+    virtual void end_of_group() {}
+    /// @a gather: the transport takes packets as parts (transmit_gathered)
+    /// rather than copied back to back (transmit).
+    stream(const stream_config &config, bool gather);
 public:
     explicit stream(const stream_config &config);
     virtual ~stream() = default;

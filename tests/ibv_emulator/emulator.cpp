@@ -53,6 +53,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -113,6 +114,11 @@ struct config
     std::vector<uint64_t> error_frames;
     uint64_t error_frames_from = 0;    // N+: every frame from N on (0: none)
     uint64_t cq_error_at = 0;
+    uint64_t send_error_at = 0;      // the N-th send WR (from 1, all QPs) fails with a protection error
+    // Where sent frames go (SPEAD2_EMU_SEND_WIRE).
+    wire_kind send_wire = wire_kind::none;
+    sockaddr_in send_udp_addr{};     // port 0: each frame's own UDP destination port
+    std::string send_pcap_path;
 };
 
 constexpr int num_comp_vectors = 4;
@@ -121,6 +127,11 @@ constexpr int max_objects = 1 << 16;
 constexpr uint32_t min_stride_log = 6, max_stride_log = 13;
 constexpr uint32_t min_strides_log = 3, max_strides_log = 16;
 constexpr uint32_t filler_flag = 0x80000000u;
+// Largest frame the send queue accepts (a ConnectX port's largest MTU plus
+// the Ethernet header); larger ones complete with IBV_WC_LOC_LEN_ERR.
+constexpr size_t max_send_frame = 9978 + 14;
+// Bytes of send queue ring charged against RLIMIT_MEMLOCK per send WR.
+constexpr uint64_t send_wqe_bytes = 64;
 
 const char *env(const char *name)
 {
@@ -225,6 +236,39 @@ void load_config(config &c)
         }
     }
     c.cq_error_at = env_u64("SPEAD2_EMU_CQ_ERROR_AT", 0, 0, UINT64_MAX);
+    c.send_error_at = env_u64("SPEAD2_EMU_SEND_ERROR_AT", 0, 0, UINT64_MAX);
+    if (const char *v = env("SPEAD2_EMU_SEND_WIRE"))
+    {
+        std::string w = v;
+        bool ok = false;
+        if (w.compare(0, 4, "udp:") == 0)
+        {
+            std::string rest = w.substr(4);
+            auto colon = rest.rfind(':');
+            in_addr a;
+            char *end = nullptr;
+            unsigned long port = 0;
+            if (colon != std::string::npos)
+                port = strtoul(rest.c_str() + colon + 1, &end, 10);
+            if (colon != std::string::npos && end && !*end && port <= 65535
+                && inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a) == 1)
+            {
+                c.send_wire = wire_kind::udp;
+                c.send_udp_addr.sin_family = AF_INET;
+                c.send_udp_addr.sin_addr = a;
+                c.send_udp_addr.sin_port = htons(uint16_t(port));
+                ok = true;
+            }
+        }
+        else if (w.compare(0, 5, "pcap:") == 0 && w.size() > 5)
+        {
+            c.send_wire = wire_kind::pcap;
+            c.send_pcap_path = w.substr(5);
+            ok = true;
+        }
+        if (!ok)
+            emu_warn("ignoring invalid SPEAD2_EMU_SEND_WIRE=%s (want udp:ADDR:PORT or pcap:/path)", v);
+    }
     if (const char *v = env("SPEAD2_EMU_WIRE"))
     {
         std::string w = v;
@@ -284,12 +328,51 @@ struct counters
     std::atomic<int64_t> mrs_dontfork{0};
     std::atomic<int64_t> send_queues{0};
     std::atomic<uint64_t> topology_gen{0};
+    // Send side (see the README): frames sent and their bytes, frames that
+    // failed the header checks, error and flush completions, frames the
+    // send wire could not take, scatter/gather entries and the bytes
+    // gathered through them, per MR (mr_tx, by start address).
+    std::atomic<uint64_t> tx_frames{0};
+    std::atomic<uint64_t> tx_bytes{0};
+    std::atomic<uint64_t> tx_bad_frames{0};
+    std::atomic<uint64_t> tx_errors{0};
+    std::atomic<uint64_t> tx_flushed{0};
+    std::atomic<uint64_t> tx_wire_errors{0};
+    std::atomic<uint64_t> tx_sges{0};
+    std::atomic<uint64_t> tx_signaled{0};
+    mutable std::mutex tx_mu;        // leaf lock: guards mr_tx
+    std::map<uint64_t, std::pair<uint64_t, uint64_t>> mr_tx;   // MR start -> (length, bytes gathered)
 
     uint64_t signature() const
     {
         return delivered + no_flow + no_buffer + too_big + not_ready + cq_overflow
             + fillers + wqes_completed + errors + received
+            + tx_frames + tx_bad_frames + tx_errors + tx_flushed + tx_wire_errors + tx_sges
             + topology_gen * UINT64_C(0x9e3779b97f4a7c15);
+    }
+
+    std::string format_tx() const
+    {
+        char buf[256];
+        std::string out;
+        snprintf(buf, sizeof(buf),
+                 ", \"tx_frames\": %" PRIu64 ", \"tx_bytes\": %" PRIu64 ", \"tx_bad_frames\": %" PRIu64
+                 ", \"tx_errors\": %" PRIu64 ", \"tx_flushed\": %" PRIu64 ", \"tx_wire_errors\": %" PRIu64
+                 ", \"tx_sges\": %" PRIu64 ", \"tx_signaled\": %" PRIu64 ", \"mr_tx\": [",
+                 tx_frames.load(), tx_bytes.load(), tx_bad_frames.load(), tx_errors.load(),
+                 tx_flushed.load(), tx_wire_errors.load(), tx_sges.load(), tx_signaled.load());
+        out = buf;
+        std::lock_guard<std::mutex> lock(tx_mu);
+        bool first = true;
+        for (const auto &[addr, lb] : mr_tx)
+        {
+            snprintf(buf, sizeof(buf), "%s[%" PRIu64 ", %" PRIu64 ", %" PRIu64 "]", first ? "" : ", ",
+                     addr, lb.first, lb.second);
+            out += buf;
+            first = false;
+        }
+        out += "]";
+        return out;
     }
 
     int format(char *buf, size_t len) const
@@ -302,12 +385,12 @@ struct counters
                         ", \"errors\": %" PRIu64 ", \"received\": %" PRIu64
                         ", \"rx_ready\": %" PRId64 ", \"flows\": %" PRId64
                         ", \"mrs_relaxed\": %" PRId64 ", \"mrs_dontfork\": %" PRId64
-                        ", \"send_queues\": %" PRId64 "}",
+                        ", \"send_queues\": %" PRId64 "%s}",
                         delivered.load(), no_flow.load(), no_buffer.load(), too_big.load(),
                         not_ready.load(), cq_overflow.load(), fillers.load(),
                         wqes_completed.load(), errors.load(), received.load(),
                         rx_ready.load(), flows.load(), mrs_relaxed.load(), mrs_dontfork.load(),
-                        send_queues.load());
+                        send_queues.load(), format_tx().c_str());
     }
 };
 
@@ -428,13 +511,40 @@ struct channel_t
     int users = 0;                   // CQs (under mu of the global)
 };
 
+/* How many send queue entries a QP's polled completions have retired.  A
+ * completion generated before a RESET (which frees the whole send queue)
+ * must not retire entries again when it is polled afterwards: each carries
+ * the generation it was made in. */
+struct sq_retired
+{
+    std::mutex mu;
+    uint64_t freed = 0;
+    uint64_t gen = 0;
+    uint64_t get()
+    {
+        std::lock_guard<std::mutex> lock(mu);
+        return freed;
+    }
+};
+
 struct completion
 {
-    uint64_t wr_id;
-    uint64_t ts;
-    uint32_t byte_len;
-    uint32_t qp_num;
-    ibv_wc_status status;
+    completion() = default;
+    completion(uint64_t wr_id, uint64_t ts, uint32_t byte_len, uint32_t qp_num, ibv_wc_status status)
+        : wr_id(wr_id), ts(ts), byte_len(byte_len), qp_num(qp_num), status(status)
+    {
+    }
+    uint64_t wr_id = 0;
+    uint64_t ts = 0;
+    uint32_t byte_len = 0;
+    uint32_t qp_num = 0;
+    ibv_wc_status status = IBV_WC_SUCCESS;
+    ibv_wc_opcode opcode = IBV_WC_RECV;
+    // Send completions: polling one gives back sq_count send queue entries
+    // (this WR and the unsignaled ones before it) to the QP's counter.
+    std::shared_ptr<sq_retired> sq_freed;
+    uint64_t sq_gen = 0;
+    uint32_t sq_count = 0;
 };
 
 struct cq_t
@@ -523,6 +633,14 @@ struct qp_t
     rx_queue rx;                     // plain QPs only
     cq_t *send_cq = nullptr;
     bool has_send_queue = false;
+    bool sig_all = false;            // sq_sig_all: every send WR completes
+    bool has_recv_queue = true;      // plain QPs: max_recv_wr > 0 (a send-only QP has none)
+    // Send queue (under the device mutex, except sq_freed which the poller bumps).
+    uint32_t sq_cap = 0, sq_max_sge = 0;
+    uint64_t sq_posted = 0;          // WRs accepted
+    uint64_t sq_reported = 0;        // WRs covered by completions generated so far
+    std::shared_ptr<sq_retired> sq_freed = std::make_shared<sq_retired>();
+    uint64_t sq_pinned = 0;
     ind_table_t *ind = nullptr;
     uint64_t hash_fields = 0;
     int users = 0;                   // flows
@@ -576,6 +694,7 @@ struct global
     uint64_t pcap_base_n = 0;
     uint64_t pcap_base_ns = 0;
     uint64_t frames_to_queues = 0;   // for SPEAD2_EMU_ERROR_FRAMES / CQ_ERROR_AT
+    uint64_t send_wrs = 0;           // for SPEAD2_EMU_SEND_ERROR_AT
     uint64_t pinned = 0;             // bytes pinned by MRs and queue buffers (under mu)
 
     // The NIC thread
@@ -587,6 +706,10 @@ struct global
 
     std::mutex stats_file_mu;
     std::atomic<uint64_t> written_sig{~UINT64_C(0)};
+
+    // The send wire
+    int send_fd = -1;
+    FILE *send_pcap = nullptr;
 };
 
 global *g = nullptr;
@@ -632,6 +755,28 @@ void init_global()
     {
         if (!gl->pcap.open(gl->cfg.pcap_path))
             emu_warn("pcap wire disabled");
+    }
+    if (gl->cfg.send_wire == wire_kind::udp)
+    {
+        gl->send_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (gl->send_fd < 0)
+            emu_warn("cannot create the send wire socket: %s (sent frames are lost)", strerror(errno));
+    }
+    else if (gl->cfg.send_wire == wire_kind::pcap)
+    {
+        gl->send_pcap = fopen(gl->cfg.send_pcap_path.c_str(), "wb");
+        if (!gl->send_pcap)
+            emu_warn("cannot open %s: %s (sent frames are lost)", gl->cfg.send_pcap_path.c_str(), strerror(errno));
+        else
+        {
+            // Classic pcap, nanosecond timestamps, link type Ethernet.
+            uint32_t hdr[6] = {0xa1b23c4d, 0, 0, 0, 262144, 1};
+            uint16_t version[2] = {2, 4};
+            memcpy(&hdr[1], version, sizeof(version));
+            if (fwrite(hdr, sizeof(hdr), 1, gl->send_pcap) != 1)
+                emu_warn("cannot write %s", gl->cfg.send_pcap_path.c_str());
+            fflush(gl->send_pcap);
+        }
     }
     g = gl;
     write_stats_file();    // exists (all zero) from the first call on
@@ -806,8 +951,13 @@ void write_stats_file()
         return;
     std::lock_guard<std::mutex> lock(gl.stats_file_mu);
     uint64_t sig = gl.stats.signature();
-    char buf[1024];
-    int n = gl.stats.format(buf, sizeof(buf));
+    std::vector<char> buf(4096);
+    int n = gl.stats.format(buf.data(), buf.size());
+    if (n >= 0 && size_t(n) >= buf.size())
+    {
+        buf.resize(size_t(n) + 1);
+        n = gl.stats.format(buf.data(), buf.size());
+    }
     std::string tmp = gl.cfg.stats_path + ".tmp." + std::to_string(getpid());
     FILE *f = fopen(tmp.c_str(), "w");
     if (!f)
@@ -815,7 +965,7 @@ void write_stats_file()
         EMU_LOG("cannot write %s: %s", tmp.c_str(), strerror(errno));
         return;
     }
-    bool ok = fwrite(buf, 1, size_t(n), f) == size_t(n) && fputc('\n', f) != EOF;
+    bool ok = fwrite(buf.data(), 1, size_t(n), f) == size_t(n) && fputc('\n', f) != EOF;
     ok = (fclose(f) == 0) && ok;
     if (!ok || rename(tmp.c_str(), gl.cfg.stats_path.c_str()) != 0)
     {
@@ -894,9 +1044,15 @@ int cq_poll(ibv_cq *ibcq, int num_entries, ibv_wc *wc)
         memset(&w, 0, sizeof(w));
         w.wr_id = e.wr_id;
         w.status = e.status;
-        w.opcode = IBV_WC_RECV;
+        w.opcode = e.opcode;
         w.byte_len = e.byte_len;
         w.qp_num = e.qp_num;
+        if (e.sq_freed)
+        {
+            std::lock_guard<std::mutex> lock(e.sq_freed->mu);
+            if (e.sq_freed->gen == e.sq_gen)
+                e.sq_freed->freed += e.sq_count;
+        }
     }
     cq->cons.store(c + n, std::memory_order_release);
     return int(n);
@@ -1843,11 +1999,249 @@ int ctx_destroy_ind_table(ibv_rwq_ind_table *t);
 int ctx_query_device_ex(ibv_context *, const ibv_query_device_ex_input *, ibv_device_attr_ex *, size_t);
 int op_post_recv(ibv_qp *qp, ibv_recv_wr *wr, ibv_recv_wr **bad_wr);
 
-int op_post_send(ibv_qp *, ibv_send_wr *wr, ibv_send_wr **bad_wr)
+/* ------------------------------------------------------------------------ */
+/* Send queues                                                              */
+
+/* Gather source: the MR that (lkey, addr, len) lies in, or nullptr (a
+ * protection error).  The NIC only reads, so no access flag is needed. */
+mr_t *translate_read(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
 {
-    if (bad_wr)
-        *bad_wr = wr;
-    return ENOSYS;
+    global &gl = *g;
+    auto it = gl.mrs.find(lkey);
+    if (it == gl.mrs.end())
+        return nullptr;
+    mr_t *mr = it->second;
+    if (mr->pd != pd || addr < mr->iova)
+        return nullptr;
+    uint64_t off = addr - mr->iova;
+    if (off > mr->mr.length || len > mr->mr.length - off)
+        return nullptr;
+    return mr;
+}
+
+uint16_t ones_sum(const uint8_t *p, size_t n, uint32_t sum = 0)
+{
+    for (size_t i = 0; i + 1 < n; i += 2)
+        sum += uint32_t(p[i] << 8 | p[i + 1]);
+    if (n & 1)
+        sum += uint32_t(p[n - 1] << 8);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return uint16_t(sum);
+}
+
+/* What a receiver (or a switch) checks of a sent frame: Ethernet II (one
+ * optional 802.1Q tag), IPv4 without fragmentation, a valid header
+ * checksum, total length = the frame, UDP length = the IP payload, UDP
+ * checksum 0 or valid, and for a multicast destination the matching
+ * 01:00:5e MAC.  Sets the UDP payload on success. */
+bool check_sent_frame(const uint8_t *p, size_t len, const uint8_t *&payload, size_t &payload_len,
+                      uint16_t &dst_port)
+{
+    size_t off = 14;
+    if (len < off)
+        return false;
+    uint16_t et = uint16_t(p[12] << 8 | p[13]);
+    if (et == 0x8100)
+    {
+        if (len < 18)
+            return false;
+        et = uint16_t(p[16] << 8 | p[17]);
+        off = 18;
+    }
+    if (et != 0x0800 || len < off + 20)
+        return false;
+    const uint8_t *ip = p + off;
+    const size_t ihl = size_t(ip[0] & 0xf) * 4;
+    if ((ip[0] >> 4) != 4 || ihl < 20 || len < off + ihl + 8)
+        return false;
+    if (ones_sum(ip, ihl) != 0xffff)
+        return false;                                   // header checksum
+    const size_t total = size_t(ip[2] << 8 | ip[3]);
+    if (total != len - off)
+        return false;
+    if ((ip[6] & 0x3f) != 0 || ip[7] != 0 || ip[9] != IPPROTO_UDP)
+        return false;                                   // fragment, or not UDP
+    const uint8_t *udp = ip + ihl;
+    const size_t udp_len = size_t(udp[4] << 8 | udp[5]);
+    if (udp_len != total - ihl)
+        return false;
+    if (udp[6] || udp[7])
+    {
+        // Pseudo header: addresses, protocol, UDP length.
+        uint8_t pseudo[12];
+        memcpy(pseudo, ip + 12, 8);
+        pseudo[8] = 0;
+        pseudo[9] = IPPROTO_UDP;
+        pseudo[10] = udp[4];
+        pseudo[11] = udp[5];
+        uint32_t sum = ones_sum(pseudo, 12);
+        if (ones_sum(udp, udp_len, sum) != 0xffff)
+            return false;
+    }
+    if (ip[16] >= 224 && ip[16] <= 239)
+    {
+        const uint8_t want[6] = {0x01, 0x00, 0x5e, uint8_t(ip[17] & 0x7f), ip[18], ip[19]};
+        if (memcmp(p, want, 6) != 0)
+            return false;
+    }
+    payload = udp + 8;
+    payload_len = udp_len - 8;
+    dst_port = uint16_t(udp[2] << 8 | udp[3]);
+    return true;
+}
+
+/* Puts a checked frame on the send wire (device mutex held). */
+void send_wire_put(const uint8_t *frame, size_t len, const uint8_t *payload, size_t payload_len,
+                   uint16_t dst_port)
+{
+    global &gl = *g;
+    if (gl.send_fd >= 0)
+    {
+        sockaddr_in to = gl.cfg.send_udp_addr;
+        if (to.sin_port == 0)
+            to.sin_port = htons(dst_port);
+        if (sendto(gl.send_fd, payload, payload_len, 0, reinterpret_cast<const sockaddr *>(&to), sizeof(to)) < 0)
+            bump(gl.stats.tx_wire_errors);
+    }
+    else if (gl.send_pcap)
+    {
+        const uint64_t t = wall_ns();
+        uint32_t rec[4] = {uint32_t(t / 1000000000u), uint32_t(t % 1000000000u), uint32_t(len), uint32_t(len)};
+        if (fwrite(rec, sizeof(rec), 1, gl.send_pcap) != 1 || fwrite(frame, len, 1, gl.send_pcap) != 1)
+            bump(gl.stats.tx_wire_errors);
+    }
+}
+
+/* A send completion (device mutex held).  Error completions are always
+ * generated; a full CQ is a fatal CQ error, as on receive. */
+void sq_complete(qp_t *qp, uint64_t wr_id, ibv_wc_status status, uint32_t byte_len)
+{
+    global &gl = *g;
+    cq_t *cq = qp->send_cq;
+    completion c{wr_id, wall_ns(), byte_len, qp->qp.qp_num, status};
+    c.opcode = IBV_WC_SEND;
+    c.sq_freed = qp->sq_freed;
+    {
+        std::lock_guard<std::mutex> lock(qp->sq_freed->mu);
+        c.sq_gen = qp->sq_freed->gen;
+    }
+    c.sq_count = uint32_t(qp->sq_posted - qp->sq_reported);
+    if (cq->broken)
+        return;
+    if (!cq_has_space(cq, 1))
+    {
+        bump(gl.stats.cq_overflow);
+        cq->broken = true;
+        emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
+        ibv_async_event ev;
+        memset(&ev, 0, sizeof(ev));
+        ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
+        ev.event_type = IBV_EVENT_CQ_ERR;
+        post_async_event(cq->ctx, ev);
+        if (qp->has_recv_queue)
+            rx_enter_error(qp->rx);
+        qp->qp.state = IBV_QPS_ERR;
+        return;
+    }
+    qp->sq_reported = qp->sq_posted;
+    cq_push(cq, c);
+}
+
+/* The send queue executes each WR as it is posted (on the caller's thread):
+ * gather, check, put on the send wire, complete. */
+int op_post_send(ibv_qp *ibqp, ibv_send_wr *wr, ibv_send_wr **bad_wr)
+{
+    global &gl = G();
+    qp_t *qp = to_qp(ibqp);
+    int ret = 0;
+    std::vector<uint8_t> frame;
+    {
+        std::lock_guard<std::mutex> lock(gl.mu);
+        for (ibv_send_wr *w = wr; w; w = w->next)
+        {
+            const ibv_qp_state state = qp->qp.state;
+            int err = 0;
+            if (qp->rss || !qp->has_send_queue || (state != IBV_QPS_RTS && state != IBV_QPS_ERR))
+                err = EINVAL;    // posting needs RTS (or ERR, where WRs are flushed)
+            else if (w->num_sge < 0 || uint32_t(w->num_sge) > qp->sq_max_sge || w->opcode != IBV_WR_SEND
+                     || (w->send_flags & IBV_SEND_INLINE))
+                err = EINVAL;
+            else if (qp->sq_posted - qp->sq_freed->get() >= qp->sq_cap)
+                err = ENOMEM;    // send queue full: completions not polled yet
+            if (err)
+            {
+                EMU_LOG("post_send: rejected (%s)", strerror(err));
+                if (bad_wr)
+                    *bad_wr = w;
+                ret = err;
+                break;
+            }
+            qp->sq_posted++;
+            const bool signaled = (w->send_flags & IBV_SEND_SIGNALED) || qp->sig_all;
+            if (state == IBV_QPS_ERR)
+            {
+                bump(gl.stats.tx_flushed);
+                sq_complete(qp, w->wr_id, IBV_WC_WR_FLUSH_ERR, 0);
+                continue;
+            }
+            // Gather.
+            frame.clear();
+            bool prot = ++gl.send_wrs == gl.cfg.send_error_at;   // fault injection
+            for (int i = 0; i < w->num_sge && !prot; i++)
+            {
+                const ibv_sge &sg = w->sg_list[i];
+                mr_t *mr = translate_read(qp->pd, sg.lkey, sg.addr, sg.length);
+                if (!mr)
+                {
+                    prot = true;
+                    break;
+                }
+                const uint8_t *src = static_cast<const uint8_t *>(mr->mr.addr) + (sg.addr - mr->iova);
+                frame.insert(frame.end(), src, src + sg.length);
+                bump(gl.stats.tx_sges);
+                std::lock_guard<std::mutex> tl(gl.stats.tx_mu);
+                auto &entry = gl.stats.mr_tx[uint64_t(reinterpret_cast<uintptr_t>(mr->mr.addr))];
+                entry.first = mr->mr.length;
+                entry.second += sg.length;
+            }
+            if (prot || frame.size() > max_send_frame)
+            {
+                // As mlx5: an error completion, and the QP enters the error state.
+                bump(gl.stats.tx_errors);
+                EMU_LOG("post_send: WR %" PRIu64 " failed (%s)", w->wr_id,
+                        prot ? "sge outside any MR of the PD" : "frame too long");
+                sq_complete(qp, w->wr_id, prot ? IBV_WC_LOC_PROT_ERR : IBV_WC_LOC_LEN_ERR, 0);
+                if (qp->has_recv_queue)
+                    rx_enter_error(qp->rx);
+                qp->qp.state = IBV_QPS_ERR;
+                continue;
+            }
+            const uint8_t *payload;
+            size_t payload_len;
+            uint16_t dst_port;
+            if (check_sent_frame(frame.data(), frame.size(), payload, payload_len, dst_port))
+            {
+                bump(gl.stats.tx_frames);
+                gl.stats.tx_bytes.fetch_add(frame.size(), std::memory_order_relaxed);
+                send_wire_put(frame.data(), frame.size(), payload, payload_len, dst_port);
+            }
+            else
+            {
+                bump(gl.stats.tx_bad_frames);
+                EMU_LOG("post_send: WR %" PRIu64 " is not a valid Ethernet/IPv4/UDP frame (not sent)", w->wr_id);
+            }
+            if (signaled)
+            {
+                bump(gl.stats.tx_signaled);
+                sq_complete(qp, w->wr_id, IBV_WC_SUCCESS, uint32_t(frame.size()));
+            }
+        }
+        if (gl.send_pcap)
+            fflush(gl.send_pcap);
+    }
+    stats_changed_offthread();
+    return ret;
 }
 
 int op_post_srq_recv(ibv_srq *, ibv_recv_wr *wr, ibv_recv_wr **bad_wr)
@@ -2127,19 +2521,26 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
         if (!a.recv_cq || a.recv_cq->context != context
             || (a.send_cq && a.send_cq->context != context))
             return fail<qp_t>(EINVAL);
-        if (a.cap.max_recv_wr < 1 || a.cap.max_recv_wr > uint32_t(gl.cfg.max_qp_wr)
+        // A QP needs a receive or a send queue (or both).
+        if ((a.cap.max_recv_wr < 1 && a.cap.max_send_wr < 1) || a.cap.max_recv_wr > uint32_t(gl.cfg.max_qp_wr)
             || a.cap.max_send_wr > uint32_t(gl.cfg.max_qp_wr)
+            || (a.cap.max_send_wr > 0 && !a.send_cq)
+            || a.cap.max_inline_data > 0
             || a.cap.max_recv_sge > uint32_t(max_sge) || a.cap.max_send_sge > uint32_t(max_sge))
             return fail<qp_t>(EINVAL);
         rcq = to_cq(a.recv_cq);
         scq = a.send_cq ? to_cq(a.send_cq) : nullptr;
-        if (!rx_init_plain(qp->rx, a.cap.max_recv_wr, a.cap.max_recv_sge))
+        qp->has_recv_queue = a.cap.max_recv_wr > 0;
+        if (!rx_init_plain(qp->rx, std::max<uint32_t>(a.cap.max_recv_wr, 1), a.cap.max_recv_sge))
             return fail<qp_t>(ENOMEM);
         qp->rx.cq = rcq;
         qp->rx.owner_qp = qp.get();
         qp->rx.pd = qp->pd;
         qp->send_cq = scq;
         qp->has_send_queue = a.cap.max_send_wr > 0;
+        qp->sq_cap = a.cap.max_send_wr;
+        qp->sig_all = a.sq_sig_all != 0;
+        qp->sq_max_sge = std::max<uint32_t>(a.cap.max_send_sge, 1);   // as libmlx5: at least one
     }
     ibv_qp &q = qp->qp;
     q.context = context;
@@ -2157,9 +2558,15 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
             return fail<qp_t>(ENOMEM);
         if (!rss)
         {
-            qp->rx.pinned = uint64_t(qp->rx.rcap) * qp->rx.rmax_sge * sizeof(ibv_sge);
+            qp->rx.pinned = qp->has_recv_queue ? uint64_t(qp->rx.rcap) * qp->rx.rmax_sge * sizeof(ibv_sge) : 0;
             if (!charge_pinned(qp->rx.pinned))
                 return fail<qp_t>(ENOMEM);
+            qp->sq_pinned = uint64_t(qp->sq_cap) * send_wqe_bytes;
+            if (!charge_pinned(qp->sq_pinned))
+            {
+                uncharge_pinned(qp->rx.pinned);
+                return fail<qp_t>(ENOMEM);
+            }
         }
         gl.objects++;
         q.qp_num = q.handle = gl.next_num++;
@@ -2173,12 +2580,13 @@ qp_t *create_qp_common(ibv_context *context, ibv_pd *ibpd, const ibv_qp_init_att
             if (scq)
                 scq->users++;
             gl.stats.send_queues += qp->has_send_queue;
-            gl.rx_queues++;
+            gl.rx_queues += qp->has_recv_queue;
         }
     }
     if (cap_out && !rss)
     {
-        cap_out->max_recv_sge = qp->rx.rmax_sge;
+        cap_out->max_recv_sge = qp->has_recv_queue ? qp->rx.rmax_sge : 0;
+        cap_out->max_send_sge = qp->sq_max_sge;
         cap_out->max_inline_data = 0;
     }
     ctx_ref(qp->ctx);
@@ -2199,19 +2607,20 @@ int destroy_qp_impl(ibv_qp *ibqp)
         }
         sync_wire_locked();
         qp->pd->users--;
-        was_rx = !qp->rss;
+        was_rx = !qp->rss && qp->has_recv_queue;
         if (qp->rss)
             qp->ind->users--;
         else
         {
-            if (qp->qp.state == IBV_QPS_RTR || qp->qp.state == IBV_QPS_RTS)
+            if (qp->has_recv_queue && (qp->qp.state == IBV_QPS_RTR || qp->qp.state == IBV_QPS_RTS))
                 gl.stats.rx_ready--;
             qp->rx.cq->users--;
             if (qp->send_cq)
                 qp->send_cq->users--;
             uncharge_pinned(qp->rx.pinned);
+            uncharge_pinned(qp->sq_pinned);
             gl.stats.send_queues -= qp->has_send_queue;
-            gl.rx_queues--;
+            gl.rx_queues -= qp->has_recv_queue;
         }
         gl.objects--;
     }
@@ -2272,13 +2681,23 @@ int modify_qp_impl(ibv_qp *ibqp, ibv_qp_attr *attr, int mask)
         if (!qp->rss)
         {
             if (to == IBV_QPS_RESET)
+            {
                 rx_flush(qp->rx, false);
+                // RESET discards the send queue too: every entry is free again.
+                {
+                    std::lock_guard<std::mutex> sl(qp->sq_freed->mu);
+                    qp->sq_freed->freed = qp->sq_posted;
+                    qp->sq_freed->gen++;
+                }
+                qp->sq_reported = qp->sq_posted;
+            }
             else if (to == IBV_QPS_ERR)
                 rx_flush(qp->rx, true);
         }
-        bool was_ready = !qp->rss && (from == IBV_QPS_RTR || from == IBV_QPS_RTS);
+        const bool rx = !qp->rss && qp->has_recv_queue;
+        bool was_ready = rx && (from == IBV_QPS_RTR || from == IBV_QPS_RTS);
         qp->qp.state = to;
-        now_ready = !qp->rss && (to == IBV_QPS_RTR || to == IBV_QPS_RTS);
+        now_ready = rx && (to == IBV_QPS_RTR || to == IBV_QPS_RTS);
         if (was_ready != now_ready)
             gl.stats.rx_ready += now_ready ? 1 : -1;
     }

@@ -73,6 +73,8 @@ void check_impl(bool ok, const char *expr, const char *file, int line, const cha
 }
 
 #define REQUIRE(cond, ...) do { CHECK(cond, __VA_ARGS__); if (!(cond)) return; } while (0)
+/* REQUIRE for a condition with side effects: evaluated once. */
+#define REQUIRE_ONCE(cond) do { const bool ok_ = bool(cond); CHECK(ok_, "%s", #cond); if (!ok_) return; } while (0)
 
 constexpr uint8_t our_mac[6] = {0x02, 0, 0, 0, 0, 0x01};
 constexpr uint8_t other_mac[6] = {0x02, 0, 0, 0, 0, 0x77};
@@ -161,7 +163,7 @@ stats_map read_stats_file()
     FILE *f = fopen(g_stats_path.c_str(), "r");
     if (!f)
         return {};
-    char buf[1024] = "";
+    char buf[8192] = "";
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -170,7 +172,7 @@ stats_map read_stats_file()
 
 stats_map stats()
 {
-    char buf[1024];
+    char buf[8192];
     int n = spead2_emu_stats(buf, sizeof(buf));
     CHECK(n > 0 && size_t(n) < sizeof(buf));
     return parse_stats(buf);
@@ -1482,7 +1484,7 @@ void case_stats_file()
     CHECK(spead2_emu_nic_running() == 0);
     FILE *f = fopen(g_stats_path.c_str(), "r");
     REQUIRE(f, "%s: %s", g_stats_path.c_str(), strerror(errno));
-    char buf[1024] = "";
+    char buf[8192] = "";
     size_t n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
@@ -1867,6 +1869,260 @@ void child_pcap_rate()
 /* ------------------------------------------------------------------------ */
 /* Driver                                                                   */
 
+
+/* ------------------------------------------------------------------------ */
+/* Send queues                                                              */
+
+/* A frame to a multicast group with a valid IPv4 header checksum and the
+ * group's MAC (what a sender must produce). */
+std::vector<uint8_t> make_send_frame(size_t len, uint32_t tag, uint16_t dst_port = 7148)
+{
+    const uint32_t group = 0xef0a0101;   // 239.10.1.1
+    const uint8_t mac[6] = {0x01, 0x00, 0x5e, 0x0a, 0x01, 0x01};
+    std::vector<uint8_t> f = make_frame(len, tag, dst_port, group, mac);
+    uint8_t *ip = &f[14];
+    uint32_t sum = 0;
+    for (int i = 0; i < 20; i += 2)
+        sum += uint32_t(ip[i] << 8 | ip[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    ip[10] = uint8_t(~sum >> 8);
+    ip[11] = uint8_t(~sum);
+    return f;
+}
+
+struct send_stack
+{
+    ibv_pd *pd = nullptr;
+    ibv_cq *cq = nullptr;
+    ibv_qp *qp = nullptr;
+    ibv_mr *mr = nullptr;
+    std::vector<uint8_t> mem;
+
+    bool build(ibv_context *ctx, uint32_t max_send_wr, uint32_t max_send_sge, int access = 0)
+    {
+        pd = ibv_alloc_pd(ctx);
+        cq = ibv_create_cq(ctx, 64, nullptr, nullptr, 0);
+        CHECK(pd && cq);
+        ibv_qp_init_attr a{};
+        a.send_cq = cq;
+        a.recv_cq = cq;
+        a.qp_type = IBV_QPT_RAW_PACKET;
+        a.cap.max_send_wr = max_send_wr;
+        a.cap.max_send_sge = max_send_sge;
+        qp = ibv_create_qp(pd, &a);     // send only: no receive queue
+        CHECK(qp, "create send-only qp: %s", strerror(errno));
+        mem.assign(65536, 0);
+        mr = ibv_reg_mr(pd, mem.data(), mem.size(), access);   // the NIC only reads: no access flags needed
+        CHECK(mr);
+        return qp && mr;
+    }
+
+    int modify(ibv_qp_state st)
+    {
+        ibv_qp_attr a{};
+        a.qp_state = st;
+        a.port_num = 1;
+        return ibv_modify_qp(qp, &a, IBV_QP_STATE | (st == IBV_QPS_INIT ? IBV_QP_PORT : 0));
+    }
+
+    bool to_rts()
+    {
+        return modify(IBV_QPS_RESET) == 0 && modify(IBV_QPS_INIT) == 0 && modify(IBV_QPS_RTR) == 0
+               && modify(IBV_QPS_RTS) == 0;
+    }
+
+    /* Posts one WR whose SGEs are (offset, length) pieces of mem. */
+    int post(uint64_t wr_id, std::initializer_list<std::pair<size_t, uint32_t>> sges, bool signaled,
+             uint32_t lkey_xor = 0)
+    {
+        ibv_sge sg[8];
+        int n = 0;
+        for (auto &p : sges)
+        {
+            sg[n].addr = reinterpret_cast<uintptr_t>(mem.data()) + p.first;
+            sg[n].length = p.second;
+            sg[n].lkey = mr->lkey ^ lkey_xor;
+            n++;
+        }
+        ibv_send_wr wr{};
+        wr.wr_id = wr_id;
+        wr.sg_list = sg;
+        wr.num_sge = n;
+        wr.opcode = IBV_WR_SEND;
+        wr.send_flags = signaled ? IBV_SEND_SIGNALED : 0;
+        ibv_send_wr *bad = nullptr;
+        int r = ibv_post_send(qp, &wr, &bad);
+        if (r != 0)
+            CHECK(bad == &wr);
+        return r;
+    }
+
+    int poll(ibv_wc *wc, int n = 1) { return ibv_poll_cq(cq, n, wc); }
+
+    void destroy()
+    {
+        if (qp)
+            CHECK(ibv_destroy_qp(qp) == 0);
+        if (cq)
+            CHECK(ibv_destroy_cq(cq) == 0);
+        if (mr)
+            CHECK(ibv_dereg_mr(mr) == 0);
+        if (pd)
+            CHECK(ibv_dealloc_pd(pd) == 0);
+        *this = send_stack();
+    }
+};
+
+void case_send_queue()
+{
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    stats_map s0 = stats();
+    send_stack st;
+    REQUIRE_ONCE(st.build(ctx, 4, 2));
+    stats_map s1 = stats();
+    CHECK(delta(s1, s0, "send_queues") == 1);
+    std::vector<uint8_t> f = make_send_frame(200, 1);
+    memcpy(st.mem.data(), f.data(), f.size());
+    ibv_wc wc[8];
+
+    // Posting needs RTS.
+    CHECK(st.post(1, {{0, 200}}, true) == EINVAL);
+    CHECK(st.to_rts());
+    CHECK(delta(stats(), s0, "rx_ready") == 0);     // no receive queue to make ready
+    // One frame gathered from two pieces, signaled.
+    CHECK(st.post(10, {{0, 42}, {42, 158}}, true) == 0);
+    REQUIRE_ONCE(st.poll(wc) == 1);
+    CHECK(wc[0].wr_id == 10 && wc[0].status == IBV_WC_SUCCESS && wc[0].opcode == IBV_WC_SEND);
+    stats_map s2 = stats();
+    CHECK(delta(s2, s1, "tx_frames") == 1 && delta(s2, s1, "tx_sges") == 2);
+    CHECK(delta(s2, s1, "tx_bytes") == 200 && delta(s2, s1, "tx_bad_frames") == 0);
+    // Unsignaled WRs produce no completion; a signaled one after them frees all of them.
+    for (int i = 0; i < 3; i++)
+        CHECK(st.post(20 + i, {{0, 200}}, false) == 0);
+    CHECK(st.post(23, {{0, 200}}, true) == 0);
+    CHECK(st.post(24, {{0, 200}}, true) == ENOMEM);     // 4 outstanding until polled
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    CHECK(wc[0].wr_id == 23);
+    CHECK(st.post(24, {{0, 200}}, true) == 0);           // room again
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    // Too many SGEs, or not a send.
+    CHECK(st.post(30, {{0, 50}, {50, 50}, {100, 100}}, true) == EINVAL);
+    // Bad frames are counted (and not put on the wire), the WR still completes.
+    stats_map s3 = stats();
+    std::vector<uint8_t> bad = f;
+    bad[24] ^= 0xff;                                    // IPv4 header checksum
+    memcpy(st.mem.data() + 1024, bad.data(), bad.size());
+    bad = f;
+    bad[5] ^= 1;                                        // not the group's MAC
+    memcpy(st.mem.data() + 2048, bad.data(), bad.size());
+    CHECK(st.post(40, {{1024, 200}}, true) == 0);
+    CHECK(st.post(41, {{2048, 200}}, true) == 0);
+    CHECK(st.post(42, {{0, 199}}, true) == 0);           // IPv4 total length says 200
+    CHECK(st.poll(wc, 8) == 3 && wc[2].status == IBV_WC_SUCCESS);
+    stats_map s4 = stats();
+    CHECK(delta(s4, s3, "tx_bad_frames") == 3 && delta(s4, s3, "tx_frames") == 0);
+    // A gather entry outside the MR: protection error, the QP enters ERR,
+    // and what is posted after it is flushed.
+    CHECK(st.post(50, {{65536 - 100, 200}}, false) == 0);
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    CHECK(wc[0].wr_id == 50 && wc[0].status == IBV_WC_LOC_PROT_ERR);
+    CHECK(st.qp->state == IBV_QPS_ERR);
+    CHECK(st.post(51, {{0, 200}}, false) == 0);
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    CHECK(wc[0].wr_id == 51 && wc[0].status == IBV_WC_WR_FLUSH_ERR);
+    // Back to work after a reset; a bad lkey is a protection error too.
+    CHECK(st.to_rts());
+    CHECK(st.post(60, {{0, 200}}, true, 0x5a5a) == 0);
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    CHECK(wc[0].status == IBV_WC_LOC_PROT_ERR);
+    CHECK(st.to_rts());
+    CHECK(st.post(61, {{0, 200}}, true) == 0);
+    REQUIRE_ONCE(st.poll(wc, 8) == 1);
+    CHECK(wc[0].status == IBV_WC_SUCCESS);
+    stats_map s5 = stats();
+    CHECK(delta(s5, s4, "tx_errors") == 2 && delta(s5, s4, "tx_flushed") == 1);
+    CHECK(delta(s5, s4, "tx_frames") == 1);
+    st.destroy();
+    CHECK(delta(stats(), s0, "send_queues") == 0);
+    unbind_device(ch, id);
+}
+
+/* The send wire: SPEAD2_EMU_SEND_WIRE=udp:127.0.0.1:PORT (PORT from the
+ * parent), each frame's UDP payload as one datagram. */
+void child_send_udp()
+{
+    const char *wire = getenv("SPEAD2_EMU_SEND_WIRE");
+    REQUIRE(wire);
+    int port = atoi(strrchr(wire, ':') + 1);
+    int rx = socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE_ONCE(bind(rx, reinterpret_cast<sockaddr *>(&a), sizeof(a)) == 0);
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    send_stack st;
+    REQUIRE_ONCE(st.build(ctx, 16, 4));
+    REQUIRE_ONCE(st.to_rts());
+    std::vector<uint8_t> f = make_send_frame(1000, 77);
+    memcpy(st.mem.data(), f.data(), f.size());
+    CHECK(st.post(1, {{0, 100}, {100, 900}}, true) == 0);
+    ibv_wc wc;
+    CHECK(st.poll(&wc) == 1 && wc.status == IBV_WC_SUCCESS);
+    std::vector<uint8_t> got(2000);
+    timeval tv{2, 0};
+    setsockopt(rx, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t n = recv(rx, got.data(), got.size(), 0);
+    CHECK(n == ssize_t(f.size() - hdr_len), "recv: %zd", n);
+    CHECK(n > 0 && memcmp(got.data(), f.data() + hdr_len, size_t(n)) == 0);
+    st.destroy();
+    unbind_device(ch, id);
+    close(rx);
+}
+
+/* SPEAD2_EMU_SEND_WIRE=pcap:PATH: every full frame appended. */
+void child_send_pcap()
+{
+    const char *wire = getenv("SPEAD2_EMU_SEND_WIRE");
+    REQUIRE(wire);
+    std::string path = wire + 5;
+    rdma_event_channel *ch;
+    rdma_cm_id *id;
+    ibv_context *ctx = bind_device(&ch, &id);
+    REQUIRE(ctx);
+    send_stack st;
+    REQUIRE_ONCE(st.build(ctx, 16, 4));
+    REQUIRE_ONCE(st.to_rts());
+    std::vector<uint8_t> f1 = make_send_frame(300, 1), f2 = make_send_frame(64, 2);
+    memcpy(st.mem.data(), f1.data(), f1.size());
+    memcpy(st.mem.data() + 4096, f2.data(), f2.size());
+    CHECK(st.post(1, {{0, 300}}, false) == 0);
+    CHECK(st.post(2, {{4096, 64}}, true) == 0);
+    ibv_wc wc;
+    CHECK(st.poll(&wc) == 1 && wc.wr_id == 2);
+    FILE *fp = fopen(path.c_str(), "rb");
+    REQUIRE(fp);
+    std::vector<uint8_t> data(8192);
+    size_t n = fread(data.data(), 1, data.size(), fp);
+    fclose(fp);
+    CHECK(n == 24 + 16 + 300 + 16 + 64, "pcap is %zu bytes", n);
+    uint32_t magic, caplen;
+    memcpy(&magic, data.data(), 4);
+    CHECK(magic == 0xa1b23c4d);
+    memcpy(&caplen, data.data() + 24 + 8, 4);
+    CHECK(caplen == 300 && memcmp(data.data() + 40, f1.data(), 300) == 0);
+    CHECK(memcmp(data.data() + 40 + 300 + 16, f2.data(), 64) == 0);
+    st.destroy();
+    unbind_device(ch, id);
+}
+
 struct test_case
 {
     const char *name;
@@ -1937,6 +2193,8 @@ const std::map<std::string, std::function<void()>> &child_cases()
 {
     static const std::map<std::string, std::function<void()>> m = {
         {"no_mprq", child_no_mprq},
+        {"send_udp", child_send_udp},
+        {"send_pcap", child_send_pcap},
         {"no_flow", child_no_flow},
         {"no_raw", child_no_raw},
         {"memlock", child_memlock},
@@ -1996,6 +2254,7 @@ int main(int argc, char **argv)
         {"destroy_cq_waits_for_events", case_destroy_cq_waits_for_events},
         {"flow_sharing", case_flow_sharing},
         {"stats_file", case_stats_file},
+        {"send_queue", case_send_queue},
     };
     int passed = 0, failed = 0;
     for (auto &t : cases)
@@ -2018,7 +2277,11 @@ int main(int argc, char **argv)
         const char *name;
         std::vector<std::string> env;
     };
+    const std::string send_udp = "SPEAD2_EMU_SEND_WIRE=udp:127.0.0.1:" + std::to_string(pick_free_port());
+    const std::string send_pcap = "SPEAD2_EMU_SEND_WIRE=pcap:" + dir + "/sent.pcap";
     const child children[] = {
+        {"send_udp", {send_udp}},
+        {"send_pcap", {send_pcap}},
         {"no_mprq", {"SPEAD2_EMU_NO_MPRQ=1"}},
         {"no_flow", {"SPEAD2_EMU_NO_FLOW=1"}},
         {"no_raw", {"SPEAD2_EMU_NO_RAW=1"}},
@@ -2031,6 +2294,7 @@ int main(int argc, char **argv)
     for (auto &c : children)
         (run_child(self, c.name, c.env) ? passed : failed)++;
 
+    unlink((dir + "/sent.pcap").c_str());
     unlink(lossless_pcap.c_str());
     unlink(rate_pcap.c_str());
     unlink(g_stats_path.c_str());

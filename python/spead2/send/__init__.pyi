@@ -216,6 +216,35 @@ class UdpStream(Stream):
     @property
     def using_gso(self) -> bool: ...
 
+class UdpIbvConfig:
+    DEFAULT_BUFFER_SIZE: ClassVar[int]
+    DEFAULT_MAX_POLL: ClassVar[int]
+
+    endpoints: _EndpointList
+    interface_address: str
+    buffer_size: int
+    ttl: int
+    comp_vector: int
+    max_poll: int
+    memory_regions: list
+
+    def __init__(
+        self,
+        *,
+        endpoints: _EndpointList = ...,
+        interface_address: str = ...,
+        buffer_size: int = ...,
+        ttl: int = ...,
+        comp_vector: int = ...,
+        max_poll: int = ...,
+        memory_regions: list = ...,
+    ) -> None: ...
+
+class UdpIbvStream(Stream):
+    def __init__(
+        self, thread_pool: spead2.ThreadPool, config: StreamConfig, udp_ibv_config: UdpIbvConfig
+    ) -> None: ...
+
 class TcpStream(Stream):
     DEFAULT_BUFFER_SIZE: ClassVar[int]
     @overload

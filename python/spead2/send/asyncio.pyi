@@ -29,6 +29,8 @@ class InprocStream(_AsyncStream):
 
 class UdpStream(spead2.send.UdpStream, _AsyncStream): ...
 
+class UdpIbvStream(spead2.send.UdpIbvStream, _AsyncStream): ...
+
 class TcpStream(spead2.send.TcpStream, _AsyncStream):
     # connect(*args, **kwargs) passes its arguments to the constructor.
     @overload

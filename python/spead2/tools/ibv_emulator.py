@@ -2,9 +2,10 @@
 
 ``libspead2_ibv_emulator.so`` stands in for libibverbs, librdmacm and libmlx5
 when ``SPEAD2_IBV_LIBRARY_OVERRIDE`` names it, so spead2's ibverbs receive
-path (MPRQ and plain readers, flow steering, completions, error recovery) runs
-unchanged on any Linux machine, without a NIC or kernel RDMA support. Frames
-come from a UDP socket or a pcap file (``SPEAD2_EMU_WIRE``); see the
+path (MPRQ and plain readers, flow steering, completions, error recovery) and
+its send path (UdpIbvStream) run unchanged on any Linux machine, without a NIC
+or kernel RDMA support. Frames come from a UDP socket or a pcap file
+(``SPEAD2_EMU_WIRE``); sent frames go to one (``SPEAD2_EMU_SEND_WIRE``); see the
 emulator's README (``README.md`` next to the sources) for every option.
 
 It proves the code paths, not performance: nothing here says how a real
@@ -161,6 +162,8 @@ def main(argv=None):
     e = sub.add_parser("env", help="print shell exports that make spead2 use the emulated device")
     e.add_argument("--interface", default="127.0.0.1", help="IPv4 address the device owns [%(default)s]")
     e.add_argument("--wire", default=None, help="udp:ADDR:PORT or pcap:FILE (SPEAD2_EMU_WIRE)")
+    e.add_argument("--send-wire", default=None,
+                   help="where sent frames go: udp:ADDR:PORT or pcap:FILE (SPEAD2_EMU_SEND_WIRE)")
     sub.add_parser("sources", help="print the directory of the emulator's sources")
     args = parser.parse_args(argv)
     try:
@@ -179,7 +182,8 @@ def main(argv=None):
                 return 1
             print(src)
         else:
-            env = environment(interface=args.interface, wire=args.wire, base={})
+            extra = {"send_wire": args.send_wire} if args.send_wire else {}
+            env = environment(interface=args.interface, wire=args.wire, base={}, **extra)
             print("# spead2's ibverbs calls go to the emulated TEST DEVICE, not a NIC")
             for key, value in env.items():
                 print(f"export {key}={shlex.quote(value)}")

@@ -5,6 +5,7 @@ Usage::
     spead2_send [options] HOST:PORT [HOST:PORT ...]
     spead2_send [options] --tcp HOST:PORT
     spead2_send [options] --pcap FILE [HOST:PORT ...]
+    spead2_send [options] --ibv --bind ADDRESS HOST:PORT [HOST:PORT ...]
     python -m spead2.tools.send ...
 
 Every data heap looks like the output of a correlator or an F-engine: two
@@ -36,6 +37,9 @@ turn; ``serial``: heap after heap).
 
 A HOST is a name, an IPv4 address or an IPv6 address (``[::1]:8888`` or
 ``::1:8888``).  ``--tcp`` sends over one TCP connection instead of UDP.
+``--ibv`` sends with ibverbs (kernel bypass, IPv4 multicast destinations
+only) from the interface whose address ``--bind`` gives; ``--buffer`` is
+then the size of the registered send buffer and ``--ttl`` the IP TTL.
 
 Heaps are sent until ``--heaps`` data heaps have gone, or forever
 (``--heaps -1``, the default) until Ctrl-C, which stops cleanly: the heap
@@ -362,12 +366,51 @@ def build_parser():
                           f"TCP {spead2.send.TcpStream.DEFAULT_BUFFER_SIZE}]")
     net.add_argument("--no-gso", action="store_true", help="do not use UDP generic segmentation offload")
 
+    _add_ibv_options(parser)
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print a summary at the end (heaps, packets, bytes, achieved rate)")
     return parser
 
 
+# ibverbs (--ibv): kept together here, apart from the other transports' options.
+def _add_ibv_options(parser):
+    ibv = parser.add_argument_group("ibverbs")
+    ibv.add_argument("--ibv", action="store_true",
+                     help="send with ibverbs (kernel bypass) to IPv4 multicast HOST:PORTs, from the interface "
+                          "with the --bind address")
+    ibv.add_argument("--ibv-vector", type=int, default=None, metavar="N",
+                     help="with --ibv: completion vector to sleep on, or -1 to busy poll [0]")
+    ibv.add_argument("--ibv-max-poll", type=_positive_int, default=None, metavar="N",
+                     help="with --ibv: polls of the completion queue before sleeping "
+                          f"[{spead2.send.UdpIbvConfig.DEFAULT_MAX_POLL}]")
+
+
+def _check_ibv_args(parser, args):
+    if not args.ibv:
+        if args.ibv_vector is not None or args.ibv_max_poll is not None:
+            parser.error("--ibv-vector and --ibv-max-poll apply to --ibv only")
+        return
+    if args.pcap is not None or args.tcp or args.no_gso:
+        parser.error("--ibv does not combine with --pcap, --tcp or --no-gso")
+    if not args.bind:
+        parser.error("--ibv needs --bind ADDRESS: the IPv4 address of the interface to send from")
+
+
+def _make_ibv_stream(thread_pool, args, config):
+    kwargs = {"endpoints": args.destinations, "interface_address": args.bind}
+    if args.buffer is not None:
+        kwargs["buffer_size"] = args.buffer
+    if args.ttl is not None:
+        kwargs["ttl"] = args.ttl
+    if args.ibv_vector is not None:
+        kwargs["comp_vector"] = args.ibv_vector
+    if args.ibv_max_poll is not None:
+        kwargs["max_poll"] = args.ibv_max_poll
+    return spead2.send.UdpIbvStream(thread_pool, config, spead2.send.UdpIbvConfig(**kwargs))
+
+
 def _check_args(parser, args):
+    _check_ibv_args(parser, args)
     if args.pcap is None and not args.destinations:
         parser.error("give at least one HOST:PORT destination, or --pcap FILE")
     if args.pcap is not None and (args.ttl is not None or args.bind or args.buffer is not None or args.no_gso
@@ -429,6 +472,8 @@ def _make_stream(parser, args, config):
             if args.buffer is not None:
                 kwargs["buffer_size"] = args.buffer
             return spead2.send.TcpStream(thread_pool, args.destinations, config, **kwargs)
+        if args.ibv:
+            return _make_ibv_stream(thread_pool, args, config)
         return spead2.send.UdpStream(thread_pool, args.destinations, config, **_udp_kwargs(args))
     except (ValueError, OSError, RuntimeError, IndexError) as exc:
         where = args.pcap if args.pcap is not None else " ".join(f"{h}:{p}" for h, p in args.destinations)

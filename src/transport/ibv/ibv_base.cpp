@@ -88,41 +88,17 @@ std::size_t pinned_already()
     return std::size_t(kib) * 1024;
 }
 
-std::string memlock_advice(std::size_t need, rlim_t limit)
+std::string memlock_advice(std::size_t need, rlim_t limit, const char *what)
 {
     const auto mib = [](double b) { return std::to_string(int(b / (1024 * 1024) + 0.999)); };
-    std::string text = "the ibverbs reader must lock " + mib(double(need)) + " MiB of memory (receive buffer "
-                       "and completion queue), more than the locked-memory limit (RLIMIT_MEMLOCK) of ";
+    std::string text = std::string("the ibverbs ") + what + " must lock " + mib(double(need))
+                       + " MiB of memory, more than the locked-memory limit (RLIMIT_MEMLOCK) of ";
     text += limit == RLIM_INFINITY ? std::string("unlimited") : std::to_string(limit / 1024) + " KiB";
     text += " allows. Raise the limit: `ulimit -l unlimited` in the shell (hard limit permitting), "
             "LimitMEMLOCK=infinity in a systemd unit, a memlock line in /etc/security/limits.conf, "
             "or `--ulimit memlock=-1` for a container; or give the process CAP_IPC_LOCK; "
             "or use a smaller buffer_size";
     return text;
-}
-
-/// MAC address of the local interface that has IPv4 address @a addr.
-bool interface_mac(in_addr addr, std::uint8_t mac[6])
-{
-    ifaddrs *list = nullptr;
-    if (getifaddrs(&list) != 0)
-        return false;
-    std::string name;
-    for (ifaddrs *i = list; i; i = i->ifa_next)
-        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET
-            && reinterpret_cast<sockaddr_in *>(i->ifa_addr)->sin_addr.s_addr == addr.s_addr)
-            name = i->ifa_name;
-    bool found = false;
-    for (ifaddrs *i = list; i && !name.empty(); i = i->ifa_next)
-        if (i->ifa_addr && i->ifa_addr->sa_family == AF_PACKET && name == i->ifa_name)
-        {
-            auto *ll = reinterpret_cast<sockaddr_ll *>(i->ifa_addr);
-            std::memcpy(mac, ll->sll_addr, 6);
-            found = true;
-            break;
-        }
-    freeifaddrs(list);
-    return found;
 }
 
 /// The packed flow rule: attributes followed by three specs.
@@ -166,6 +142,29 @@ std::vector<async_owner> async_owners;
 
 } // anonymous namespace
 
+bool interface_mac(in_addr addr, std::uint8_t mac[6])
+{
+    ifaddrs *list = nullptr;
+    if (getifaddrs(&list) != 0)
+        return false;
+    std::string name;
+    for (ifaddrs *i = list; i; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET
+            && reinterpret_cast<sockaddr_in *>(i->ifa_addr)->sin_addr.s_addr == addr.s_addr)
+            name = i->ifa_name;
+    bool found = false;
+    for (ifaddrs *i = list; i && !name.empty(); i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_PACKET && name == i->ifa_name)
+        {
+            auto *ll = reinterpret_cast<sockaddr_ll *>(i->ifa_addr);
+            std::memcpy(mac, ll->sll_addr, 6);
+            found = true;
+            break;
+        }
+    freeifaddrs(list);
+    return found;
+}
+
 [[noreturn]] void fail_errno(int err, const std::string &what)
 {
     throw std::system_error(err, std::generic_category(), what);
@@ -190,24 +189,24 @@ std::size_t page_round(std::size_t bytes)
 /// Registering memory and creating queues pin memory, charged against
 /// RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK; the kernel then fails
 /// with a bare ENOMEM.  Check up front and say what to do.
-void check_memlock(std::size_t need)
+void check_memlock(std::size_t need, const char *what)
 {
     rlimit lim{};
     if (getrlimit(RLIMIT_MEMLOCK, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY || have_cap_ipc_lock())
         return;
     const std::size_t pinned = pinned_already();
     if (pinned + need > lim.rlim_cur)
-        throw std::runtime_error(memlock_advice(need, lim.rlim_cur));
+        throw std::runtime_error(memlock_advice(need, lim.rlim_cur, what));
 }
 
 /// Failure of a call that pins memory: ENOMEM usually means the memlock limit.
-[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need)
+[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need, const char *who)
 {
     if (err == ENOMEM && !have_cap_ipc_lock())
     {
         rlimit lim{};
         getrlimit(RLIMIT_MEMLOCK, &lim);
-        throw std::runtime_error(what + " failed (" + std::strerror(err) + "): probably " + memlock_advice(need, lim.rlim_cur));
+        throw std::runtime_error(what + " failed (" + std::strerror(err) + "): probably " + memlock_advice(need, lim.rlim_cur, who));
     }
     fail_errno(err, what);
 }
@@ -292,6 +291,45 @@ int destroy_flow_any_abi(ibv_flow *flow)
     return EOPNOTSUPP;
 }
 
+void open_interface(device_handles &d, in_addr interface, const std::string &interface_text, bool with_channel)
+{
+    const auto &cm = ibv::rdmacm();
+    const auto &v = ibv::verbs();
+    d.event_channel.reset(cm.create_event_channel());
+    if (!d.event_channel)
+        fail_errno(errno, "rdma_create_event_channel");
+    rdma_cm_id *id = nullptr;
+    if (cm.create_id(d.event_channel.get(), &id, nullptr, RDMA_PS_UDP) != 0)
+        fail_errno(errno, "rdma_create_id");
+    d.cm_id.reset(id);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr = interface;
+    if (cm.bind_addr(id, reinterpret_cast<sockaddr *>(&sa)) != 0 || !id->verbs)
+    {
+        int err = errno;
+        throw std::runtime_error("no RDMA device owns the interface address " + interface_text
+                                 + " (rdma_bind_addr: " + std::strerror(err)
+                                 + "); check that the NIC's RDMA driver is loaded (ibv_devices, rdma link)");
+    }
+    d.context = id->verbs;
+    d.port_num = id->port_num;
+    if (v.query_device(d.context, &d.device_attr) != 0)
+        fail_errno(errno, "ibv_query_device");
+    d.pd.reset(v.alloc_pd(d.context));
+    if (!d.pd)
+        fail_errno(errno, "ibv_alloc_pd");
+    if (with_channel)
+    {
+        d.comp_channel.reset(v.create_comp_channel(d.context));
+        if (!d.comp_channel)
+            fail_errno(errno, "ibv_create_comp_channel");
+        int flags = fcntl(d.comp_channel->fd, F_GETFL);
+        if (flags < 0 || fcntl(d.comp_channel->fd, F_SETFL, flags | O_NONBLOCK) < 0)
+            fail_errno(errno, "making the completion channel non-blocking");
+    }
+}
+
 // ---------------------------------------------------------------- reader base
 
 void ibv_reader_base::dispatch_async_event(ibv_context *context, const ibv_async_event &event)
@@ -346,47 +384,16 @@ ibv_reader_base::ibv_reader_base(packet_sink &sink, worker &thread, const ibv_co
     : reader(sink, thread), config(config)
 {
     config.validate();
-    const auto &cm = ibv::rdmacm();
-    const auto &v = ibv::verbs();
     interface = resolve_ipv4(config.interface_address, "interface address");
     // If anything below throws, device (a member) is destroyed, in reverse
     // declaration order, releasing what was made so far.
-    device_objects &d = device.emplace();
-    d.event_channel.reset(cm.create_event_channel());
-    if (!d.event_channel)
-        fail_errno(errno, "rdma_create_event_channel");
-    rdma_cm_id *id = nullptr;
-    if (cm.create_id(d.event_channel.get(), &id, nullptr, RDMA_PS_UDP) != 0)
-        fail_errno(errno, "rdma_create_id");
-    d.cm_id.reset(id);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr = interface;
-    if (cm.bind_addr(id, reinterpret_cast<sockaddr *>(&sa)) != 0 || !id->verbs)
-    {
-        int err = errno;
-        throw std::runtime_error("no RDMA device owns the interface address " + config.interface_address
-                                 + " (rdma_bind_addr: " + std::strerror(err)
-                                 + "); check that the NIC's RDMA driver is loaded (ibv_devices, rdma link)");
-    }
-    context = id->verbs;
-    port_num = id->port_num;
-    if (v.query_device(context, &device_attr) != 0)
-        fail_errno(errno, "ibv_query_device");
-    d.pd.reset(v.alloc_pd(context));
-    if (!d.pd)
-        fail_errno(errno, "ibv_alloc_pd");
+    device_handles &d = device.emplace();
+    open_interface(d, interface, config.interface_address, config.comp_vector >= 0);
+    context = d.context;
+    port_num = d.port_num;
+    device_attr = d.device_attr;
     pd = d.pd.get();
-    if (config.comp_vector >= 0)
-    {
-        d.comp_channel.reset(v.create_comp_channel(context));
-        if (!d.comp_channel)
-            fail_errno(errno, "ibv_create_comp_channel");
-        comp_channel = d.comp_channel.get();
-        int flags = fcntl(comp_channel->fd, F_GETFL);
-        if (flags < 0 || fcntl(comp_channel->fd, F_SETFL, flags | O_NONBLOCK) < 0)
-            fail_errno(errno, "making the completion channel non-blocking");
-    }
+    comp_channel = d.comp_channel.get();
 }
 
 ibv_reader_base::~ibv_reader_base()

@@ -41,9 +41,11 @@ struct mprq_unsupported : std::runtime_error
 /// Creating a raw packet QP failed: say whether CAP_NET_RAW is the likely cause.
 [[noreturn]] void fail_qp(int err);
 /// A call that pins memory failed: ENOMEM usually means the memlock limit.
-[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need);
+/// @a who names what pins in the message ("reader (receive buffer and completion queue)").
+[[noreturn]] void fail_pinning(int err, const std::string &what, std::size_t need,
+                               const char *who = "reader (receive buffer and completion queue)");
 /// Throw a clear error if pinning @a need more bytes would exceed RLIMIT_MEMLOCK.
-void check_memlock(std::size_t need);
+void check_memlock(std::size_t need, const char *what = "reader (receive buffer and completion queue)");
 /// @a bytes rounded up to whole pages.
 std::size_t page_round(std::size_t bytes);
 
@@ -60,6 +62,31 @@ public:
     std::uint8_t *data() const { return static_cast<std::uint8_t *>(ptr); }
 };
 
+/// The device objects every ibverbs queue needs: declared in creation
+/// order, so destroyed in reverse (see ibv_handles.h).  The readers and the
+/// sender open them the same way (open_interface).
+struct device_handles
+{
+    event_channel_handle event_channel;
+    cm_id_handle cm_id;          ///< owns the device context
+    pd_handle pd;
+    comp_channel_handle comp_channel;   ///< only when asked for
+    // Borrowed from the above.
+    ibv_context *context = nullptr;
+    std::uint8_t port_num = 0;
+    ibv_device_attr device_attr{};
+};
+
+/// Find the RDMA device that owns @a interface (rdma_bind_addr), query it,
+/// allocate a protection domain and, if @a with_channel, a non-blocking
+/// completion channel.  @a interface_text names the address in errors.
+/// On failure what was made so far is released by @a d's destructor.
+void open_interface(device_handles &d, in_addr interface, const std::string &interface_text, bool with_channel);
+
+/// MAC address of the local interface that has IPv4 address @a addr
+/// (from the kernel: getifaddrs); false if there is none.
+bool interface_mac(in_addr addr, std::uint8_t mac[6]);
+
 /// Register receive memory for local writes (relaxed ordering where offered).
 ibv_mr *register_memory(ibv_pd *pd, void *addr, std::size_t length);
 
@@ -69,16 +96,8 @@ ibv_flow *create_flow_any_abi(ibv_qp *qp, ibv_flow_attr *attr);
 class ibv_reader_base : public reader
 {
 private:
-    /// Objects every reader needs before its receive queue; declared in
-    /// creation order, so destroyed in reverse (see ibv_handles.h).
-    struct device_objects
-    {
-        event_channel_handle event_channel;
-        cm_id_handle cm_id;          ///< owns the device context
-        pd_handle pd;
-        comp_channel_handle comp_channel;   ///< only in interrupt mode
-    };
-    std::optional<device_objects> device;
+    /// Objects every reader needs before its receive queue.
+    std::optional<device_handles> device;
     fd_handle join_socket;       ///< holds the multicast memberships
     fd_handle async_fd;          ///< our duplicate of the context's async event fd
     std::vector<in_addr> groups;

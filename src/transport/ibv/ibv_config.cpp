@@ -2,7 +2,9 @@
 // its validation and the SPEAD2_IBV_INTERFACE override.  Compiled into every
 // build, so the Python API is the same with or without the rdma-core headers.
 #include "transport/ibv/ibv_reader.h"
+#include "transport/ibv/ibv_sender.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -45,6 +47,41 @@ void ibv_config::validate() const
         throw std::invalid_argument("max_size must be positive");
     if (max_poll < 1)
         throw std::invalid_argument("max_poll must be at least 1");
+}
+
+void ibv_send_config::validate() const
+{
+    // The reference's checks, in its order and with its messages.
+    if (endpoints.empty())
+        throw std::invalid_argument("endpoints is empty");
+    if (interface_address.empty())
+        throw std::invalid_argument("interface address has not been specified");
+    for (const auto &[host, port] : endpoints)
+    {
+        socklen_t length;
+        sockaddr_storage sa = resolve_address(host, port, AF_UNSPEC, length);   // runtime_error if unresolvable
+        if (sa.ss_family != AF_INET
+            || !IN_MULTICAST(ntohl(reinterpret_cast<const sockaddr_in *>(&sa)->sin_addr.s_addr)))
+            throw std::invalid_argument("endpoint is not an IPv4 multicast address");
+    }
+    {
+        socklen_t length;
+        sockaddr_storage sa = resolve_address(interface_address, 0, AF_UNSPEC, length);
+        if (sa.ss_family != AF_INET)
+            throw std::invalid_argument("interface address is not an IPv4 address");
+    }
+    if (max_poll < 1)
+        throw std::invalid_argument("max_poll must be at least 1");
+    for (const auto &region : memory_regions)
+        if (region.second == 0)
+            throw std::invalid_argument("memory region must have non-zero size");
+    std::vector<std::pair<std::uintptr_t, std::size_t>> sorted;
+    for (const auto &region : memory_regions)
+        sorted.emplace_back(reinterpret_cast<std::uintptr_t>(region.first), region.second);
+    std::sort(sorted.begin(), sorted.end());
+    for (std::size_t i = 1; i < sorted.size(); i++)
+        if (sorted[i].first - sorted[i - 1].first < sorted[i - 1].second)
+            throw std::invalid_argument("memory regions overlap");
 }
 
 std::optional<ibv_config> ibv_override(const std::string &host, std::uint16_t port,
