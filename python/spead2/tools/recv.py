@@ -80,6 +80,8 @@ import numpy as np
 import spead2
 import spead2.recv
 
+from . import _cli
+
 DEFAULT_TIMESTAMP_ID = 0x1600
 DEFAULT_CHANNEL_ID = 0x4103
 DEFAULT_HEAP_SIZE = 8192
@@ -967,41 +969,10 @@ def receive_heaps(args, sources: List[Source], stop: StopRequest, out=None, err=
 # Command line
 
 
-def _positive_int(text):
-    value = int(text, 0)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _nonnegative_int(text):
-    value = int(text, 0)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
 def _item_id(text):
-    value = int(text, 0)
+    value = _cli.integer(text)
     if not 0 < value < 1 << 23:
         raise argparse.ArgumentTypeError(f"not a valid item ID: {text}")
-    return value
-
-
-def _core_list(text):
-    try:
-        cores = [int(c) for c in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of core numbers: {text}") from None
-    if any(c < 0 for c in cores):
-        raise argparse.ArgumentTypeError(f"core numbers must not be negative: {text}")
-    return cores
-
-
-def _duration(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
 
 
@@ -1030,73 +1001,73 @@ def build_parser() -> argparse.ArgumentParser:
     heaps.add_argument("--descriptors", action="store_true", help="show each descriptor in full")
     heaps.add_argument("--values", action="store_true", help="show item values, not only their names")
     heaps.add_argument("--joint", action="store_true", help="one stream for all sources (else one per source)")
-    heaps.add_argument("--count", type=_positive_int, default=None, metavar="N",
+    heaps.add_argument("--count", type=_cli.positive_int, default=None, metavar="N",
                        help="stop each stream after N heaps")
-    heaps.add_argument("--ring-heaps", type=_positive_int, default=spead2.recv.RingStreamConfig.DEFAULT_HEAPS,
+    heaps.add_argument("--ring-heaps", type=_cli.positive_int, default=spead2.recv.RingStreamConfig.DEFAULT_HEAPS,
                        metavar="N", help="depth of the ring of finished heaps [%(default)s]")
     heaps.add_argument("--mem-pool", action="store_true", help="allocate heaps from a spead2.MemoryPool")
-    heaps.add_argument("--mem-lower", type=_nonnegative_int, default=DEFAULT_MEM_LOWER, metavar="BYTES",
+    heaps.add_argument("--mem-lower", type=_cli.nonnegative_int, default=DEFAULT_MEM_LOWER, metavar="BYTES",
                        help="smallest heap served by the pool [%(default)s]")
-    heaps.add_argument("--mem-upper", type=_nonnegative_int, default=DEFAULT_MEM_UPPER, metavar="BYTES",
+    heaps.add_argument("--mem-upper", type=_cli.nonnegative_int, default=DEFAULT_MEM_UPPER, metavar="BYTES",
                        help="largest heap served by the pool (its buffer size) [%(default)s]")
-    heaps.add_argument("--mem-max-free", type=_nonnegative_int, default=DEFAULT_MEM_MAX_FREE, metavar="N",
+    heaps.add_argument("--mem-max-free", type=_cli.nonnegative_int, default=DEFAULT_MEM_MAX_FREE, metavar="N",
                        help="free buffers the pool keeps [%(default)s]")
-    heaps.add_argument("--mem-initial", type=_nonnegative_int, default=DEFAULT_MEM_INITIAL, metavar="N",
+    heaps.add_argument("--mem-initial", type=_cli.nonnegative_int, default=DEFAULT_MEM_INITIAL, metavar="N",
                        help="buffers the pool starts with [%(default)s]")
 
     place = parser.add_argument_group("placement (chunk mode)")
     place.add_argument("--place", choices=["timestamp", "cnt"], default="timestamp",
                        help="chunk by a timestamp item and a channel item, or by heap counter [%(default)s]")
-    place.add_argument("--heap-size", type=_positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
+    place.add_argument("--heap-size", type=_cli.positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
                        help="payload bytes of every data heap; other heaps are rejected [%(default)s]")
-    place.add_argument("--heaps-per-chunk", type=_positive_int, default=None, metavar="N",
+    place.add_argument("--heaps-per-chunk", type=_cli.positive_int, default=None, metavar="N",
                        help=f"heaps in a chunk [timestamp: --channels; cnt: {DEFAULT_HEAPS_PER_CHUNK_CNT}]")
     place.add_argument("--timestamp-id", type=_item_id, default=DEFAULT_TIMESTAMP_ID, metavar="ID",
                        help=f"item ID of the timestamp [{DEFAULT_TIMESTAMP_ID:#x}]")
     place.add_argument("--channel-id", type=_item_id, default=DEFAULT_CHANNEL_ID, metavar="ID",
                        help=f"item ID of the channel (frequency) [{DEFAULT_CHANNEL_ID:#x}]")
-    place.add_argument("--channels", type=_positive_int, default=DEFAULT_CHANNELS, metavar="N",
+    place.add_argument("--channels", type=_cli.positive_int, default=DEFAULT_CHANNELS, metavar="N",
                        help="channels per timestamp [%(default)s]")
-    place.add_argument("--channel-step", type=_positive_int, default=None, metavar="N",
+    place.add_argument("--channel-step", type=_cli.positive_int, default=None, metavar="N",
                        help="difference between successive channel values [heap size / 4, as spead2_send]")
-    place.add_argument("--timestamp-step", type=_positive_int, default=1, metavar="N",
+    place.add_argument("--timestamp-step", type=_cli.positive_int, default=1, metavar="N",
                        help="difference between successive timestamps [%(default)s]")
-    place.add_argument("--first-timestamp", type=_nonnegative_int, default=0, metavar="N",
+    place.add_argument("--first-timestamp", type=_cli.nonnegative_int, default=0, metavar="N",
                        help="timestamps below this are rejected; t is counted from here [%(default)s]")
-    place.add_argument("--cnt-first", type=_nonnegative_int, default=1, metavar="N",
+    place.add_argument("--cnt-first", type=_cli.nonnegative_int, default=1, metavar="N",
                        help="heap counter of position 0 for --place cnt [%(default)s]")
-    place.add_argument("--cnt-step", type=_positive_int, default=1, metavar="N",
+    place.add_argument("--cnt-step", type=_cli.positive_int, default=1, metavar="N",
                        help="heap counter increment per position for --place cnt [%(default)s]")
     place.add_argument("--verify", action="store_true",
                        help="check every heap's payload against spead2_send's pattern (--place timestamp)")
 
     stream = parser.add_argument_group("stream")
     stream.add_argument("--memcpy-nt", action="store_true", help="copy payloads with non-temporal stores")
-    stream.add_argument("--max-chunks", type=_positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
+    stream.add_argument("--max-chunks", type=_cli.positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
                         help="chunks being filled at once (the window) [%(default)s]")
-    stream.add_argument("--max-heaps", type=_positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
+    stream.add_argument("--max-heaps", type=_cli.positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
                         metavar="N", help="heaps being assembled at once [%(default)s]")
-    stream.add_argument("--ring", type=_positive_int, default=None, metavar="N",
+    stream.add_argument("--ring", type=_cli.positive_int, default=None, metavar="N",
                         help="depth of the ring of finished chunks [--max-chunks]")
-    stream.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    stream.add_argument("--threads", type=_cli.positive_int, default=1, metavar="N",
                         help="worker threads (per stream with --streams) [%(default)s]")
-    stream.add_argument("--streams", type=_positive_int, default=None, metavar="N",
+    stream.add_argument("--streams", type=_cli.positive_int, default=None, metavar="N",
                         help="receive with a chunk stream group of N streams, each on its own thread pool; "
                              "source i goes to stream i %% N, capture files are replayed together")
     stream.add_argument("--eviction", choices=["lossy", "lossless"], default="lossy",
                         help="with --streams: what happens to a stream that falls behind [%(default)s]")
-    stream.add_argument("--cores", type=_core_list, default=None, metavar="LIST",
+    stream.add_argument("--cores", type=_cli.cpu_list, default=None, metavar="LIST",
                         help="with --streams: pin stream i's thread to the i-th core of LIST (e.g. 2,3)")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--max-size", type=_positive_int, default=None, metavar="BYTES",
+    net.add_argument("--max-size", type=_cli.positive_int, default=None, metavar="BYTES",
                      help=f"largest datagram accepted; larger ones are dropped [{cls.DEFAULT_UDP_MAX_SIZE}]")
-    net.add_argument("--buffer", type=_nonnegative_int, default=None, metavar="BYTES",
+    net.add_argument("--buffer", type=_cli.nonnegative_int, default=None, metavar="BYTES",
                      help="socket receive buffer, 0 for the OS default (see net.core.rmem_max) "
                           f"[{cls.DEFAULT_UDP_BUFFER_SIZE}; with --ibv, the ibverbs default]")
     net.add_argument("--interface", metavar="ADDRESS", default="",
                      help="IPv4 address of the interface to join multicast groups on (and for --ibv)")
-    net.add_argument("--interface-index", type=_nonnegative_int, default=0, metavar="INDEX",
+    net.add_argument("--interface-index", type=_cli.nonnegative_int, default=0, metavar="INDEX",
                      help="index of the interface to join IPv6 multicast groups on, 0 = any [%(default)s]")
     net.add_argument("--tcp", action="store_true", help="HOST:PORT sources listen for TCP connections, not UDP")
     net.add_argument("--ibv", action="store_true", help="receive UDP with ibverbs (where this build has it)")
@@ -1115,7 +1086,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chunk mode: instead of chunk lines, a view refreshed twice a second of each stream's "
                           "rate and losses by kind, the rings' occupancy and the group window; with --json, "
                           "'live' records")
-    out.add_argument("--duration", type=_duration, default=None, metavar="SECONDS",
+    out.add_argument("--duration", type=_cli.positive_float, default=None, metavar="SECONDS",
                      help="stop after this long")
     out.add_argument("-v", "--verbose", action="store_true", help="show spead2's debug log messages")
     return parser

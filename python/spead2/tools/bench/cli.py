@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from spead2.tools import _cli
+
 from . import sender, worker
 from .context import Progress, cache_dir
 from .report import format_table, plot
@@ -16,43 +18,8 @@ from .traffic import FLAVOURS, Traffic
 from .transports import TRANSPORT_NAMES, TRANSPORTS
 
 
-
-def _int_list(text):
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or comma-separated list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    return values
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
 def _flavour(text):
-    parts = text.upper().removeprefix("SPEAD-").split("-")
-    if len(parts) != 2 or parts[0] != "64" or not parts[1].isdigit() or int(parts[1]) not in FLAVOURS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give SPEAD-64-XX with XX one of {', '.join(map(str, FLAVOURS))}")
-    return int(parts[1])
+    return _cli.flavour_bits(text, FLAVOURS)
 
 
 def _transports(text):
@@ -90,33 +57,11 @@ def _streams(text):
     return list(dict.fromkeys(values))
 
 
-def _on_off(text):
-    value = text.lower()
-    if value in ("on", "yes", "true", "1"):
-        return True
-    if value in ("off", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r}: give on or off")
-
-
 def _pin(text):
     """on (True), off (False) or a list of CPU numbers (so "0" is CPU 0, not off)."""
     if not text.strip().replace(",", "").replace(" ", "").isdigit():
-        return _on_off(text)
-    try:
-        cpus = _int_list(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give on, off or a list of CPU numbers") from None
-    if min(cpus) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: CPU numbers are not negative")
-    return cpus
-
-
-def _endpoint(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host, int(port)
+        return _cli.on_off(text)
+    return _cli.cpu_list(text)
 
 
 def build_parser():
@@ -127,31 +72,31 @@ def build_parser():
                     "compare throughput, CPU cost, loss and the highest lossless rate.",
     )
     t = p.add_argument_group("traffic")
-    t.add_argument("--heap-size", type=_positive_int, default=None, metavar="BYTES",
+    t.add_argument("--heap-size", type=_cli.positive_int, default=None, metavar="BYTES",
                    help="payload bytes per heap [65536; --quick: 8192]")
-    t.add_argument("--packet-size", type=_int_list, action="append", default=None, metavar="BYTES[,BYTES...]",
+    t.add_argument("--packet-size", type=_cli.int_list, action="append", default=None, metavar="BYTES[,BYTES...]",
                    help="maximum SPEAD packet size (UDP payload); repeat or give a list to sweep (the plot's "
                         "x axis) [1472]")
-    t.add_argument("--heaps", type=_positive_int, default=None, metavar="N",
+    t.add_argument("--heaps", type=_cli.positive_int, default=None, metavar="N",
                    help="heaps per run [256 MiB of payload; --quick: 2 MiB]")
     t.add_argument("--flavour", type=_flavour, default=48, metavar="SPEAD-64-XX",
                    help="protocol flavour (heap address bits 24, 32, 40 or 48) [SPEAD-64-48]")
-    t.add_argument("--channels", type=_positive_int, default=4, metavar="N",
+    t.add_argument("--channels", type=_cli.positive_int, default=4, metavar="N",
                    help="heaps per timestamp (frequency channels) [4]")
     r = p.add_argument_group("what to run")
     r.add_argument("--transports", type=_transports, default=list(TRANSPORT_NAMES), metavar="LIST",
                    help=f"comma-separated subset of {','.join(TRANSPORT_NAMES)} [all]")
-    r.add_argument("--rate-search", type=_on_off, default=True, metavar="on|off",
+    r.add_argument("--rate-search", type=_cli.on_off, default=True, metavar="on|off",
                    help="search for the highest lossless rate of the live transports [on]")
-    r.add_argument("--rate-steps", type=_positive_int, default=None, metavar="N",
+    r.add_argument("--rate-steps", type=_cli.positive_int, default=None, metavar="N",
                    help="at most this many rate-search steps per measurement [8; --quick: 3]")
-    r.add_argument("--step-time", type=_positive_float, default=None, metavar="SECONDS",
+    r.add_argument("--step-time", type=_cli.positive_float, default=None, metavar="SECONDS",
                    help="traffic per rate-search step, in seconds at the step's rate [0.5; --quick: 0.1]")
-    r.add_argument("--rate-tolerance", type=_positive_float, default=0.05, metavar="FRACTION",
+    r.add_argument("--rate-tolerance", type=_cli.positive_float, default=0.05, metavar="FRACTION",
                    help="stop the search when the bracket is narrower than this fraction [0.05]")
-    r.add_argument("--reps", type=_positive_int, default=None, metavar="N",
+    r.add_argument("--reps", type=_cli.positive_int, default=None, metavar="N",
                    help="runs of the buffer and pcap transports; the fastest counts [5; --quick: 1]")
-    r.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
+    r.add_argument("--rounds", type=_cli.positive_int, default=1, metavar="N",
                    help="measure everything N times, ours and the reference taking turns, and report the "
                         "median round and the spread of the ratios [1]")
     r.add_argument("--quick", action="store_true", help="tiny sizes and a short rate search (for tests)")
@@ -179,10 +124,10 @@ def build_parser():
     i = p.add_argument_group("ibverbs")
     i.add_argument("--ibv-interface", metavar="ADDR",
                    help="IPv4 address of a real RDMA-capable interface; without it the emulated device is used")
-    i.add_argument("--ibv-endpoint", type=_endpoint, metavar="HOST:PORT",
+    i.add_argument("--ibv-endpoint", type=_cli.endpoint, metavar="HOST:PORT",
                    help="address the ibverbs receiver listens on (a multicast group, or the interface "
                         "address) [ADDR:7148]")
-    i.add_argument("--ibv-buffer-size", type=_positive_int, default=16 << 20, metavar="BYTES",
+    i.add_argument("--ibv-buffer-size", type=_cli.positive_int, default=16 << 20, metavar="BYTES",
                    help="ibverbs receive buffer [16 MiB]")
     i.add_argument("--ibv-emulator", metavar="PATH",
                    help="the emulated device: libspead2_ibv_emulator.so, or a tests/ibv_emulator directory to "
