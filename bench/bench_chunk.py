@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import bench_tool
+
 # ---------------------------------------------------------------------------
 # Scenarios (shared by driver and worker, so both sides agree on the layout)
 # ---------------------------------------------------------------------------
@@ -191,48 +193,21 @@ def generate_traffic(p, raw_path, pcap_path):
 
 
 def make_place(p):
-    """Numba place callback; identical source for both packages."""
-    import numba
-    import numpy as np
-    from numba import types
-
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
-
-    heap_size = p["heap_size"]
-    n_chan = p["n_chan"]
-    t_per_chunk = p["t_per_chunk"]
-    step = TIMESTAMP_STEP
-
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.size_t), nopython=True)
-    def place(data_ptr, data_size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-        if items[0] != heap_size:  # HEAP_LENGTH
-            return
-        timestamp = items[1]
-        channel = items[2]
-        if timestamp < 0 or timestamp % step != 0 or channel < 0 or channel >= n_chan:
-            return
-        t = timestamp // step
-        heap_index = (t % t_per_chunk) * n_chan + channel
-        data[0].chunk_id = t // t_per_chunk
-        data[0].heap_index = heap_index
-        data[0].heap_offset = heap_index * heap_size
-
-    return place
+    """The place callback: spead2.recv.numba_place.timestamp_channel of this
+    source tree (loaded by path, so the same code for both packages)."""
+    return bench_tool.load("worker").load_numba_place().timestamp_channel(
+        heap_size=p["heap_size"], channels=p["n_chan"], channel_step=1, timestamp_step=TIMESTAMP_STEP,
+        timestamps_per_chunk=p["t_per_chunk"], timestamp_id=TIMESTAMP_ID, channel_id=CHANNEL_ID)
 
 
 def worker_main(args):
     import numpy as np
-    import scipy
 
     import spead2
     import spead2.recv
 
     p = scenario_params(args.scenario, args.scale)
-    place_cfunc = make_place(p)
-    place = scipy.LowLevelCallable(place_cfunc.ctypes, signature="void (void *, size_t)")
+    place = make_place(p)
 
     if args.source == "mem":
         with open(args.file, "rb") as f:
@@ -260,7 +235,7 @@ def worker_main(args):
         free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
         stream_config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
         chunk_config = spead2.recv.ChunkStreamConfig(
-            items=[spead2.HEAP_LENGTH_ID, TIMESTAMP_ID, CHANNEL_ID],
+            items=place.items,
             max_chunks=max_chunks,
             place=place,
         )

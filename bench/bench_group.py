@@ -36,15 +36,15 @@ path, so the reference's interpreter runs the same code.
 """
 
 import argparse
-import importlib
 import json
 import os
-import runpy
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import bench_tool
 
 CONFIGS = ("plain", "plain-share", "group1-share", "groupN")
 #: (name, numerator, denominator) of the ratios in the table.
@@ -56,21 +56,13 @@ RATIOS = (
 )
 
 
-def load_bench(directory):
-    """The modules ``traffic`` and ``worker`` of the spead2_bench package in
-    ``directory`` (spead2/tools/bench), loaded by path as spead2_bench's own
-    subprocesses load it (only the standard library at import)."""
-    package = runpy.run_path(os.path.join(directory, "session.py"))["load_package"](directory)
-    return (importlib.import_module(package.__name__ + ".traffic"),
-            importlib.import_module(package.__name__ + ".worker"))
-
-
 # ---------------------------------------------------------------------------
 # Worker
 
 
 def worker_main(args):
-    traffic, worker = load_bench(args.bench_module)
+    traffic = bench_tool.load("traffic", args.bench_module)
+    worker = bench_tool.load("worker", args.bench_module)
     import numpy as np
     import spead2
 

@@ -21,6 +21,7 @@ try:
     from numba import types
 
     from spead2.numba import intp_to_voidptr
+    from spead2.recv import numba_place
     from spead2.recv.numba import chunk_place_data
 
     HAVE_NUMBA = True
@@ -74,16 +75,6 @@ def _compile_callbacks(names=None):
     ])
 
     plain_sig = types.void(place_ptr, types.size_t)
-
-    def place_plain(data_ptr, data_size):
-        # items: [position, HEAP_LENGTH]
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-        position = items[0]
-        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE:
-            data[0].chunk_id = position // HEAPS_PER_CHUNK
-            data[0].heap_index = position % HEAPS_PER_CHUNK
-            data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
 
     def place_extra(data_ptr, data_size):
         # items: [position, HEAP_LENGTH, extra value]; writes the extra value
@@ -171,7 +162,6 @@ def _compile_callbacks(names=None):
         data[0].heap_offset = index * p[0].heap_size
 
     table = {
-        "place_plain": (place_plain, plain_sig),
         "place_extra": (place_extra, plain_sig),
         "place_bind": (place_bind, types.void(place_ptr, types.size_t, types.CPointer(bind_record))),
         "place_direct": (place_direct, plain_sig),
@@ -179,8 +169,17 @@ def _compile_callbacks(names=None):
         "place_capture": (place_capture, types.void(place_ptr, types.size_t, types.CPointer(capture_record))),
     }
     if names is None:
-        names = list(table)
-    return {name: numba.cfunc(table[name][1], nopython=True)(table[name][0]) for name in names}
+        names = ["place_plain", *table]
+    out = {}
+    for name in names:
+        if name == "place_plain":
+            # items: [position, HEAP_LENGTH]: the standard heap-counter
+            # callback, counting from position 0.
+            out[name] = numba_place.heap_counter(heap_size=HEAP_PAYLOAD_SIZE, heaps_per_chunk=HEAPS_PER_CHUNK,
+                                                 cnt_first=0).cfunc
+        else:
+            out[name] = numba.cfunc(table[name][1], nopython=True)(table[name][0])
+    return out
 
 
 class _LazyCallbacks:

@@ -187,89 +187,33 @@ class Layout:
         return "cnt" if self.place == "cnt" else "timestamp"
 
 
-def make_builtin_place(layout: Layout):
-    """The built-in (C++) placement for `layout` (spead2.recv.place): the same
-    chunks as make_place_callback's numba callback, without numba."""
-    import spead2.recv.place
-
+def _placement(layout: Layout, module):
+    """The placement for `layout` from `module`: spead2.recv.place (built
+    in, C++) or spead2.recv.numba_place (numba), which take the same
+    arguments and place heaps the same way.  Each placed heap also writes
+    its key (heap counter or timestamp) into its 8-byte slot of ``chunk.extra``."""
     if layout.place == "cnt":
-        return spead2.recv.place.heap_counter(heap_size=layout.heap_size, heaps_per_chunk=layout.heaps_per_chunk,
-                                              cnt_first=layout.cnt_first, cnt_step=layout.cnt_step, extra=True)
-    return spead2.recv.place.timestamp_channel(
+        return module.heap_counter(heap_size=layout.heap_size, heaps_per_chunk=layout.heaps_per_chunk,
+                                   cnt_first=layout.cnt_first, cnt_step=layout.cnt_step, extra=True)
+    return module.timestamp_channel(
         heap_size=layout.heap_size, channels=layout.channels, channel_step=layout.channel_step,
         timestamp_step=layout.timestamp_step, timestamps_per_chunk=layout.timestamps_per_chunk,
         first_timestamp=layout.first_timestamp, timestamp_id=layout.timestamp_id, channel_id=layout.channel_id,
         extra=True)
 
 
+def make_builtin_place(layout: Layout):
+    """The built-in (C++) placement for `layout` (spead2.recv.place), the one spead2_recv uses."""
+    import spead2.recv.place
+
+    return _placement(layout, spead2.recv.place)
+
+
 def make_place_callback(layout: Layout):
-    """A scipy.LowLevelCallable for `layout`, compiled by numba with every
-    parameter baked in as a constant.  Each placed heap also writes its key
-    (heap counter or timestamp) into its 8-byte slot of ``chunk.extra``."""
-    import numba
-    import scipy
-    from numba import types
+    """The same placement as a numba callback (spead2.recv.numba_place; needs numba and scipy)."""
+    from spead2.recv import numba_place
 
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
-
-    signature = types.void(types.CPointer(chunk_place_data), types.uintp)
-    heap_size = layout.heap_size
-    hpc = layout.heaps_per_chunk
-
-    if layout.place == "cnt":
-        cnt_first = layout.cnt_first
-        cnt_step = layout.cnt_step
-
-        def place(data_ptr, data_size):
-            data = numba.carray(data_ptr, 1)
-            items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-            cnt = items[0]
-            if items[1] != heap_size or cnt < cnt_first:
-                return
-            offset = cnt - cnt_first
-            if offset % cnt_step != 0:
-                return
-            position = offset // cnt_step
-            index = position % hpc
-            data[0].chunk_id = position // hpc
-            data[0].heap_index = index
-            data[0].heap_offset = index * heap_size
-            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            extra[0] = cnt
-            data[0].extra_offset = index * 8
-            data[0].extra_size = 8
-    else:
-        channels = layout.channels
-        channel_step = layout.channel_step
-        timestamp_step = layout.timestamp_step
-        first_timestamp = layout.first_timestamp
-        tpc = layout.timestamps_per_chunk
-
-        def place(data_ptr, data_size):
-            data = numba.carray(data_ptr, 1)
-            items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-            timestamp = items[0]
-            channel = items[1]
-            if items[2] != heap_size or timestamp < first_timestamp or channel < 0:
-                return
-            if channel % channel_step != 0:
-                return
-            c = channel // channel_step
-            if c >= channels:
-                return
-            t = (timestamp - first_timestamp) // timestamp_step
-            index = (t % tpc) * channels + c
-            data[0].chunk_id = t // tpc
-            data[0].heap_index = index
-            data[0].heap_offset = index * heap_size
-            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            extra[0] = timestamp
-            data[0].extra_offset = index * 8
-            data[0].extra_size = 8
-
-    cfunc = numba.cfunc(signature, nopython=True)(place)
-    return scipy.LowLevelCallable(cfunc.ctypes, signature="void (void *, size_t)")
+    return _placement(layout, numba_place)
 
 
 def send_heap_index(layout: Layout, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:

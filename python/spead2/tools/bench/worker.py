@@ -6,6 +6,7 @@ imported when first needed, from whatever spead2 the interpreter has."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import sys
@@ -103,7 +104,6 @@ def _add_stats(stats_list):
         return out
 
 
-
 class Receiver:
     """The benchmark's placement, plus a consumer.
 
@@ -145,7 +145,7 @@ class Receiver:
 
         def chunk_config():
             return spead2.recv.ChunkStreamConfig(
-                items=[spead2.HEAP_LENGTH_ID, TIMESTAMP_ID, FREQUENCY_ID],
+                items=self.place.items,
                 max_chunks=max_chunks,
                 place=self.place,
             )
@@ -294,8 +294,8 @@ class Worker:
     def place_for(self, t):
         key = (t.heap_size, t.channels, t.freq_step, t.ts_step, t.t_per_chunk)
         if key not in self.places:
-            self.places[key] = _compile_place(*key)
-        return self.places[key][1]
+            self.places[key] = make_place(t)
+        return self.places[key]
 
     def chunk_memory(self, t, n):
         import numpy as np
@@ -472,36 +472,26 @@ class Worker:
         return 0
 
 
-def _compile_place(heap_size, channels, freq_step, ts_step, t_per_chunk):
-    """The numba place callback (the same source for ours and the reference)."""
-    import numba
-    import numpy as np
-    import scipy
-    from numba import types
+def load_numba_place():
+    """spead2/recv/numba_place.py of the package this file is in, loaded by
+    path: the standard numba callbacks, the same code under ours and under
+    the reference (whose spead2 does not have that module)."""
+    name = "_spead2_bench_numba_place"
+    if name not in sys.modules:
+        spead2_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        spec = importlib.util.spec_from_file_location(name, os.path.join(spead2_dir, "recv", "numba_place.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
 
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
 
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.size_t), nopython=True)
-    def place(data_ptr, data_size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-        if items[0] != heap_size:
-            return
-        timestamp = items[1]
-        frequency = items[2]
-        if timestamp < 0 or frequency < 0 or timestamp % ts_step != 0 or frequency % freq_step != 0:
-            return
-        channel = frequency // freq_step
-        if channel >= channels:
-            return
-        t = timestamp // ts_step
-        heap_index = (t % t_per_chunk) * channels + channel
-        data[0].chunk_id = t // t_per_chunk
-        data[0].heap_index = heap_index
-        data[0].heap_offset = heap_index * heap_size
-
-    return place, scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
+def make_place(t):
+    """The placement of traffic ``t``: heaps by timestamp and frequency item,
+    ``t.channels`` per timestamp, ``t.t_per_chunk`` timestamps per chunk."""
+    return load_numba_place().timestamp_channel(
+        heap_size=t.heap_size, channels=t.channels, channel_step=t.freq_step, timestamp_step=t.ts_step,
+        timestamps_per_chunk=t.t_per_chunk, timestamp_id=TIMESTAMP_ID, channel_id=FREQUENCY_ID)
 
 
 def main():
