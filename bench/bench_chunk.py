@@ -310,27 +310,16 @@ def worker_main(args):
 
     # The copy limit: the packet rate if moving the heap payload bytes were
     # the receiver's only work -- numpy copies of the same number of bytes
-    # from the streamed source into the same ring of chunk buffers.
+    # from the streamed source into the same ring of chunk buffers
+    # (spead2_bench's copylimit module, which spead2_bench measures with too).
     if source_data is not None:
         src = np.frombuffer(source_data, np.uint8)
     else:
         with open(args.file, "rb") as f:
             src = np.frombuffer(f.read(), np.uint8)
-    payload_total = p["n_heaps"] * heap_size
-
-    def copy_once():
-        start = time.perf_counter()
-        done = 0
-        i = 0
-        while done < payload_total:
-            n = min(chunk_bytes, payload_total - done, src.size - (done % src.size))
-            dst = data_arrays[i % n_chunks]
-            np.copyto(dst[:n], src[done % src.size:done % src.size + n])
-            done += n
-            i += 1
-        return time.perf_counter() - start
-
-    copy_times = [copy_once() for _ in range(max(1, args.reps))]
+    copylimit = bench_tool.load("copylimit")
+    copy_times = [copylimit.copy_seconds(src, p["n_heaps"] * heap_size, data_arrays)
+                  for _ in range(max(1, args.reps))]
 
     def rates(t):
         return {

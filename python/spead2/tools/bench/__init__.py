@@ -49,6 +49,9 @@ The package, by job:
     the receiving side of one measurement (runs under ours or the reference);
 ``sender``
     replays the generated packets over UDP;
+``copylimit``
+    the copy limit: the packet rate if copying the heap payload were a
+    receiver's only work (measured by the worker);
 ``session``
     the line-by-line JSON requests between the driver and those subprocesses;
 ``transports``

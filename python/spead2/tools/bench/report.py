@@ -57,6 +57,7 @@ def format_table(report):
     groups = any(r.get("streams") is not None for r in report["results"])
     cfg = report["config"]
     rounds = cfg.get("rounds", 1)
+    copy = any(r.get("copy_limit") for r in report["results"])
     head = ["transport", "packet"]
     if groups:
         head.append("streams")
@@ -64,8 +65,10 @@ def format_table(report):
     if groups:
         head += ["rx CPU s/Mpkt", "member CPU ms"]
     head += ["heaps ok/sent", "lossless Gb/s"]
+    if copy:
+        head += ["copy Mpkt/s", "of copy"]
     if compare:
-        head += ["ref Mpkt/s", "x", "ref CPU", "x", "ref lossless", "x"]
+        head += ["ref Mpkt/s", "x", "ref CPU", "x", "ref lossless", "x"] + (["ref of copy"] if copy else [])
     rows = []
     notes = []
     for r in report["results"]:
@@ -82,6 +85,9 @@ def format_table(report):
         else:
             line += ["n/a", "", ""] + (["", ""] if groups else []) + ["", ""]
             notes.append(f"{what}: {o['reason']}")
+        if copy:
+            limit = r.get("copy_limit")
+            line += [_fmt(limit["packets_per_s"] / 1e6) if limit else "-", _fmt(o.get("of_copy_limit"))]
         if compare:
             f = r["reference"]
             ratio = r.get("ratio") or {}
@@ -89,8 +95,10 @@ def format_table(report):
                 line += [_fmt(f["packets_per_s"] / 1e6), _ratio_text(ratio, "packets_per_s"),
                          _fmt(f["cpu_s_per_mpkt"]), _ratio_text(ratio, "cpu_s_per_mpkt"),
                          _lossless_text(f), _fmt(ratio.get("lossless_packets_per_s"))]
+                if copy:
+                    line.append(_fmt(f.get("of_copy_limit")))
             else:
-                line += ["n/a", "", "", "", "", ""]
+                line += ["n/a", "", "", "", "", ""] + ([""] if copy else [])
                 notes.append(f"reference {what}: {f['reason']}")
         rows.append(line)
     out = []
@@ -115,6 +123,9 @@ def format_table(report):
         out.append("x = ours / reference (Mpkt/s and lossless: higher is better; CPU: lower is better)")
     out.append("Gb/s = heap payload; lossless = highest rate without loss found by the rate search "
                "(>=: the sender's limit)")
+    if copy:
+        out.append("copy = the copy limit: the packet rate if copying the heap payload into a ring of chunks "
+                   "were the receiver's only work (numpy, same run); of copy = Mpkt/s / copy")
     if groups:
         out.append("CPU = the whole receiving process; rx CPU = the streams' own threads only; "
                    "member CPU = each member's thread, in ms")

@@ -70,6 +70,19 @@ def _measure(ctx, transport, impl, traffic, streams=None, search=True):
         return {"available": False, "reason": f"failed: {exc}", "failed": True}
 
 
+def _copy_limit(ctx, session, traffic):
+    """The copy limit of ``traffic`` (:mod:`.copylimit`), measured by our
+    worker ``session``, or None if that failed."""
+    ctx.progress(f"{traffic.packet_size} B: measuring the copy limit")
+    req = {"op": "copy_limit", "traffic": traffic.as_dict(), "files": ctx.traffic_files(traffic),
+           "reps": ctx.args.reps}
+    try:
+        return session.request(req, timeout=60 + traffic.n_packets * 1e-5 * ctx.args.reps)
+    except BenchError as exc:
+        ctx.progress.note(f"the copy limit could not be measured: {exc}")
+        return None
+
+
 def _ratio(a, b):
     if a is None or b is None or not b:
         return None
@@ -178,12 +191,14 @@ def run_all(args, progress):
     ctx = Context(args, progress)
     impls = [Implementation("ours", sys.executable, ours_env())]
     reference = None
+    copy_session = None
     try:
         if args.compare_reference:
             python = args.ref_python or reference_python(args.ref_venv, progress)
             impls.append(Implementation("reference", python, clean_ref_env()))
         transports = [TRANSPORTS[name](ctx) for name in args.transports]
         # Hello from every implementation (through the cheapest worker).
+        # Ours stays up to measure the copy limit.
         for impl in impls:
             progress(f"starting the {impl.name} worker")
             s = Session(impl.python, "worker", impl.env, ctx.tmp,
@@ -191,7 +206,10 @@ def run_all(args, progress):
             try:
                 impl.info = s.request({"op": "hello"}, timeout=300)
             finally:
-                s.close()
+                if impl is impls[0]:
+                    copy_session = s
+                else:
+                    s.close()
         ours_info = impls[0].info
         if len(impls) > 1:
             ref_info = impls[1].info
@@ -213,6 +231,7 @@ def run_all(args, progress):
         # then the reference, so that what is compared was measured close together.
         for traffic in scenarios:
             ctx.traffic_files(traffic)
+            copy = _copy_limit(ctx, copy_session, traffic)
             for transport in transports:
                 per = {s: {impl.name: [] for impl in impls} for s in args.stream_list}
                 for rnd in range(args.rounds):
@@ -225,6 +244,9 @@ def run_all(args, progress):
                            "packet_size": traffic.packet_size, "streams": streams, "traffic": traffic.as_dict()}
                     for impl in impls:
                         row[impl.name] = _combine_rounds(per[streams][impl.name])
+                        if copy and row[impl.name].get("available"):
+                            row[impl.name]["of_copy_limit"] = row[impl.name]["packets_per_s"] / copy["packets_per_s"]
+                    row["copy_limit"] = copy
                     if len(impls) > 1:
                         row["ratio"] = _round_ratios(per[streams]["ours"], per[streams]["reference"])
                     rows.append(row)
@@ -232,6 +254,8 @@ def run_all(args, progress):
             ctx.drop_traffic(traffic)
     finally:
         progress.clear()
+        if copy_session is not None:
+            copy_session.close()
         ctx.close()
     return {
         "tool": "spead2_bench",

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+from . import copylimit
 from .session import serve
 from .traffic import FRAME_OVERHEAD, FREQUENCY_ID, TIMESTAMP_ID, Traffic, member_share
 
@@ -115,9 +116,11 @@ class Receiver:
     that the CPU time of each stream can be read.
     """
 
+    #: Chunks in the stream's window (by default), and free chunks beyond them.
+    MAX_CHUNKS = 4
     N_FREE = 4
 
-    def __init__(self, worker, traffic, streams=None, lossless=True, cpus=(), max_chunks=4):
+    def __init__(self, worker, traffic, streams=None, lossless=True, cpus=(), max_chunks=MAX_CHUNKS):
         import numpy as np
         import spead2
         import spead2.recv
@@ -386,6 +389,18 @@ class Worker:
         best["runs"] = [{"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
                          "receiver_cpu_seconds": r["receiver_cpu_seconds"]} for r in runs]
         return best
+
+    def cmd_copy_limit(self, req):
+        """The copy limit of the traffic (:mod:`.copylimit`): its heap payload
+        copied from the packets in memory into the chunk buffers a receiver
+        of this worker uses (the same number, the same memory); the fastest
+        of ``reps`` copies."""
+        import numpy as np
+
+        t = Traffic.from_dict(req["traffic"])
+        source = np.frombuffer(self.buffer_sources(t, req["files"]["raw"], None)[0], np.uint8)
+        chunks = [data for _, data in self.chunk_memory(t, Receiver.MAX_CHUNKS + Receiver.N_FREE)]
+        return copylimit.measure(source, t.heaps * t.heap_size, chunks, t.n_packets, req.get("reps", 1))
 
     def cmd_live_start(self, req):
         """udp or ibverbs: set up the stream(s) and wait for the sender."""
