@@ -47,8 +47,9 @@ CASES = {
 }
 
 #: Ways of driving the stream.  "sync": ``stream.send_heap(heap)`` in a Python
-#: loop (both packages).  "batch": the reference's ``send_heaps`` with
-#: ``--batch`` references to the heap per call (ours has no send_heaps).
+#: loop (both packages).  "batch": ``send_heaps`` with ``--batch``
+#: references to the heap per call (the driver runs it for the reference,
+#: ``--ref-modes``; ours is driven with ``send_heap``).
 #: "sync-nogso": "sync" with ``allow_gso=False`` (ours only).
 #: "rate": "sync" with ``StreamConfig(rate=--rate-gbps)`` and the default
 #: burst settings: reports how close the achieved rate is to the requested one.
