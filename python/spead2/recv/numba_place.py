@@ -51,6 +51,26 @@ def _check(positive=(), nonnegative=()):
             raise ValueError(f"{name} must not be negative")
 
 
+@numba.njit
+def _items(data, n):
+    """The first ``n`` item values of the heap (``data``: the carray of one chunk_place_data)."""
+    return numba.carray(intp_to_voidptr(data[0].items), n, dtype=np.int64)
+
+
+@numba.njit
+def _place(data, chunk_id, index, heap_size, key, with_extra):
+    """Send the heap to ``chunk_id`` at heap index ``index``; with
+    ``with_extra``, write ``key`` into its slot of ``chunk.extra``."""
+    data[0].chunk_id = chunk_id
+    data[0].heap_index = index
+    data[0].heap_offset = index * heap_size
+    if with_extra:
+        out = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
+        out[0] = key
+        data[0].extra_offset = index * EXTRA_BYTES
+        data[0].extra_size = EXTRA_BYTES
+
+
 class Placement(scipy.LowLevelCallable):
     """A compiled place callback with the stream configuration it needs:
     ``items`` (for ``ChunkStreamConfig.items``), ``max_heap_extra``,
@@ -83,7 +103,7 @@ def heap_counter(*, heap_size, heaps_per_chunk, cnt_first=1, cnt_step=1, chunk_i
 
     def place(data_ptr, data_size):
         data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
+        items = _items(data, 2)
         cnt = items[0]
         if items[1] != heap_size or cnt < cnt_first:
             return
@@ -91,15 +111,7 @@ def heap_counter(*, heap_size, heaps_per_chunk, cnt_first=1, cnt_step=1, chunk_i
         if offset % cnt_step != 0:
             return
         position = offset // cnt_step
-        index = position % hpc
-        data[0].chunk_id = position // hpc + bias
-        data[0].heap_index = index
-        data[0].heap_offset = index * heap_size
-        if with_extra:
-            out = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            out[0] = cnt
-            data[0].extra_offset = index * EXTRA_BYTES
-            data[0].extra_size = EXTRA_BYTES
+        _place(data, position // hpc + bias, position % hpc, heap_size, cnt, with_extra)
 
     cfunc = numba.cfunc(_SIGNATURE, nopython=True)(place)
     return Placement(cfunc, [HEAP_CNT_ID, HEAP_LENGTH_ID], hpc, heap_size, with_extra)
@@ -127,7 +139,7 @@ def timestamp_channel(*, heap_size, channels, channel_step, timestamp_step, time
 
     def place(data_ptr, data_size):
         data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
+        items = _items(data, 3)
         timestamp = items[0]
         channel = items[1]
         if items[2] != heap_size or timestamp < first_timestamp or channel < 0:
@@ -138,15 +150,7 @@ def timestamp_channel(*, heap_size, channels, channel_step, timestamp_step, time
         if c >= n_channels:
             return
         t = (timestamp - first_timestamp) // timestamp_step
-        index = (t % tpc) * n_channels + c
-        data[0].chunk_id = t // tpc + bias
-        data[0].heap_index = index
-        data[0].heap_offset = index * heap_size
-        if with_extra:
-            out = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            out[0] = timestamp
-            data[0].extra_offset = index * EXTRA_BYTES
-            data[0].extra_size = EXTRA_BYTES
+        _place(data, t // tpc + bias, (t % tpc) * n_channels + c, heap_size, timestamp, with_extra)
 
     cfunc = numba.cfunc(_SIGNATURE, nopython=True)(place)
     return Placement(cfunc, [timestamp_id, channel_id, HEAP_LENGTH_ID], tpc * n_channels, heap_size, with_extra)
