@@ -233,7 +233,9 @@ def worker_main(args):
     def run(verify):
         data_ring = spead2.recv.ChunkRingbuffer(n_chunks)
         free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
-        stream_config = spead2.recv.StreamConfig(max_heaps=args.max_heaps)
+        stream_config = spead2.recv.StreamConfig(
+            max_heaps=args.max_heaps,
+            memcpy=spead2.MEMCPY_NONTEMPORAL if args.memcpy == "nontemporal" else spead2.MEMCPY_STD)
         chunk_config = spead2.recv.ChunkStreamConfig(
             items=place.items,
             max_chunks=max_chunks,
@@ -396,7 +398,7 @@ def driver_main(args):
 
         args.ref_python = bench_tool.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
                                                       lambda msg: print(f"# {msg}", file=sys.stderr))
-    interpreters = [("ours", sys.executable), ("ref", args.ref_python)]
+    interpreters = [("ours", args.ours_python or sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}
     try:
@@ -416,7 +418,7 @@ def driver_main(args):
                              "--scale", str(args.scale), "--reps", str(args.reps),
                              "--max-heaps", str(args.max_heaps),
                              "--max-chunks", str(args.max_chunks),
-                             "--extra-chunks", str(args.extra_chunks)]
+                             "--extra-chunks", str(args.extra_chunks), "--memcpy", args.memcpy]
                 per_impl = {"ours": [], "ref": []}
                 for rnd in range(args.rounds):
                     for label, python in interpreters:
@@ -455,6 +457,12 @@ def driver_main(args):
                 summary["copy_limit_packets_per_s"] = copy_limit
                 summary["ours_of_copy_limit"] = summary["ours"]["best_packets_per_s"] / copy_limit
                 summary["ref_of_copy_limit"] = summary["ref"]["best_packets_per_s"] / copy_limit
+                # Spread over the alternated rounds: each round's ours/ref ratio and
+                # each round's fraction of that round's own copy limit.
+                summary["ratio_rounds"] = [o["best"]["packets_per_s"] / r["best"]["packets_per_s"]
+                                           for o, r in zip(per_impl["ours"], per_impl["ref"])]
+                summary["ours_of_copy_rounds"] = [o["best"]["packets_per_s"] / o["copy_limit"]["packets_per_s"]
+                                                  for o in per_impl["ours"]]
                 results.append(summary)
             for path in (raw_path, pcap_path):
                 if path and not args.keep_traffic:
@@ -475,7 +483,8 @@ def driver_main(args):
 
     hdr = (f"{'scenario':<9}{'source':<7}{'ours Mpkt/s':>12}{'ref Mpkt/s':>12}"
            f"{'ratio':>8}{'ratio(med)':>11}{'ours Gb/s':>11}{'ref Gb/s':>10}"
-           f"{'ours kheap/s':>14}{'ref kheap/s':>13}{'copy Mpkt/s':>13}{'ours/copy':>10}{'ref/copy':>9}")
+           f"{'ours kheap/s':>14}{'ref kheap/s':>13}{'copy Mpkt/s':>13}{'ours/copy':>10}{'ref/copy':>9}"
+           f"{'ratio range':>13}{'ours/copy range':>16}")
     print(hdr)
     print("-" * len(hdr))
     for s in results:
@@ -486,7 +495,10 @@ def driver_main(args):
               f"{o['best_payload_gbps']:>11.2f}{r['best_payload_gbps']:>10.2f}"
               f"{o['best_heaps_per_s'] / 1e3:>14.1f}{r['best_heaps_per_s'] / 1e3:>13.1f}"
               f"{s['copy_limit_packets_per_s'] / 1e6:>13.3f}{s['ours_of_copy_limit']:>10.2f}"
-              f"{s['ref_of_copy_limit']:>9.2f}")
+              f"{s['ref_of_copy_limit']:>9.2f}"
+              f"{min(s['ratio_rounds']):>7.2f}-{max(s['ratio_rounds']):<5.2f}"
+              f"{min(s['ours_of_copy_rounds']):>10.2f}-{max(s['ours_of_copy_rounds']):<5.2f}")
+    print(f"# memcpy={args.memcpy}; chunk ring: {args.max_chunks} + {args.extra_chunks} chunks")
     print(f"# ours: {sorted(ours_files)}")
     print(f"# ref:  {sorted(ref_files)}")
     print(f"# {args.rounds} rounds x {args.reps} reps; 'ratio' = ours/ref of best packets/s, "
@@ -496,7 +508,7 @@ def driver_main(args):
     if args.json:
         out = {
             "config": {k: v for k, v in vars(args).items()},
-            "python_ours": sys.executable,
+            "python_ours": args.ours_python or sys.executable,
             "python_ref": args.ref_python,
             "results": results,
         }
@@ -519,7 +531,14 @@ def main():
     parser.add_argument("--max-chunks", type=int, default=4)
     parser.add_argument("--extra-chunks", type=int, default=4,
                         help="chunks allocated beyond max_chunks")
+    parser.add_argument("--memcpy", choices=["std", "nontemporal"], default="std",
+                        help="StreamConfig.memcpy of both receivers (nontemporal: MEMCPY_NONTEMPORAL, for "
+                             "chunks the CPU never reads back; use a ring larger than the cache, e.g. "
+                             "--extra-chunks 124, to measure cold destinations) [%(default)s]")
     parser.add_argument("--ref-python", default=None)
+    parser.add_argument("--ours-python", default=None,
+                        help="interpreter for the 'ours' side [this one]; with --ref-python, two builds of "
+                             "this package can be compared (e.g. wrappers that set PYTHONPATH to each build)")
     parser.add_argument("--scenarios", help="comma-separated subset of " + ",".join(SCENARIOS))
     parser.add_argument("--sources", help="comma-separated subset of mem,pcap")
     parser.add_argument("--json", help="write results to this file")

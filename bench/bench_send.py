@@ -47,9 +47,8 @@ CASES = {
 }
 
 #: Ways of driving the stream.  "sync": ``stream.send_heap(heap)`` in a Python
-#: loop (both packages).  "batch": ``send_heaps`` with ``--batch``
-#: references to the heap per call (the driver runs it for the reference,
-#: ``--ref-modes``; ours is driven with ``send_heap``).
+#: loop (both packages).  "batch": ``send_heaps`` with ``--batch`` references
+#: to the heap per call (both packages).
 #: "sync-nogso": "sync" with ``allow_gso=False`` (ours only).
 #: "rate": "sync" with ``StreamConfig(rate=--rate-gbps)`` and the default
 #: burst settings: reports how close the achieved rate is to the requested one.
@@ -104,17 +103,27 @@ def worker(args):
     packets_per_heap = count_packets(sample)
     bytes_per_heap = len(sample)
 
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("127.0.0.1", 0))
-    if args.mode == "sync-nogso":
-        stream = spead2.send.UdpStream(thread_pool, [rx.getsockname()], config, allow_gso=False)
+    if args.transport == "bytes":
+        # A BytesStream keeps everything it was given: a fresh one per call
+        # of send_some (64 heaps or one batch) bounds the memory.
+        class Fresh:
+            def __getattr__(self, name):
+                return getattr(spead2.send.BytesStream(thread_pool, config), name)
+
+        stream = Fresh()
     else:
-        stream = spead2.send.UdpStream(thread_pool, [rx.getsockname()], config)
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        if args.mode == "sync-nogso":
+            stream = spead2.send.UdpStream(thread_pool, [rx.getsockname()], config, allow_gso=False)
+        else:
+            stream = spead2.send.UdpStream(thread_pool, [rx.getsockname()], config)
 
     if args.mode in ("sync", "sync-nogso", "rate"):
         def send_some():
+            send_heap = stream.send_heap  # one stream per call (see Fresh)
             for _ in range(64):
-                stream.send_heap(heap)
+                send_heap(heap)
             return 64
     else:
         if not hasattr(stream, "send_heaps"):
@@ -127,10 +136,13 @@ def worker(args):
             stream.send_heaps(refs, mode)
             return len(refs)
 
+        refs = spead2.send.HeapReferenceList(refs)
+
     deadline = time.perf_counter() + args.warmup
     while time.perf_counter() < deadline:
         send_some()
     heaps = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     deadline = start + args.duration
     while True:
@@ -139,6 +151,7 @@ def worker(args):
         if now >= deadline:
             break
     elapsed = now - start
+    cpu = time.process_time() - cpu_start
     result = {
         "case": args.case,
         "mode": args.mode,
@@ -148,6 +161,9 @@ def worker(args):
         "packets_per_heap": packets_per_heap,
         "seconds": elapsed,
         "pps": heaps * packets_per_heap / elapsed,
+        "cpu_seconds": cpu,
+        "pps_per_core": heaps * packets_per_heap / cpu if cpu > 0 else float("nan"),
+        "transport": args.transport,
         "gbps": heaps * bytes_per_heap * 8 / elapsed / 1e9,
         "using_gso": getattr(stream, "using_gso", None),
         "requested_gbps": rate * 8 / 1e9,
@@ -168,7 +184,7 @@ def worker(args):
 def run_worker(python, case, mode, args):
     cmd = [python, os.path.abspath(__file__), "--worker", "--case", case, "--mode", mode,
            "--duration", str(args.duration), "--warmup", str(args.warmup), "--batch", str(args.batch),
-           "--rate-gbps", str(args.rate_gbps)]
+           "--rate-gbps", str(args.rate_gbps), "--transport", args.transport]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_PRELOAD")}
     if python == sys.executable and "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # ours may be a build tree, never the reference
@@ -186,6 +202,8 @@ def main():
     parser.add_argument("--worker", action="store_true", help="run one measurement (internal)")
     parser.add_argument("--case", choices=sorted(CASES), help="(worker) case to run")
     parser.add_argument("--mode", choices=MODES, default="sync", help="(worker) how to drive the stream")
+    parser.add_argument("--transport", choices=("udp", "bytes"), default="udp",
+                        help="udp: UdpStream to a loopback socket nobody reads; bytes: BytesStream [%(default)s]")
     parser.add_argument("--cases", default="1k,8k,64k", help="comma-separated subset of " + ",".join(CASES))
     parser.add_argument("--ref-python", default=None,
                         help="interpreter with the reference spead2 [the virtualenv of spead2.tools.reference, "
@@ -222,7 +240,7 @@ def main():
     for m in ref_modes:
         if m not in ("sync", "batch"):
             parser.error(f"unknown reference mode {m!r}")
-    ours_modes = ["sync", "sync-nogso"] if args.ours_no_gso else ["sync"]
+    ours_modes = ref_modes + (["sync-nogso"] if args.ours_no_gso else [])
     sides = [("ours", sys.executable, m) for m in ours_modes] + [("ref", args.ref_python, m) for m in ref_modes]
     runs = {(c, side, mode): [] for c in cases for side, _, mode in sides}
     files = {}
@@ -233,39 +251,42 @@ def main():
                 runs[(case, side, mode)].append(result)
                 files[side] = result["spead2_file"]
                 print(f"  {case:>4} round {rnd + 1}: {side:4} {mode:10} {result['pps'] / 1e3:9.1f} kpkt/s "
-                      f"{result['gbps']:6.2f} Gb/s", file=sys.stderr, flush=True)
+                      f"{result['pps_per_core'] / 1e3:9.1f} kpkt/CPU-s {result['gbps']:6.2f} Gb/s",
+                      file=sys.stderr, flush=True)
     if files.get("ours") == files.get("ref"):
         raise RuntimeError(f"both sides imported the same spead2 ({files['ours']})")
 
+    # Per case and mode: best and median packets/s (wall clock) and packets
+    # per CPU-second of the sending process ("per core"), ours / reference.
     summary = []
-    header = (f"{'case':<9} {'ours pkt/s':>11} " + " ".join(f"{'ref ' + m + ' pkt/s':>15}" for m in ref_modes)
-              + " " + " ".join(f"{'ratio/' + m:>12}" for m in ref_modes) + f" {'ratio(med)/best':>16}")
-    lines = [header, "-" * len(header)]
-    for case, ours_mode in [(c, m) for c in cases for m in ours_modes]:
-        ours = [r["pps"] for r in runs[(case, "ours", ours_mode)]]
-        label = case if ours_mode == "sync" else f"{case}-nogso"
-        row = {"case": label, "desc": CASES[case]["desc"], "ours_best": max(ours),
-               "ours_median": statistics.median(ours),
-               "packets_per_heap": runs[(case, "ours", ours_mode)][0]["packets_per_heap"]}
-        ref_best_overall = 0.0
-        ref_median_of_best_mode = 0.0
-        for m in ref_modes:
-            ref = [r["pps"] for r in runs[(case, "ref", m)]]
-            row[f"ref_{m}_best"] = max(ref)
-            row[f"ref_{m}_median"] = statistics.median(ref)
-            row[f"ratio_{m}"] = max(ours) / max(ref)
-            if max(ref) > ref_best_overall:
-                ref_best_overall = max(ref)
-                ref_median_of_best_mode = statistics.median(ref)
-        row["ratio_best"] = max(ours) / ref_best_overall
-        row["ratio_median_best"] = statistics.median(ours) / ref_median_of_best_mode
-        summary.append(row)
-        lines.append(
-            f"{label:<9} {row['ours_best']:11.0f} "
-            + " ".join(f"{row[f'ref_{m}_best']:15.0f}" for m in ref_modes) + " "
-            + " ".join(f"{row[f'ratio_{m}']:12.2f}" for m in ref_modes)
-            + f" {row['ratio_median_best']:16.2f}"
-        )
+    header = (f"{'case':<9} {'mode':<10} {'ours pkt/s':>11} {'ref pkt/s':>11} {'ratio':>6} {'(med)':>6} "
+              f"{'ours pkt/CPU-s':>15} {'ref pkt/CPU-s':>14} {'ratio':>6} {'(med)':>6} {'spread':>7}")
+    lines = [f"transport: {args.transport}", header, "-" * len(header)]
+    for case in cases:
+        for mode in ours_modes:
+            ref_mode = "sync" if mode == "sync-nogso" else mode
+            ours = runs[(case, "ours", mode)]
+            ref = runs[(case, "ref", ref_mode)]
+            row = {"case": case, "mode": mode, "desc": CASES[case]["desc"],
+                   "packets_per_heap": ours[0]["packets_per_heap"]}
+            for key in ("pps", "pps_per_core"):
+                o = [r[key] for r in ours]
+                f = [r[key] for r in ref]
+                row[f"ours_{key}_best"], row[f"ref_{key}_best"] = max(o), max(f)
+                row[f"ratio_{key}"] = max(o) / max(f)
+                row[f"ratio_{key}_median"] = statistics.median(o) / statistics.median(f)
+                # Spread of the per-round ratios (round i of ours / round i of the reference).
+                paired = [a / b for a, b in zip(o, f)]
+                row[f"ratio_{key}_rounds"] = paired
+            summary.append(row)
+            spread = row["ratio_pps_per_core_rounds"]
+            lines.append(
+                f"{case:<9} {mode:<10} {row['ours_pps_best']:11.0f} {row['ref_pps_best']:11.0f} "
+                f"{row['ratio_pps']:6.2f} {row['ratio_pps_median']:6.2f} "
+                f"{row['ours_pps_per_core_best']:15.0f} {row['ref_pps_per_core_best']:14.0f} "
+                f"{row['ratio_pps_per_core']:6.2f} {row['ratio_pps_per_core_median']:6.2f} "
+                f"{min(spread):.2f}-{max(spread):.2f}"
+            )
     print("\n".join(lines))
     print(f"\nours: {files.get('ours')}\nref:  {files.get('ref')}")
     if args.json:

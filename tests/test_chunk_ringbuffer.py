@@ -60,7 +60,7 @@ class TestChunkRingbuffer:
     # Regression (fixed): put/put_nowait of an object that is not a Chunk raise pybind11's
     # internal cast error (RuntimeError "Unable to cast Python instance of type
     # <class 'numpy.ndarray'> to C++ type '?'") instead of a TypeError, because
-    # ring_put/ring_put_nowait (src/bindings/register_recv.cpp) take py::handle
+    # ring_put/ring_put_nowait (src/bindings/register_recv_chunk.cpp) take py::handle
     # and cast it to chunk_object& by hand.  Reproduction:
     #     spead2.recv.ChunkRingbuffer(2).put(numpy.zeros(4, numpy.uint8))
     @pytest.mark.parametrize("method", ["put", "put_nowait"])

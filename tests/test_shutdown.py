@@ -368,7 +368,7 @@ BLOCKED_GET_SCRIPT = textwrap.dedent(
 # Regression (fixed): a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
 # exits makes the process abort ("terminate called without an active
 # exception", SIGABRT, exit status -6/134) most of the time.  ring_get
-# (src/bindings/register_recv.cpp, `interruptible`) wakes every 50 ms and
+# (src/bindings/register_recv_chunk.cpp, `interruptible` in py_stream.h) wakes every 50 ms and
 # re-takes the GIL in the destructor of py::gil_scoped_release; once
 # Py_FinalizeEx has started, take_gil calls PyThread_exit_thread ->
 # pthread_exit, whose forced unwind cannot pass a destructor (implicitly

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import select
 import shutil
 import socket
@@ -520,14 +521,69 @@ def _rmem_max():
         pytest.skip("cannot read net.core.rmem_max")
 
 
-def test_buffer_clipped_warning(place_plain_llc, spead2_log):
+def _has_cap_net_admin():
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 12))  # CAP_NET_ADMIN
+    return False
+
+
+def _socket_rcvbuf(port):
+    """The receive buffer (``rb`` of ``ss -m``, in bytes) of the UDP socket bound to `port`."""
+    out = subprocess.run(["ss", "-uanmH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    m = re.search(r"\brb(\d+)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+CLIPPED_SCRIPT = r"""
+import logging, sys
+import spead2, spead2.recv
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+port, size = int(sys.argv[1]), int(sys.argv[2])
+stream = spead2.recv.Stream(spead2.ThreadPool())
+stream.add_udp_reader(port, buffer_size=size, bind_hostname="127.0.0.1")
+stream.stop()
+"""
+
+
+def test_buffer_beyond_rmem_max_forced(place_plain_llc, spead2_log):
+    """With CAP_NET_ADMIN the reader gets the buffer it asked for beyond
+    net.core.rmem_max (SO_RCVBUFFORCE), and says so at INFO, not WARNING."""
     rmem_max = _rmem_max()
     if rmem_max >= 1 << 29:
         pytest.skip(f"net.core.rmem_max is {rmem_max}: too large to exceed")
+    if not _has_cap_net_admin():
+        pytest.skip("needs CAP_NET_ADMIN")
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2)")
     rx = Receiver(place_plain_llc)
-    rx.stream.add_udp_reader(free_port(), buffer_size=rmem_max + (1 << 20), bind_hostname="127.0.0.1")
-    assert spead2_log.wait_for("net.core.rmem_max"), spead2_log.messages
-    rx.stream.stop()
+    port = free_port()
+    want = rmem_max + (4 << 20)
+    rx.stream.add_udp_reader(port, buffer_size=want, bind_hostname="127.0.0.1")
+    try:
+        assert _socket_rcvbuf(port) >= want
+        assert spead2_log.wait_for("SO_RCVBUFFORCE"), spead2_log.messages
+        assert not any("rmem_max" in m and "clipped" in m for m in spead2_log.messages)
+    finally:
+        rx.stream.stop()
+
+
+def test_buffer_clipped_warning(tmp_path):
+    """Without CAP_NET_ADMIN (dropped with setpriv when this test runs with
+    it) the buffer is clipped and the warning names net.core.rmem_max."""
+    rmem_max = _rmem_max()
+    if rmem_max >= 1 << 29:
+        pytest.skip(f"net.core.rmem_max is {rmem_max}: too large to exceed")
+    cmd = [sys.executable, "-c", CLIPPED_SCRIPT, str(free_port()), str(rmem_max + (1 << 20))]
+    if _has_cap_net_admin():
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv (util-linux) to drop CAP_NET_ADMIN")
+        cmd = ["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "WARNING" in out.stdout and "net.core.rmem_max" in out.stdout, out.stdout + out.stderr
+    assert "SO_RCVBUFFORCE" not in out.stdout
 
 
 def test_buffer_within_limit_no_warning(place_plain_llc, spead2_log):

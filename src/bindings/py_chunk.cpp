@@ -96,7 +96,7 @@ py::object chunk_to_python(std::unique_ptr<chunk::chunk> &&base)
     chunk_object &c = pc->owner.cast<chunk_object &>();
     c.chunk_id = pc->chunk_id;
     c.stream_id = pc->stream_id;
-    c.first_packet_time = pc->first_packet_time;
+    c.first_packet_time = pc->first_packet_time == chunk::chunk::NO_FIRST_PACKET_TIME ? -1 : pc->first_packet_time;
     c.last_packet_time = pc->last_packet_time;
     pc->data_buf.release();
     pc->present_buf.release();

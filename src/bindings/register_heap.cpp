@@ -95,19 +95,19 @@ struct py_heap_stream : public py_stream
 
 void register_heap_stream(py::module_ &recv)
 {
+    const ring_stream_config ring_defaults;
     py::class_<ring_stream_config>(recv, "RingStreamConfig")
-        .def(py::init([](py::kwargs kwargs) {
-            auto c = std::make_unique<ring_stream_config>();
-            py::object self = py::cast(c.get(), py::return_value_policy::reference);
-            for (auto item : kwargs)
-            {
-                std::string key = item.first.cast<std::string>();
-                if (key != "heaps" && key != "contiguous_only" && key != "incomplete_keep_payload_ranges")
-                    throw py::type_error("RingStreamConfig() got an unexpected keyword argument '" + key + "'");
-                py::setattr(self, key.c_str(), item.second);
-            }
-            return c;
-        }))
+        .def(py::init([](std::size_t heaps, bool contiguous_only, bool incomplete_keep_payload_ranges) {
+                 ring_stream_config c;
+                 c.set_heaps(heaps)
+                     .set_contiguous_only(contiguous_only)
+                     .set_incomplete_keep_payload_ranges(incomplete_keep_payload_ranges);
+                 return c;
+             }),
+             py::kw_only(),
+             py::arg("heaps") = ring_defaults.get_heaps(),
+             py::arg("contiguous_only") = ring_defaults.get_contiguous_only(),
+             py::arg("incomplete_keep_payload_ranges") = ring_defaults.get_incomplete_keep_payload_ranges())
         .def_readonly_static("DEFAULT_HEAPS", &heap::DEFAULT_RING_HEAPS)
         .def_property("heaps", &ring_stream_config::get_heaps,
                       [](ring_stream_config &c, std::size_t v) { c.set_heaps(v); })
@@ -180,8 +180,8 @@ void register_heap_stream(py::module_ &recv)
                  register_stoppable(raw, [raw] { raw->stop(); });
                  return self;
              }),
-             py::arg("thread_pool"), py::arg("config") = py_stream_config(),
-             py::arg("ring_config") = ring_stream_config())
+             py::arg("thread_pool"), py::arg_v("config", py_stream_config(), "StreamConfig()"),
+             py::arg_v("ring_config", ring_stream_config(), "RingStreamConfig()"))
         .def_property_readonly("ring_config", [](py_heap_stream &self) { return self.heaps().get_ring_config(); })
         .def_property_readonly("ringbuffer", [](py_heap_stream &self) { return self.heaps().get_ringbuffer(); })
         .def_property_readonly("fd", [](py_heap_stream &self) { return self.heaps().get_ringbuffer()->data_fd(); })

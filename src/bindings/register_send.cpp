@@ -259,7 +259,7 @@ void register_send(py::module_ &m)
                      .set_max_heaps(max_heaps).set_burst_rate_ratio(burst_rate_ratio).set_rate_method(method);
                  return c;
              }),
-             py::arg("max_packet_size") = DEFAULT_MAX_PACKET_SIZE, py::arg("rate") = 0.0,
+             py::kw_only(), py::arg("max_packet_size") = DEFAULT_MAX_PACKET_SIZE, py::arg("rate") = 0.0,
              py::arg("burst_size") = DEFAULT_BURST_SIZE, py::arg("max_heaps") = DEFAULT_MAX_HEAPS,
              py::arg("burst_rate_ratio") = DEFAULT_BURST_RATE_RATIO,
              py::arg("rate_method") = DEFAULT_RATE_METHOD)

@@ -571,7 +571,7 @@ heap_placement chunk_stream::place(const packet_header &ph)
     return result;
 }
 
-void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
+inline void chunk_stream::copy_payload(const heap_placement &where, const packet_header &ph)
 {
     if (!where.target || ph.payload_length <= 0 || behind_window(where.chunk_id))
         return;   // not placed (or out of range), or the chunk has left the window
@@ -580,12 +580,14 @@ void chunk_stream::copy_payload(const heap_placement &where, const packet_header
     // Members of a group write the same chunk from their own threads, each
     // with its own clock readings: keep the earliest and the latest.
     const std::int64_t t = ph.time_ns >= 0 ? ph.time_ns : batch_time;
-    if (c->first_packet_time < 0 || t < c->first_packet_time)
-        c->first_packet_time = t;
-    if (t > c->last_packet_time)
-        c->last_packet_time = t;
+    c->first_packet_time = std::min(c->first_packet_time, t);
+    c->last_packet_time = std::max(c->last_packet_time, t);
     if (presence_payload_size)
-        c->present[where.heap_index + std::size_t(ph.payload_offset) / presence_payload_size] = 1;
+    {
+        // No division for the first (or only) packet of a heap.
+        const std::size_t offset = std::size_t(ph.payload_offset);
+        c->present[where.heap_index + (offset ? offset / presence_payload_size : 0)] = 1;
+    }
 }
 
 void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t end, std::uint64_t packet_payload)

@@ -121,7 +121,8 @@ public:
             {
                 c->chunk_id = std::int64_t(tail);
                 c->stream_id = stream_id;
-                c->first_packet_time = c->last_packet_time = -1;
+                c->first_packet_time = chunk::NO_FIRST_PACKET_TIME;
+                c->last_packet_time = -1;
             }
             slot(tail) = c;
             tail++;

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -183,8 +184,11 @@ struct chunk
     std::size_t extra_size = 0;
     /// When the first and the last packet written into the chunk arrived, in
     /// ns (the transport's clock: CLOCK_MONOTONIC for live transports, the
-    /// capture time for pcap replay); -1 while none has.
-    std::int64_t first_packet_time = -1;
+    /// capture time for pcap replay).  While none has: NO_FIRST_PACKET_TIME
+    /// and -1, so that each packet updates them with a branch-free min/max
+    /// (the Python Chunk shows -1 for both).
+    static constexpr std::int64_t NO_FIRST_PACKET_TIME = std::numeric_limits<std::int64_t>::max();
+    std::int64_t first_packet_time = NO_FIRST_PACKET_TIME;
     std::int64_t last_packet_time = -1;
 
     chunk() = default;

@@ -44,6 +44,19 @@ in_addr resolve_ipv4(const std::string &host, const char *what)
     }
 }
 
+namespace
+{
+
+int socket_buffer_size(int fd, int option)
+{
+    int got = 0;
+    socklen_t len = sizeof(got);
+    getsockopt(fd, SOL_SOCKET, option, &got, &len);
+    return got / 2;   // Linux reports twice the usable size
+}
+
+} // anonymous namespace
+
 void set_socket_buffer(int fd, bool receive, std::size_t size)
 {
     if (size == 0)
@@ -51,13 +64,27 @@ void set_socket_buffer(int fd, bool receive, std::size_t size)
     const int option = receive ? SO_RCVBUF : SO_SNDBUF;
     const int want = int(std::min<std::size_t>(size, 1u << 30));
     setsockopt(fd, SOL_SOCKET, option, &want, sizeof(want));
-    int got = 0;
-    socklen_t len = sizeof(got);
-    getsockopt(fd, SOL_SOCKET, option, &got, &len);
-    if (got / 2 < want)   // Linux reports twice the usable size
+    int got = socket_buffer_size(fd, option);
+    if (got < want)
+    {
+        // Beyond net.core.rmem_max / wmem_max: allowed to a process with
+        // CAP_NET_ADMIN (the reference does not try; a tuned sysctl is not
+        // needed then).
+        const int force = receive ? SO_RCVBUFFORCE : SO_SNDBUFFORCE;
+        if (setsockopt(fd, SOL_SOCKET, force, &want, sizeof(want)) == 0)
+        {
+            got = socket_buffer_size(fd, option);
+            if (got >= want)
+                log_info("Socket %s buffer set to %d bytes with %s (beyond %s)",
+                         receive ? "receive" : "send", want,
+                         receive ? "SO_RCVBUFFORCE" : "SO_SNDBUFFORCE",
+                         receive ? "net.core.rmem_max" : "net.core.wmem_max");
+        }
+    }
+    if (got < want)
         log_warning("Socket %s buffer size was clipped to %d bytes (requested %d): raise %s "
                     "(e.g. sysctl %s=%d) to avoid packet loss",
-                    receive ? "receive" : "send", got / 2, want,
+                    receive ? "receive" : "send", got, want,
                     receive ? "net.core.rmem_max" : "net.core.wmem_max",
                     receive ? "net.core.rmem_max" : "net.core.wmem_max", want);
 }

@@ -21,8 +21,9 @@ sockaddr_storage resolve_address(const std::string &host, std::uint16_t port, in
 in_addr resolve_ipv4(const std::string &host, const char *what);
 
 /// Set SO_RCVBUF (@a receive) or SO_SNDBUF to @a size bytes (0: leave the
-/// default).  Logs a warning naming net.core.rmem_max / wmem_max when the
-/// kernel clips it.
+/// default).  When net.core.rmem_max / wmem_max would clip it, tries
+/// SO_RCVBUFFORCE / SO_SNDBUFFORCE (needs CAP_NET_ADMIN); logs a warning
+/// naming the sysctl when the buffer still ends up smaller.
 void set_socket_buffer(int fd, bool receive, std::size_t size);
 
 } // namespace spead2

@@ -54,7 +54,8 @@ std::uint64_t packet_generator::make_pointer(bool immediate, std::uint64_t id, s
 }
 
 packet_generator::packet_generator(const heap &h, std::int64_t cnt, std::size_t max_packet_size)
-    : h(h), cnt(cnt), max_packet_size(max_packet_size), hab(h.get_heap_address_bits())
+    : h(h), cnt(cnt), max_packet_size(max_packet_size), hab(h.get_heap_address_bits()),
+      max_ptrs((max_packet_size - PACKET_HEADER_SIZE - PAYLOAD_GRANULARITY) / ITEM_POINTER_SIZE - SPECIAL_ITEMS)
 {
     if (max_packet_size < MIN_PACKET_SIZE)
         throw std::invalid_argument("max_packet_size must be at least " + std::to_string(MIN_PACKET_SIZE)
@@ -76,11 +77,21 @@ packet_generator::packet_generator(const heap &h, std::int64_t cnt, std::size_t 
             payload_size += item.size;
         }
     }
-    if (payload_size == 0)
+    // Padding, as the reference pads: without repeat_pointers, the packets
+    // that carry item pointers, except the last, carry 8 bytes of payload
+    // each; the reference counts those packets with room for one more (NULL)
+    // pointer.  Any heap has at least one byte.  The zero padding follows
+    // the items' data and is addressed by a NULL item.
+    std::uint64_t needed = 1;
+    if (!h.get_repeat_pointers())
     {
-        pointers.push_back(make_pointer(false, NULL_ID, 0));
-        pad = true;
-        payload_size = 1;
+        const std::size_t packets = (pointers.size() + 1 + max_ptrs - 1) / max_ptrs;
+        needed = PAYLOAD_GRANULARITY * (packets - 1) + 1;
+    }
+    if (payload_size < needed)
+    {
+        pointers.push_back(make_pointer(false, NULL_ID, payload_size));
+        payload_size = needed;
     }
     if (payload_size >= limit)
         throw std::invalid_argument("heap payload too large for the flavour");
@@ -94,8 +105,6 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
 {
     // Choose the item pointers for this packet.
     std::size_t first, count;
-    const std::size_t max_ptrs = (max_packet_size - PACKET_HEADER_SIZE - PAYLOAD_GRANULARITY) / ITEM_POINTER_SIZE
-                                 - SPECIAL_ITEMS;
     if (h.get_repeat_pointers())
     {
         first = 0;
@@ -130,13 +139,7 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
 
     // Payload
     std::uint64_t left = length;
-    if (pad)
-    {
-        if (left)
-            *p++ = 0;
-        left = 0;
-    }
-    while (left > 0)
+    while (left > 0 && piece < pieces.size())
     {
         const auto &pc = pieces[piece];
         std::size_t n = std::min<std::uint64_t>(left, pc.second - piece_offset);
@@ -150,6 +153,7 @@ std::size_t packet_generator::next_packet(std::uint8_t *out)
             piece_offset = 0;
         }
     }
+    std::memset(p, 0, left);   // padding (see the constructor)
     offset += length;
     if (offset == payload_size && next_pointer >= pointers.size())
         done = true;

@@ -4,9 +4,12 @@
 // HEAP_LENGTH, PAYLOAD_OFFSET, PAYLOAD_LENGTH).  The heap's own item pointers
 // follow: all of them in the first packet(s), or in every packet when
 // repeat_pointers is set (so a receiver can place a heap from any packet).
-// The payload is the concatenation of the addressed items' data; a heap with
-// no payload gets one padding byte behind a NULL item, so every heap reaches
-// a receiver's place callback.
+// The payload is the concatenation of the addressed items' data, then zero
+// padding addressed by a NULL item where needed: a heap with no payload gets
+// one byte (so every heap reaches a receiver's place callback), and a heap
+// whose item pointers need several packets gets enough for each of those
+// packets but the last to carry 8 bytes of payload (payload offsets stay
+// distinct), as the reference pads.
 #pragma once
 
 #include <cstddef>
@@ -66,7 +69,7 @@ class packet_generator
     std::uint64_t offset = 0;                 ///< payload bytes already emitted
     std::size_t next_pointer = 0;             ///< first pointer not yet emitted (non-repeat mode)
     std::size_t piece = 0, piece_offset = 0;  ///< payload cursor
-    bool pad = false;
+    std::size_t max_ptrs;                     ///< item pointers (besides the specials) per packet
     bool done = false;
     std::uint64_t make_pointer(bool immediate, std::uint64_t id, std::uint64_t value) const;
 public:

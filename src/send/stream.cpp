@@ -226,6 +226,31 @@ std::size_t stream::send_heaps(const heap_reference *refs, std::size_t n, group_
 
 // ------------------------------------------------------------- bytes_stream
 
+namespace
+{
+
+// One buffer kept from the last destroyed bytes_stream (see stream.h).
+std::mutex bytes_cache_mutex;
+std::vector<std::uint8_t> bytes_cache;
+
+} // anonymous namespace
+
+bytes_stream::bytes_stream(const stream_config &config) : stream(config)
+{
+    std::lock_guard<std::mutex> lock(bytes_cache_mutex);
+    data.swap(bytes_cache);
+    data.clear();
+}
+
+bytes_stream::~bytes_stream()
+{
+    if (data.capacity() == 0 || data.capacity() > BYTES_STREAM_CACHE_LIMIT)
+        return;
+    std::lock_guard<std::mutex> lock(bytes_cache_mutex);
+    if (data.capacity() > bytes_cache.capacity())
+        data.swap(bytes_cache);
+}
+
 void bytes_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *, std::size_t n)
 {
     std::size_t total = 0;

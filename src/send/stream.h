@@ -149,13 +149,21 @@ public:
 };
 
 /// Packets appended to a byte string (concatenated, as a buffer reader reads them).
+///
+/// Streams are often short-lived (one per test or per batch of heaps).  A
+/// destroyed stream leaves its buffer (up to BYTES_STREAM_CACHE_LIMIT bytes of
+/// capacity) for the next one: otherwise glibc returns the memory to the
+/// kernel at each free and every new stream pays a page fault per 4 KiB it
+/// writes (measured: 6× the cost of packetising 64 KiB heaps).
 class bytes_stream : public stream
 {
     std::vector<std::uint8_t> data;
 protected:
     void transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs, std::size_t n) override;
 public:
-    using stream::stream;
+    static constexpr std::size_t BYTES_STREAM_CACHE_LIMIT = 64 << 20;
+    explicit bytes_stream(const stream_config &config);
+    ~bytes_stream() override;
     std::size_t num_substreams() const override { return 1; }
     const std::vector<std::uint8_t> &get_data() const { return data; }
 };

@@ -1,4 +1,5 @@
 import enum
+import socket
 from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union, overload
 
 import spead2
@@ -20,7 +21,7 @@ class StreamStatConfig:
     class Mode(enum.Enum):
         COUNTER = ...
         MAXIMUM = ...
-    def __init__(self, name: str, mode: StreamStatConfig.Mode = ...) -> None: ...
+    def __init__(self, name: str, mode: StreamStatConfig.Mode = StreamStatConfig.Mode.COUNTER) -> None: ...
     @property
     def name(self) -> str: ...
     @property
@@ -37,13 +38,13 @@ class StreamStats:
     single_packet_heaps: int
     search_dist: int
     worker_blocked: int
-    def __init__(self, config: Optional[List[StreamStatConfig]] = ..., values: Optional[List[int]] = ...) -> None: ...
+    def __init__(self, config: Optional[List[StreamStatConfig]] = None, values: Optional[List[int]] = None) -> None: ...
     @property
     def config(self) -> List[StreamStatConfig]: ...
     def __getitem__(self, key: Union[int, str]) -> int: ...
     def __setitem__(self, key: Union[int, str], value: int) -> None: ...
     def __contains__(self, name: object) -> bool: ...
-    def get(self, name: str, default: Any = ...) -> Any: ...
+    def get(self, name: str, default: Any = None) -> Any: ...
     def keys(self) -> List[str]: ...
     def values(self) -> List[int]: ...
     def items(self) -> List[Tuple[str, int]]: ...
@@ -64,10 +65,23 @@ class StreamConfig:
     allow_out_of_order: bool
     stream_id: int
     explicit_start: bool
-    def __init__(self, **kwargs: Any) -> None: ...
+    def __init__(
+        self,
+        *,
+        max_heaps: int = 4,
+        substreams: int = 1,
+        bug_compat: int = 0,
+        memcpy: int = 0,
+        memory_allocator: Optional[spead2.MemoryAllocator] = None,
+        stop_on_stop_item: bool = True,
+        allow_unsized_heaps: bool = True,
+        allow_out_of_order: bool = False,
+        stream_id: int = 0,
+        explicit_start: bool = False,
+    ) -> None: ...
     @property
     def stats(self) -> List[StreamStatConfig]: ...
-    def add_stat(self, name: str, mode: StreamStatConfig.Mode = ...) -> int: ...
+    def add_stat(self, name: str, mode: StreamStatConfig.Mode = StreamStatConfig.Mode.COUNTER) -> int: ...
     def get_stat_index(self, name: str) -> int: ...
     def next_stat_index(self) -> int: ...
 
@@ -79,7 +93,15 @@ class Chunk:
     present: Optional[_PyBuffer]
     data: Optional[_PyBuffer]
     extra: Optional[_PyBuffer]
-    def __init__(self, **kwargs: Any) -> None: ...
+    def __init__(
+        self,
+        *,
+        chunk_id: int = -1,
+        stream_id: int = 0,
+        present: Optional[_PyBuffer] = None,
+        data: Optional[_PyBuffer] = None,
+        extra: Optional[_PyBuffer] = None,
+    ) -> None: ...
 
 class ChunkStreamConfig:
     DEFAULT_MAX_CHUNKS: int
@@ -87,7 +109,14 @@ class ChunkStreamConfig:
     max_chunks: int
     place: Optional[tuple]
     max_heap_extra: int
-    def __init__(self, **kwargs: Any) -> None: ...
+    def __init__(
+        self,
+        *,
+        items: List[int] = [],
+        max_chunks: int = 2,
+        place: Optional[tuple] = None,
+        max_heap_extra: int = 0,
+    ) -> None: ...
     @property
     def packet_presence_payload_size(self) -> int: ...
     def enable_packet_presence(self, payload_size: int) -> ChunkStreamConfig: ...
@@ -132,24 +161,38 @@ class _Stream:
     def stats(self) -> StreamStats: ...
     def add_buffer_reader(self, buffer: Any) -> None: ...
     def add_inproc_reader(self, queue: spead2.InprocQueue) -> None: ...
-    def add_udp_pcap_file_reader(self, filename: str, filter: str = ...) -> None: ...
+    def add_udp_pcap_file_reader(self, filename: str, filter: str = "") -> None: ...
     @overload
-    def add_udp_reader(self, port: int, max_size: int = ..., buffer_size: int = ...,
-                       bind_hostname: str = ...) -> None: ...
+    def add_udp_reader(
+        self, port: int, max_size: int = 9200, buffer_size: int = 8388608, bind_hostname: str = ""
+    ) -> None: ...
     @overload
-    def add_udp_reader(self, multicast_group: str, port: int, max_size: int = ..., buffer_size: int = ...,
-                       interface_address: str = ...) -> None: ...
+    def add_udp_reader(
+        self,
+        multicast_group: str,
+        port: int,
+        max_size: int = 9200,
+        buffer_size: int = 8388608,
+        interface_address: str = "0.0.0.0",
+    ) -> None: ...
     @overload
-    def add_udp_reader(self, multicast_group: str, port: int, max_size: int = ..., buffer_size: int = ...,
-                       *, interface_index: int) -> None: ...
+    def add_udp_reader(
+        self,
+        multicast_group: str,
+        port: int,
+        max_size: int = 9200,
+        buffer_size: int = 8388608,
+        interface_index: int = 0,
+    ) -> None: ...
     @overload
-    def add_udp_reader(self, socket: Any, max_size: int = ...) -> None: ...
+    def add_udp_reader(self, socket: socket.socket, max_size: int = 9200) -> None: ...
     def add_udp_ibv_reader(self, config: UdpIbvConfig) -> None: ...
     @overload
-    def add_tcp_reader(self, port: int, max_size: int = ..., buffer_size: int = ...,
-                       bind_hostname: str = ...) -> None: ...
+    def add_tcp_reader(
+        self, port: int, max_size: int = 65536, buffer_size: int = 212992, bind_hostname: str = ""
+    ) -> None: ...
     @overload
-    def add_tcp_reader(self, acceptor: Any, max_size: int = ...) -> None: ...
+    def add_tcp_reader(self, acceptor: socket.socket, max_size: int = 65536) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
 
@@ -158,8 +201,9 @@ class RingStreamConfig:
     heaps: int
     contiguous_only: bool
     incomplete_keep_payload_ranges: bool
-    def __init__(self, *, heaps: int = ..., contiguous_only: bool = ...,
-                 incomplete_keep_payload_ranges: bool = ...) -> None: ...
+    def __init__(
+        self, *, heaps: int = 4, contiguous_only: bool = True, incomplete_keep_payload_ranges: bool = False
+    ) -> None: ...
 
 class RawItem:
     @property
@@ -206,14 +250,28 @@ class Stream(_Stream):
     def __iter__(self) -> Iterator[HeapBase]: ...
     def __next__(self) -> HeapBase: ...
 
+# ChunkRingStream(thread_pool, config=StreamConfig(), chunk_stream_config,
+# data_ringbuffer, free_ringbuffer), as the reference's binding: a default
+# before required parameters, which Python writes as two overloads.
 class ChunkRingStream(ChunkRingPair, _Stream):
+    @overload
+    def __init__(
+        self,
+        thread_pool: spead2.ThreadPool,
+        config: StreamConfig,
+        chunk_stream_config: ChunkStreamConfig,
+        data_ringbuffer: ChunkRingbuffer,
+        free_ringbuffer: ChunkRingbuffer,
+    ) -> None: ...
+    @overload
     def __init__(
         self,
         thread_pool: spead2.ThreadPool,
         config: StreamConfig = ...,
-        chunk_stream_config: ChunkStreamConfig = ...,
-        data_ringbuffer: ChunkRingbuffer = ...,
-        free_ringbuffer: ChunkRingbuffer = ...,
+        *,
+        chunk_stream_config: ChunkStreamConfig,
+        data_ringbuffer: ChunkRingbuffer,
+        free_ringbuffer: ChunkRingbuffer,
     ) -> None: ...
 
 class ChunkStreamGroupConfig:
@@ -223,7 +281,12 @@ class ChunkStreamGroupConfig:
     DEFAULT_MAX_CHUNKS: int
     max_chunks: int
     eviction_mode: ChunkStreamGroupConfig.EvictionMode
-    def __init__(self, *, max_chunks: int = ..., eviction_mode: ChunkStreamGroupConfig.EvictionMode = ...) -> None: ...
+    def __init__(
+        self,
+        *,
+        max_chunks: int = 2,
+        eviction_mode: ChunkStreamGroupConfig.EvictionMode = ChunkStreamGroupConfig.EvictionMode.LOSSY,
+    ) -> None: ...
 
 class ChunkStreamGroupMember(_Stream):
     """Not constructible: made by :meth:`ChunkStreamRingGroup.emplace_back`."""
@@ -237,11 +300,14 @@ class ChunkStreamRingGroup(ChunkRingPair, Sequence[ChunkStreamGroupMember]):
     ) -> None: ...
     @property
     def config(self) -> ChunkStreamGroupConfig: ...
+    # emplace_back(thread_pool, config=StreamConfig(), chunk_stream_config)
+    @overload
     def emplace_back(
-        self,
-        thread_pool: spead2.ThreadPool,
-        config: StreamConfig = ...,
-        chunk_stream_config: ChunkStreamConfig = ...,
+        self, thread_pool: spead2.ThreadPool, config: StreamConfig, chunk_stream_config: ChunkStreamConfig
+    ) -> ChunkStreamGroupMember: ...
+    @overload
+    def emplace_back(
+        self, thread_pool: spead2.ThreadPool, config: StreamConfig = ..., *, chunk_stream_config: ChunkStreamConfig
     ) -> ChunkStreamGroupMember: ...
     def __len__(self) -> int: ...
     @overload
@@ -252,7 +318,7 @@ class ChunkStreamRingGroup(ChunkRingPair, Sequence[ChunkStreamGroupMember]):
     def __reversed__(self) -> Iterator[ChunkStreamGroupMember]: ...
     def __contains__(self, value: object) -> bool: ...
     def count(self, value: object) -> int: ...
-    def index(self, value: object, start: int = ..., stop: Optional[int] = ...) -> int: ...
+    def index(self, value: object, start: int = 0, stop: Optional[int] = None) -> int: ...
     def stop(self) -> None: ...
 
 class UdpIbvConfig:
@@ -265,4 +331,13 @@ class UdpIbvConfig:
     max_size: int
     comp_vector: int
     max_poll: int
-    def __init__(self, **kwargs: Any) -> None: ...
+    def __init__(
+        self,
+        *,
+        endpoints: List[Tuple[str, int]] = [],
+        interface_address: str = "",
+        buffer_size: int = 16777216,
+        max_size: int = 9200,
+        comp_vector: int = 0,
+        max_poll: int = 10,
+    ) -> None: ...

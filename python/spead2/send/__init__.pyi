@@ -68,12 +68,13 @@ class StreamConfig:
     def burst_rate(self) -> float: ...
     def __init__(
         self,
-        max_packet_size: int = ...,
-        rate: float = ...,
-        burst_size: int = ...,
-        max_heaps: int = ...,
-        burst_rate_ratio: float = ...,
-        rate_method: RateMethod = ...,
+        *,
+        max_packet_size: int = 1472,
+        rate: float = 0.0,
+        burst_size: int = 65536,
+        max_heaps: int = 4,
+        burst_rate_ratio: float = 1.05,
+        rate_method: RateMethod = RateMethod.AUTO,
     ) -> None: ...
 
 class HeapReference:
@@ -94,11 +95,13 @@ class PacketGenerator:
     def __iter__(self) -> Iterator[bytes]: ...
     def __next__(self) -> bytes: ...
 
-_HeapRefs = HeapReferenceList | Sequence[HeapReference]
 
 class Stream:
     def send_heap(self, heap: Heap, cnt: int = -1, substream_index: int = 0, rate: float = -1.0) -> int: ...
-    def send_heaps(self, heaps: _HeapRefs, mode: GroupMode) -> int: ...
+    @overload
+    def send_heaps(self, heaps: HeapReferenceList, mode: GroupMode) -> int: ...
+    @overload
+    def send_heaps(self, heaps: Sequence[HeapReference], mode: GroupMode) -> int: ...
     def set_cnt_sequence(self, next: int, step: int) -> None: ...
     def flush(self) -> None: ...
     @property
@@ -125,10 +128,10 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 524288,
+        interface_address: str = "",
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -139,7 +142,7 @@ class UdpStream(Stream):
         buffer_size: int,
         ttl: int,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -147,10 +150,10 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -162,7 +165,7 @@ class UdpStream(Stream):
         ttl: int,
         interface_address: str,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -170,11 +173,11 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
         interface_address: str,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -186,7 +189,7 @@ class UdpStream(Stream):
         ttl: int,
         interface_index: int,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -194,11 +197,11 @@ class UdpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
+        buffer_size: int = 524288,
         *,
         ttl: int,
         interface_index: int,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @overload
     def __init__(
@@ -208,7 +211,7 @@ class UdpStream(Stream):
         endpoints: _EndpointList,
         config: StreamConfig = ...,
         *,
-        allow_gso: bool = ...,
+        allow_gso: bool = True,
     ) -> None: ...
     @property
     def using_gso(self) -> bool: ...
@@ -225,10 +228,10 @@ class TcpStream(Stream):
         thread_pool: spead2.ThreadPool,
         endpoints: _EndpointList,
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 212992,
+        interface_address: str = "",
         *,
-        connect_timeout: float | None = ...,
+        connect_timeout: float | None = None,
     ) -> None: ...
 
 class PcapFileStream(Stream):
@@ -238,5 +241,5 @@ class PcapFileStream(Stream):
         filename: str,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        source: tuple[str, int] = ...,
+        source: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None: ...

@@ -1,6 +1,7 @@
 import asyncio
+import socket
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, overload
 
 import spead2
 import spead2.send
@@ -29,16 +30,21 @@ class InprocStream(_AsyncStream):
 class UdpStream(spead2.send.UdpStream, _AsyncStream): ...
 
 class TcpStream(spead2.send.TcpStream, _AsyncStream):
+    # connect(*args, **kwargs) passes its arguments to the constructor.
+    @overload
+    @classmethod
+    async def connect(cls, thread_pool: spead2.ThreadPool, socket: socket.socket, config: StreamConfig = ...) -> TcpStream: ...
+    @overload
     @classmethod
     async def connect(
         cls,
         thread_pool: spead2.ThreadPool,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        buffer_size: int = ...,
-        interface_address: str = ...,
+        buffer_size: int = 212992,
+        interface_address: str = "",
         *,
-        connect_timeout: float | None = ...,
+        connect_timeout: float | None = None,
     ) -> TcpStream: ...
 
 class PcapFileStream(_AsyncStream):
@@ -48,5 +54,5 @@ class PcapFileStream(_AsyncStream):
         filename: str,
         endpoints: Sequence[tuple[str, int]],
         config: StreamConfig = ...,
-        source: tuple[str, int] = ...,
+        source: tuple[str, int] = ("127.0.0.1", 0),
     ) -> None: ...
