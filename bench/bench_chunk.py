@@ -394,10 +394,10 @@ def driver_main(args):
     env.setdefault("OMP_NUM_THREADS", "1")
     if args.ref_python is None:
         # The reference virtualenv of spead2_bench (spead2 4.5.1, numba, scipy), made on first use.
-        from spead2.tools import bench as bench_tool
+        from spead2.tools.bench.context import reference_python
 
-        args.ref_python = bench_tool.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
-                                                      lambda msg: print(f"# {msg}", file=sys.stderr))
+        args.ref_python = reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
+                                           lambda msg: print(f"# {msg}", file=sys.stderr))
     interpreters = [("ours", args.ours_python or sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}

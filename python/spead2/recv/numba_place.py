@@ -29,12 +29,11 @@ import numpy as np
 import scipy
 from numba import types
 
+from spead2 import HEAP_CNT_ID as _HEAP_CNT_ID
+from spead2 import HEAP_LENGTH_ID as _HEAP_LENGTH_ID
 from spead2.numba import intp_to_voidptr
 from spead2.recv.numba import chunk_place_data
 
-#: The item IDs (as in spead2).
-HEAP_CNT_ID = 0x01
-HEAP_LENGTH_ID = 0x02
 #: Bytes of ``chunk.extra`` each heap uses when ``extra=True``: its key as an int64.
 EXTRA_BYTES = 8
 
@@ -114,7 +113,7 @@ def heap_counter(*, heap_size, heaps_per_chunk, cnt_first=1, cnt_step=1, chunk_i
         _place(data, position // hpc + bias, position % hpc, heap_size, cnt, with_extra)
 
     cfunc = numba.cfunc(_SIGNATURE, nopython=True)(place)
-    return Placement(cfunc, [HEAP_CNT_ID, HEAP_LENGTH_ID], hpc, heap_size, with_extra)
+    return Placement(cfunc, [_HEAP_CNT_ID, _HEAP_LENGTH_ID], hpc, heap_size, with_extra)
 
 
 def timestamp_channel(*, heap_size, channels, channel_step, timestamp_step, timestamps_per_chunk=1,
@@ -153,7 +152,7 @@ def timestamp_channel(*, heap_size, channels, channel_step, timestamp_step, time
         _place(data, t // tpc + bias, (t % tpc) * n_channels + c, heap_size, timestamp, with_extra)
 
     cfunc = numba.cfunc(_SIGNATURE, nopython=True)(place)
-    return Placement(cfunc, [timestamp_id, channel_id, HEAP_LENGTH_ID], tpc * n_channels, heap_size, with_extra)
+    return Placement(cfunc, [timestamp_id, channel_id, _HEAP_LENGTH_ID], tpc * n_channels, heap_size, with_extra)
 
 
 __all__ = ["EXTRA_BYTES", "Placement", "heap_counter", "timestamp_channel"]
