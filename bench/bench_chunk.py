@@ -31,6 +31,8 @@ import sys
 import tempfile
 import time
 
+import bench_tool
+
 # ---------------------------------------------------------------------------
 # Scenarios (shared by driver and worker, so both sides agree on the layout)
 # ---------------------------------------------------------------------------
@@ -191,48 +193,21 @@ def generate_traffic(p, raw_path, pcap_path):
 
 
 def make_place(p):
-    """Numba place callback; identical source for both packages."""
-    import numba
-    import numpy as np
-    from numba import types
-
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
-
-    heap_size = p["heap_size"]
-    n_chan = p["n_chan"]
-    t_per_chunk = p["t_per_chunk"]
-    step = TIMESTAMP_STEP
-
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.size_t), nopython=True)
-    def place(data_ptr, data_size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-        if items[0] != heap_size:  # HEAP_LENGTH
-            return
-        timestamp = items[1]
-        channel = items[2]
-        if timestamp < 0 or timestamp % step != 0 or channel < 0 or channel >= n_chan:
-            return
-        t = timestamp // step
-        heap_index = (t % t_per_chunk) * n_chan + channel
-        data[0].chunk_id = t // t_per_chunk
-        data[0].heap_index = heap_index
-        data[0].heap_offset = heap_index * heap_size
-
-    return place
+    """The place callback: spead2.recv.numba_place.timestamp_channel of this
+    source tree (loaded by path, so the same code for both packages)."""
+    return bench_tool.load("worker").load_numba_place().timestamp_channel(
+        heap_size=p["heap_size"], channels=p["n_chan"], channel_step=1, timestamp_step=TIMESTAMP_STEP,
+        timestamps_per_chunk=p["t_per_chunk"], timestamp_id=TIMESTAMP_ID, channel_id=CHANNEL_ID)
 
 
 def worker_main(args):
     import numpy as np
-    import scipy
 
     import spead2
     import spead2.recv
 
     p = scenario_params(args.scenario, args.scale)
-    place_cfunc = make_place(p)
-    place = scipy.LowLevelCallable(place_cfunc.ctypes, signature="void (void *, size_t)")
+    place = make_place(p)
 
     if args.source == "mem":
         with open(args.file, "rb") as f:
@@ -262,7 +237,7 @@ def worker_main(args):
             max_heaps=args.max_heaps,
             memcpy=spead2.MEMCPY_NONTEMPORAL if args.memcpy == "nontemporal" else spead2.MEMCPY_STD)
         chunk_config = spead2.recv.ChunkStreamConfig(
-            items=[spead2.HEAP_LENGTH_ID, TIMESTAMP_ID, CHANNEL_ID],
+            items=place.items,
             max_chunks=max_chunks,
             place=place,
         )
@@ -337,27 +312,16 @@ def worker_main(args):
 
     # The copy limit: the packet rate if moving the heap payload bytes were
     # the receiver's only work -- numpy copies of the same number of bytes
-    # from the streamed source into the same ring of chunk buffers.
+    # from the streamed source into the same ring of chunk buffers
+    # (spead2_bench's copylimit module, which spead2_bench measures with too).
     if source_data is not None:
         src = np.frombuffer(source_data, np.uint8)
     else:
         with open(args.file, "rb") as f:
             src = np.frombuffer(f.read(), np.uint8)
-    payload_total = p["n_heaps"] * heap_size
-
-    def copy_once():
-        start = time.perf_counter()
-        done = 0
-        i = 0
-        while done < payload_total:
-            n = min(chunk_bytes, payload_total - done, src.size - (done % src.size))
-            dst = data_arrays[i % n_chunks]
-            np.copyto(dst[:n], src[done % src.size:done % src.size + n])
-            done += n
-            i += 1
-        return time.perf_counter() - start
-
-    copy_times = [copy_once() for _ in range(max(1, args.reps))]
+    copylimit = bench_tool.load("copylimit")
+    copy_times = [copylimit.copy_seconds(src, p["n_heaps"] * heap_size, data_arrays)
+                  for _ in range(max(1, args.reps))]
 
     def rates(t):
         return {
@@ -430,10 +394,10 @@ def driver_main(args):
     env.setdefault("OMP_NUM_THREADS", "1")
     if args.ref_python is None:
         # The reference virtualenv of spead2_bench (spead2 4.5.1, numba, scipy), made on first use.
-        from spead2.tools import bench as bench_tool
+        from spead2.tools.bench.context import reference_python
 
-        args.ref_python = bench_tool.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
-                                                      lambda msg: print(f"# {msg}", file=sys.stderr))
+        args.ref_python = reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
+                                           lambda msg: print(f"# {msg}", file=sys.stderr))
     interpreters = [("ours", args.ours_python or sys.executable), ("ref", args.ref_python)]
     results = []
     seen_files = {}

@@ -36,7 +36,6 @@ path, so the reference's interpreter runs the same code.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -44,6 +43,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import bench_tool
 
 CONFIGS = ("plain", "plain-share", "group1-share", "groupN")
 #: (name, numerator, denominator) of the ratios in the table.
@@ -55,26 +56,19 @@ RATIOS = (
 )
 
 
-def load_bench(path):
-    """spead2/tools/bench.py as a module (only the standard library at import)."""
-    spec = importlib.util.spec_from_file_location("spead2_bench_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # ---------------------------------------------------------------------------
 # Worker
 
 
 def worker_main(args):
-    bench = load_bench(args.bench_module)
+    traffic = bench_tool.load("traffic", args.bench_module)
+    worker = bench_tool.load("worker", args.bench_module)
     import numpy as np
     import spead2
 
-    t = bench.Traffic(args.heap_size, args.packet_size, args.heaps, 48, args.channels)
+    t = traffic.Traffic(args.heap_size, args.packet_size, args.heaps, 48, args.channels)
     n = args.streams
-    w = bench._Worker()
+    w = worker.Worker()
     cpus = sorted(os.sched_getaffinity(0)) if args.pin else []
     if args.source == "mem":
         whole = w.buffer_sources(t, args.raw, None)
@@ -83,7 +77,7 @@ def worker_main(args):
         whole = [args.pcap]
         parts = args.parts
     share = [parts[0]]
-    share_heaps = bench._member_share(t.heaps, n, 0)
+    share_heaps = traffic.member_share(t.heaps, n, 0)
     configs = {
         "plain": (None, whole, t.heaps),
         "plain-share": (None, share, share_heaps),
@@ -94,7 +88,7 @@ def worker_main(args):
     for rep in range(args.reps + 1):  # the first pass warms up and is not kept
         for name in CONFIGS:
             streams, sources, heaps = configs[name]
-            rx = bench._Receiver(w, t, streams=streams, lossless=True, cpus=cpus)
+            rx = worker.Receiver(w, t, streams=streams, lossless=True, cpus=cpus)
             c0 = rx.cpu()
             start = time.perf_counter()
             for stream, source in zip(rx.streams, sources):
@@ -106,7 +100,7 @@ def worker_main(args):
             seconds = time.perf_counter() - start
             c1 = rx.cpu()
             stats = rx.stop()
-            r = rx.result(seconds, bench._cpu_diff(c0, c1), stats, heaps_sent=heaps,
+            r = rx.result(seconds, worker._cpu_diff(c0, c1), stats, heaps_sent=heaps,
                           packets_sent=heaps * t.packets_per_heap)
             if r["error"] or r["heaps_complete"] != heaps:
                 raise SystemExit(f"{name}: {r['heaps_complete']} of {heaps} heaps complete, {r['error']}")
@@ -156,21 +150,21 @@ def run_worker(python, env, cwd, argv):
 
 
 def driver_main(args):
-    import spead2.tools.bench as bench
+    from spead2.tools.bench import context, run, traffic
 
-    bench_module = os.path.abspath(bench.__file__)
+    bench_module = os.path.dirname(os.path.abspath(traffic.__file__))
     ref_python = args.ref_python
     if ref_python is None:
-        ref_python = bench.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
+        ref_python = context.reference_python(os.environ.get("SPEAD2_BENCH_REF_VENV") or None,
                                             lambda text: print("#", text, file=sys.stderr))
-    impls = [("ours", sys.executable, bench._ours_env()), ("reference", ref_python, bench._clean_ref_env())]
-    t = bench.Traffic(args.heap_size, args.packet_size, args.heaps, 48, args.channels)
+    impls = [("ours", sys.executable, context.ours_env()), ("reference", ref_python, context.clean_ref_env())]
+    t = traffic.Traffic(args.heap_size, args.packet_size, args.heaps, 48, args.channels)
     t.check()
     tmp = tempfile.mkdtemp(prefix="spead2-bench-group-", dir=args.tmpdir)
-    report = {"config": vars(args), "traffic": t.as_dict(), "machine": bench.machine_info(), "results": []}
+    report = {"config": vars(args), "traffic": t.as_dict(), "machine": run.machine_info(), "results": []}
     try:
-        files = bench.generate(t, tmp)
-        parts = bench.split_pcap(t, files["pcap"], args.streams) if "pcap" in args.sources else []
+        files = traffic.generate(t, tmp)
+        parts = traffic.split_pcap(t, files["pcap"], args.streams) if "pcap" in args.sources else []
         for source in args.sources:
             argv = ["--source", source, "--bench-module", bench_module, "--raw", files["raw"],
                     "--pcap", files["pcap"], "--heap-size", str(t.heap_size),

@@ -10,7 +10,8 @@ this process, at a fixed rate.  The receiver is a worker subprocess, either
 ours (this interpreter) or the reference spead2 4.5.1 (``--ref-python``,
 default: the virtualenv of ``spead2.tools.reference``), running the same code: a
 ``ChunkRingStream`` with ``add_udp_reader`` on 127.0.0.1 and the same numba
-place callback (chunk = heap counter // heaps per chunk).  Ours and the
+place callback (``spead2.recv.numba_place.heap_counter`` of this source tree,
+loaded by path through ``bench_tool``: chunk = heap counter // heaps per chunk).  Ours and the
 reference take turns, one run after the other.
 
 Two measurements per payload size (1 KiB and 8 KiB of payload per packet,
@@ -57,6 +58,8 @@ import subprocess
 import sys
 import time
 
+import bench_tool
+
 DEFAULT_REF_PYTHON = None   # the virtualenv of spead2.tools.reference, made on first use
 HEAP_SIZE = 64 * 1024
 HEAPS_PER_CHUNK = 16
@@ -100,31 +103,14 @@ def worker_main(args):
     import resource
     import socket
 
-    import numba
     import numpy as np
-    import scipy
-    from numba import types
 
     import spead2
     import spead2.recv
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
 
     heap_size = args.heap_size
     hpc = HEAPS_PER_CHUNK
-
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
-    def place(data_ptr, data_size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-        if items[0] < 1 or items[1] != heap_size:
-            return
-        position = items[0] - 1
-        data[0].chunk_id = position // hpc
-        data[0].heap_index = position % hpc
-        data[0].heap_offset = (position % hpc) * heap_size
-
-    llc = scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
+    llc = bench_tool.load("worker").load_numba_place().heap_counter(heap_size=heap_size, heaps_per_chunk=hpc)
     pool = spead2.ThreadPool(1)
     # Both report the clipped socket buffer on every run; the driver reports rmem_max once.
     logging.getLogger("spead2").setLevel(logging.ERROR)
@@ -147,7 +133,7 @@ def worker_main(args):
             pool,
             spead2.recv.StreamConfig(max_heaps=4),
             spead2.recv.ChunkStreamConfig(
-                items=[spead2.HEAP_CNT_ID, spead2.HEAP_LENGTH_ID], max_chunks=MAX_CHUNKS, place=llc),
+                items=llc.items, max_chunks=MAX_CHUNKS, place=llc),
             spead2.recv.ChunkRingbuffer(MAX_CHUNKS),
             spead2.recv.ChunkRingbuffer(FREE_CHUNKS),
         )

@@ -14,33 +14,20 @@ import struct
 import threading
 import time
 
-import numba
 import numpy as np
-import scipy
-from numba import types
 
 import spead2
 import spead2.recv
-from spead2.numba import intp_to_voidptr
-from spead2.recv.numba import chunk_place_data
+from spead2.recv import numba_place
 
-POSITION_ID = 0x1000        # immediate item: where the heap goes
 HEAP_SIZE = 1024            # payload bytes per heap
 HEAPS_PER_CHUNK = 8
 N_HEAPS = 64
 MEMBERS = 2
 
-
-@numba.cfunc(types.void(types.CPointer(chunk_place_data), types.size_t), nopython=True)
-def place(data_ptr, data_size):
-    data = numba.carray(data_ptr, 1)
-    items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-    position, heap_size = items[0], items[1]
-    if position < 0 or heap_size != HEAP_SIZE:
-        return                      # chunk_id stays -1: the heap is rejected
-    data[0].chunk_id = position // HEAPS_PER_CHUNK
-    data[0].heap_index = position % HEAPS_PER_CHUNK
-    data[0].heap_offset = data[0].heap_index * HEAP_SIZE
+# The standard heap-counter callback: heap counter 1 + i goes to chunk
+# i // HEAPS_PER_CHUNK, at heap index i % HEAPS_PER_CHUNK.
+place = numba_place.heap_counter(heap_size=HEAP_SIZE, heaps_per_chunk=HEAPS_PER_CHUNK)
 
 
 def packet(cnt, items, payload=b""):
@@ -53,7 +40,7 @@ def packet(cnt, items, payload=b""):
 
 
 def data_heap(position):
-    return packet(position + 1, [(POSITION_ID, position)], bytes([position % 256]) * HEAP_SIZE)
+    return packet(position + 1, [], bytes([position % 256]) * HEAP_SIZE)
 
 
 def stop_heap(cnt):
@@ -68,8 +55,7 @@ def main():
     free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
     group = spead2.recv.ChunkStreamRingGroup(config, data_ring, free_ring)
     chunk_config = spead2.recv.ChunkStreamConfig(
-        items=[POSITION_ID, spead2.HEAP_LENGTH_ID], max_chunks=4,
-        place=scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)"))
+        items=place.items, max_chunks=4, place=place)
     ports = []
     for i in range(MEMBERS):
         # One thread per member (pin it with spead2.ThreadPool(1, [core])).

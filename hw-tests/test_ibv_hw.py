@@ -101,23 +101,13 @@ def make_stream(place, n_chunks=16, comp_vector=0):
 
 @pytest.fixture(scope="module")
 def place():
-    numba = pytest.importorskip("numba")
-    scipy = pytest.importorskip("scipy")
-    from numba import types
+    pytest.importorskip("numba")
+    pytest.importorskip("scipy")
+    from spead2.recv import numba_place
 
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
-
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
-    def place_position(data_ptr, size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-        if items[0] >= 0 and items[1] == HEAP_SIZE:
-            data[0].chunk_id = items[0] // HEAPS_PER_CHUNK
-            data[0].heap_index = items[0] % HEAPS_PER_CHUNK
-            data[0].heap_offset = (items[0] % HEAPS_PER_CHUNK) * HEAP_SIZE
-
-    return scipy.LowLevelCallable(place_position.ctypes, signature="void (void *, size_t)")
+    # Heap counter placement on the position item (the first item of the
+    # stream's ChunkStreamConfig): position i goes to chunk i // HEAPS_PER_CHUNK.
+    return numba_place.heap_counter(heap_size=HEAP_SIZE, heaps_per_chunk=HEAPS_PER_CHUNK, cnt_first=0)
 
 
 def send_heaps(n_heaps, rate_gbps):

@@ -6,6 +6,7 @@ numba or scipy are missing; modules that do need them skip cleanly.
 """
 
 import ctypes
+import functools
 import logging
 import os
 
@@ -21,6 +22,7 @@ try:
     from numba import types
 
     from spead2.numba import intp_to_voidptr
+    from spead2.recv import numba_place
     from spead2.recv.numba import chunk_place_data
 
     HAVE_NUMBA = True
@@ -44,13 +46,6 @@ DIRECT_EXTRA_WRITE = 8
 DIRECT_EXTRA_BYTE = 0xC0
 
 BIND_DTYPE = np.dtype([("scale", np.int64), ("placed_heaps_index", np.uintp)])
-CAPTURE_DTYPE = np.dtype([
-    ("ts0", np.int64),
-    ("ts_step", np.int64),
-    ("freq_step", np.int64),
-    ("n_freq", np.int64),
-    ("heap_size", np.int64),
-])
 
 
 def _need_numba():
@@ -65,25 +60,8 @@ def _compile_callbacks(names=None):
         ("scale", types.int64),
         ("placed_heaps_index", types.uintp),
     ])
-    capture_record = types.Record.make_c_struct([
-        ("ts0", types.int64),
-        ("ts_step", types.int64),
-        ("freq_step", types.int64),
-        ("n_freq", types.int64),
-        ("heap_size", types.int64),
-    ])
 
     plain_sig = types.void(place_ptr, types.size_t)
-
-    def place_plain(data_ptr, data_size):
-        # items: [position, HEAP_LENGTH]
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-        position = items[0]
-        if position >= 0 and items[1] == HEAP_PAYLOAD_SIZE:
-            data[0].chunk_id = position // HEAPS_PER_CHUNK
-            data[0].heap_index = position % HEAPS_PER_CHUNK
-            data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
 
     def place_extra(data_ptr, data_size):
         # items: [position, HEAP_LENGTH, extra value]; writes the extra value
@@ -152,35 +130,24 @@ def _compile_callbacks(names=None):
             data[0].heap_index = position % HEAPS_PER_CHUNK
             data[0].heap_offset = data[0].heap_index * HEAP_PAYLOAD_SIZE
 
-    def place_capture(data_ptr, data_size, user_data_ptr):
-        # items: [timestamp (0x1600), frequency (0x4103), HEAP_LENGTH]
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-        p = numba.carray(user_data_ptr, 1)
-        ts = items[0]
-        freq = items[1]
-        if ts < p[0].ts0 or freq < 0 or items[2] != p[0].heap_size:
-            return
-        if (ts - p[0].ts0) % p[0].ts_step != 0 or freq % p[0].freq_step != 0:
-            return
-        index = freq // p[0].freq_step
-        if index >= p[0].n_freq:
-            return
-        data[0].chunk_id = (ts - p[0].ts0) // p[0].ts_step
-        data[0].heap_index = index
-        data[0].heap_offset = index * p[0].heap_size
-
     table = {
-        "place_plain": (place_plain, plain_sig),
         "place_extra": (place_extra, plain_sig),
         "place_bind": (place_bind, types.void(place_ptr, types.size_t, types.CPointer(bind_record))),
         "place_direct": (place_direct, plain_sig),
         "place_bias": (place_bias, types.void(place_ptr, types.size_t, types.CPointer(types.int64))),
-        "place_capture": (place_capture, types.void(place_ptr, types.size_t, types.CPointer(capture_record))),
     }
     if names is None:
-        names = list(table)
-    return {name: numba.cfunc(table[name][1], nopython=True)(table[name][0]) for name in names}
+        names = ["place_plain", *table]
+    out = {}
+    for name in names:
+        if name == "place_plain":
+            # items: [position, HEAP_LENGTH]: the standard heap-counter
+            # callback, counting from position 0.
+            out[name] = numba_place.heap_counter(heap_size=HEAP_PAYLOAD_SIZE, heaps_per_chunk=HEAPS_PER_CHUNK,
+                                                 cnt_first=0).cfunc
+        else:
+            out[name] = numba.cfunc(table[name][1], nopython=True)(table[name][0])
+    return out
 
 
 class _LazyCallbacks:
@@ -257,18 +224,21 @@ def make_place_bias(callbacks):
     return make
 
 
+@functools.lru_cache(maxsize=None)
+def _capture_placement(ts0, ts_step, freq_step, n_freq, heap_size):
+    # The standard timestamp × channel callback, one timestamp per chunk
+    # (compiled once per layout).
+    return numba_place.timestamp_channel(heap_size=heap_size, channels=n_freq, channel_step=freq_step,
+                                         timestamp_step=ts_step, first_timestamp=ts0)
+
+
 @pytest.fixture
 def make_place_capture(callbacks):
-    """make_place_capture(ts0, ts_step, freq_step, n_freq, heap_size) -> object with .llc."""
+    """make_place_capture(ts0, ts_step, freq_step, n_freq, heap_size) -> object with .llc
+    (items: [timestamp, frequency, HEAP_LENGTH])."""
 
     def make(ts0, ts_step, freq_step, n_freq, heap_size):
-        user_data = np.zeros(1, dtype=CAPTURE_DTYPE)
-        user_data["ts0"] = ts0
-        user_data["ts_step"] = ts_step
-        user_data["freq_step"] = freq_step
-        user_data["n_freq"] = n_freq
-        user_data["heap_size"] = heap_size
-        return _Bound(_bind_llc(callbacks["place_capture"], user_data), user_data)
+        return _Bound(_capture_placement(ts0, ts_step, freq_step, n_freq, heap_size), None)
 
     return make
 

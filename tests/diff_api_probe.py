@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 import diff_runner as dr
+import spead_builder as sb
 import spead2
 import spead2.recv
 
@@ -25,10 +26,7 @@ HEAPS_PER_CHUNK = 4
 
 
 def packet(cnt, length, offset, payload, pos):
-    import struct
-    items = [(0x01, cnt), (0x02, length), (0x03, offset), (0x04, len(payload)), (POS_ID, pos)]
-    body = b"".join(struct.pack(">Q", (1 << 63) | (i << 40) | v) for i, v in items)
-    return struct.pack(">BBBBHH", 0x53, 4, 3, 5, 0, len(items)) + body + payload
+    return sb.make_packet(cnt, length, offset, payload, [(POS_ID, pos)], heap_address_bits=40)
 
 
 def stream_stats(lib, heaps, *, with_max=True, extra_stat=False, buffer=False):

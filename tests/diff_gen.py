@@ -83,15 +83,10 @@ class Flavour:
         self.data2_id = base + 4
 
 
-def _ptr(item_id, value, immediate, hab):
-    return sb.item_pointer(item_id, value, immediate=immediate, heap_address_bits=hab)
-
-
 def build_packet(hab, pointers, payload, *, reserved=0):
     """pointers: list of (item_id, value, immediate)."""
-    body = b"".join(_ptr(i, v, imm, hab) for i, v, imm in pointers)
-    hdr = struct.pack(">BBBBHH", sb.MAGIC, sb.VERSION, 8 - hab // 8, hab // 8, reserved, len(pointers))
-    return hdr + body + payload
+    return (sb.header(len(pointers), hab, reserved=reserved) + sb.pointers(pointers, heap_address_bits=hab)
+            + payload)
 
 
 class Gen:
@@ -644,39 +639,20 @@ def generate(seed, transport):
 # ----------------------------------------------------------------------
 # pcap framing
 
-def _checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f">{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
 def _ipv4(payload, *, proto=17, frag=0, options=False):
-    opts = b"\x01\x01\x01\x00" if options else b""  # NOP NOP NOP EOL
-    ihl = 5 + len(opts) // 4
-    total = 4 * ihl + len(payload)
-    hdr = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, 0, total, 0x1234, frag, 64, proto, 0,
-                      bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])) + opts
-    csum = _checksum(hdr)
-    hdr = hdr[:10] + struct.pack(">H", csum) + hdr[12:]
-    return hdr + payload
+    return sb.ipv4(payload, proto=proto, ident=0x1234, fragment=frag,
+                   options=b"\x01\x01\x01\x00" if options else b"")  # NOP NOP NOP EOL
 
 
 def _ipv4_udp(payload, *, frag=0, options=False, udp_len_delta=0):
-    udp = struct.pack(">HHHH", 40000, 7148, 8 + len(payload) + udp_len_delta, 0) + payload
-    return _ipv4(udp, frag=frag, options=options)
+    return _ipv4(sb.udp(payload, src_port=40000, length_delta=udp_len_delta), frag=frag, options=options)
 
 
 def _frame(link, ip, *, ethertype=0x0800, pad=False):
     if link == 1:
-        frame = b"\x01\x02\x03\x04\x05\x06" + b"\x0a\x0b\x0c\x0d\x0e\x0f" + struct.pack(">H", ethertype) + ip
-        if pad and len(frame) < 60:
-            frame += b"\0" * (60 - len(frame))
-        return frame
-    # Linux cooked capture (SLL)
-    return struct.pack(">HHH8sH", 0, 772, 6, b"\0" * 8, ethertype) + ip
+        return sb.ethernet(ip, ethertype=ethertype, dst=b"\x01\x02\x03\x04\x05\x06",
+                           src=b"\x0a\x0b\x0c\x0d\x0e\x0f", pad=pad)
+    return sb.linux_sll(ip, ethertype=ethertype)
 
 
 def manual_job(key, packets, *, transport="inproc", hab=48, max_chunks=2, heaps_per_chunk=2, slot=16,

@@ -30,6 +30,9 @@ import sys
 import textwrap
 import types
 
+import spead_builder as sb
+from spead_builder import HEAP_CNT_ID, HEAP_LENGTH_ID, NULL_ID, PAYLOAD_LENGTH_ID, PAYLOAD_OFFSET_ID
+
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent.parent / "python" / "spead2"
 # The reference interpreter: SPEAD2_REF_PYTHON, else the cached virtualenv
 # that tests/refvenv.py creates on demand (None if PyPI is unreachable).
@@ -50,14 +53,6 @@ def _reference_env():
     import refvenv
 
     return refvenv.clean_env()
-
-HEAP_CNT_ID = 0x01
-HEAP_LENGTH_ID = 0x02
-PAYLOAD_OFFSET_ID = 0x03
-PAYLOAD_LENGTH_ID = 0x04
-DESCRIPTOR_ID = 0x05
-STREAM_CTRL_ID = 0x06
-NULL_ID = 0x00
 
 # Values of the constants the send module imports from the compiled module.
 CONSTANTS = {
@@ -89,11 +84,7 @@ CONSTANTS = {
 # Packetiser and decoder
 # --------------------------------------------------------------------------
 def _pointer(immediate, item_id, value, bits):
-    if not 0 <= item_id < 1 << (63 - bits):
-        raise ValueError(f"item ID {item_id:#x} out of range")
-    if not 0 <= value < 1 << bits:
-        raise ValueError(f"value {value:#x} does not fit in {bits} bits")
-    return struct.pack(">Q", (int(bool(immediate)) << 63) | (item_id << bits) | value)
+    return sb.item_pointer(item_id, value, immediate=immediate, heap_address_bits=bits)
 
 
 def packetise(items, heap_cnt, heap_address_bits, max_packet_size=1472, repeat_pointers=False):
@@ -128,16 +119,8 @@ def packetise(items, heap_cnt, heap_address_bits, max_packet_size=1472, repeat_p
         extra = pointers if (first or repeat_pointers) else []
         room = max_packet_size - header_room - 8 * len(extra)
         chunk = bytes(payload[offset : offset + room])
-        header = struct.pack(">BBBBHH", 0x53, 4, (64 - bits) // 8, bits // 8, 0, 4 + len(extra))
-        packets.append(
-            header
-            + _pointer(True, HEAP_CNT_ID, heap_cnt, bits)
-            + _pointer(True, HEAP_LENGTH_ID, heap_length, bits)
-            + _pointer(True, PAYLOAD_OFFSET_ID, offset, bits)
-            + _pointer(True, PAYLOAD_LENGTH_ID, len(chunk), bits)
-            + b"".join(extra)
-            + chunk
-        )
+        packets.append(sb.make_packet(heap_cnt, heap_length, offset, chunk, heap_address_bits=bits,
+                                      extra_pointers=b"".join(extra)))
         offset += len(chunk)
         first = False
     return packets

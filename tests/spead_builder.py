@@ -1,10 +1,12 @@
-"""Build SPEAD packets by hand for the receiver tests.
+"""Build SPEAD packets by hand for the tests: the one packet builder they share.
 
-There is no sender module in this project, so the tests make their own
-packets.  Everything here follows the wire format described in the reference
-behaviour notes (section 1): an 8-byte header, 8-byte big-endian item
-pointers, then the payload.  Only the SPEAD-64-XX flavours exist; XX is the
-"heap address bits" (40 and 48 are the common ones).
+The tests make their packets here rather than with ``spead2.send``, so that
+receive tests do not depend on the sender and send tests have an
+independent packetiser to compare with.  Everything here follows the wire
+format described in the reference behaviour notes (section 1): an 8-byte
+header, 8-byte big-endian item pointers, then the payload.  Only the
+SPEAD-64-XX flavours exist; XX is the "heap address bits" (40 and 48 are the
+common ones).
 
 Besides well-formed packets, :func:`malformed_packet` produces deliberately
 broken datagrams, one per kind in :data:`MALFORMED_KINDS`.
@@ -38,13 +40,15 @@ def _check_flavour(heap_address_bits):
         raise ValueError(f"unsupported heap_address_bits {heap_address_bits}")
 
 
-def header(n_items, heap_address_bits=48, *, magic=MAGIC, version=VERSION, id_bytes=None, addr_bytes=None):
-    """The 8-byte packet header.  ``id_bytes``/``addr_bytes`` override the widths."""
+def header(n_items, heap_address_bits=48, *, magic=MAGIC, version=VERSION, id_bytes=None, addr_bytes=None,
+           reserved=0):
+    """The 8-byte packet header.  ``id_bytes``/``addr_bytes`` override the
+    widths, ``reserved`` the two reserved bytes."""
     if addr_bytes is None:
         addr_bytes = heap_address_bits // 8
     if id_bytes is None:
         id_bytes = 8 - addr_bytes
-    return struct.pack(">BBBBHH", magic, version, id_bytes, addr_bytes, 0, n_items)
+    return struct.pack(">BBBBHH", magic, version, id_bytes, addr_bytes, reserved, n_items)
 
 
 def item_pointer(item_id, value, *, immediate, heap_address_bits=48):
@@ -57,6 +61,12 @@ def item_pointer(item_id, value, *, immediate, heap_address_bits=48):
         raise ValueError(f"value {value} does not fit in {heap_address_bits} bits")
     raw = (int(bool(immediate)) << 63) | (item_id << heap_address_bits) | value
     return struct.pack(">Q", raw)
+
+
+def pointers(triples, *, heap_address_bits=48):
+    """Item pointers, in order, from ``(item_id, value, immediate)`` triples."""
+    return b"".join(item_pointer(item_id, value, immediate=immediate, heap_address_bits=heap_address_bits)
+                    for item_id, value, immediate in triples)
 
 
 def make_packet(
@@ -332,6 +342,60 @@ def reassemble(datagrams):
             covered += len(piece)
         out[cnt] = (first, bytes(buf) if covered == first.heap_length else None)
     return out
+
+
+# --------------------------------------------------------------------------
+# Frames around a SPEAD packet, for captures: UDP, IPv4, Ethernet or Linux
+# cooked (SLL) link layers.
+
+LOOPBACK = bytes([127, 0, 0, 1])
+
+
+def udp(payload, *, src_port=1234, dst_port=7148, length_delta=0):
+    """A UDP header (checksum 0) and ``payload``; ``length_delta`` makes the
+    length field lie by that many bytes."""
+    return struct.pack(">HHHH", src_port, dst_port, 8 + len(payload) + length_delta, 0) + payload
+
+
+def ipv4_checksum(header):
+    """The Internet checksum of ``header`` (its checksum field zero)."""
+    if len(header) % 2:
+        header += b"\0"
+    total = sum(struct.unpack(f">{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ipv4(payload, *, proto=17, ident=0, fragment=0, options=b"", checksum=True, src=LOOPBACK, dst=LOOPBACK):
+    """An IPv4 header (TTL 64) and ``payload``.  ``fragment`` is the 16-bit
+    flags and fragment offset field (0x4000: don't fragment, 0x2000: more
+    fragments); ``options`` (a multiple of 4 bytes) lengthen the header;
+    ``checksum=False`` leaves the checksum 0."""
+    ihl = 5 + len(options) // 4
+    hdr = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, 0, 4 * ihl + len(payload), ident, fragment, 64, proto, 0,
+                      src, dst) + options
+    if checksum:
+        hdr = hdr[:10] + struct.pack(">H", ipv4_checksum(hdr)) + hdr[12:]
+    return hdr + payload
+
+
+def ethernet(packet, *, ethertype=0x0800, dst=bytes(6), src=bytes(6), vlan=None, pad=False):
+    """An Ethernet frame (no FCS): addresses, an 802.1Q tag with VLAN ID
+    ``vlan`` if given, ``ethertype``; ``pad`` pads it to the 60-byte minimum."""
+    frame = dst + src
+    if vlan is not None:
+        frame += struct.pack(">HH", 0x8100, vlan)
+    frame += struct.pack(">H", ethertype) + packet
+    if pad and len(frame) < 60:
+        frame += bytes(60 - len(frame))
+    return frame
+
+
+def linux_sll(packet, *, ethertype=0x0800):
+    """A Linux cooked capture (SLL, link type 113) frame: sent to us, from a
+    loopback-type device with a 6-byte, all-zero address."""
+    return struct.pack(">HHH8sH", 0, 772, 6, bytes(8), ethertype) + packet
 
 
 # --------------------------------------------------------------------------

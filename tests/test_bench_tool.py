@@ -13,6 +13,11 @@ import sys
 import pytest
 
 from spead2.tools import bench
+from spead2.tools.bench import cli as bench_cli
+from spead2.tools.bench import report as bench_report
+from spead2.tools.bench import run as bench_run
+from spead2.tools.bench import sender as bench_sender
+from spead2.tools.bench import traffic as bench_traffic
 
 try:
     import matplotlib  # noqa: F401
@@ -99,7 +104,7 @@ def check_measurement(m, transport, traffic):
 def test_report_schema(quick_run):
     proc, report, _ = quick_run
     assert report["tool"] == "spead2_bench"
-    assert report["schema"] == bench.SCHEMA_VERSION
+    assert report["schema"] == bench_run.SCHEMA_VERSION
     assert report["reference"] is None
     machine = report["machine"]
     assert machine["cpus"] >= 1 and isinstance(machine["virtual"], bool)
@@ -205,25 +210,25 @@ def test_traffic_files(tmp_path):
     """The generated files agree with each other and with the description."""
     import numpy as np
 
-    traffic = bench.Traffic(heap_size=3000, packet_size=1000, heaps=10, addr_bits=40, channels=4)
+    traffic = bench_traffic.Traffic(heap_size=3000, packet_size=1000, heaps=10, addr_bits=40, channels=4)
     traffic.check()
     assert traffic.heaps == 12  # whole timestamps
     assert traffic.packets_per_heap == 4  # 936 + 936 + 936 + 192 bytes of payload
-    paths = bench.generate(traffic, str(tmp_path))
+    paths = bench_traffic.generate(traffic, str(tmp_path))
     lengths = np.load(paths["lengths"])
     assert len(lengths) == traffic.n_packets
     raw = pathlib.Path(paths["raw"]).read_bytes()
     assert len(raw) == int(lengths.sum()) == traffic.spead_bytes
     pcap = pathlib.Path(paths["pcap"]).read_bytes()
-    assert len(pcap) == 24 + int((lengths + 16 + bench.FRAME_OVERHEAD).sum())
+    assert len(pcap) == 24 + int((lengths + 16 + bench_traffic.FRAME_OVERHEAD).sum())
     # First packet: SPEAD-64-40 header, then HEAP_CNT = 1.
     assert raw[:4] == bytes([0x53, 4, 3, 5])
-    assert int.from_bytes(raw[8:16], "big") == (1 << 63) | (bench.HEAP_CNT_ID << 40) | 1
+    assert int.from_bytes(raw[8:16], "big") == (1 << 63) | (bench_traffic.HEAP_CNT_ID << 40) | 1
     # The payload of heap i is fill_byte(i).
-    assert raw[bench.SPEAD_OVERHEAD] == bench.fill_byte(0)
+    assert raw[bench_traffic.SPEAD_OVERHEAD] == bench_traffic.fill_byte(0)
     # Reused when asked again.
     mtime = os.path.getmtime(paths["raw"])
-    assert bench.generate(traffic, str(tmp_path)) == paths
+    assert bench_traffic.generate(traffic, str(tmp_path)) == paths
     assert os.path.getmtime(paths["raw"]) == mtime
 
 
@@ -237,7 +242,7 @@ def test_format_table_marks_unavailable():
              "ours": {"available": False, "reason": "the emulator is not built"}},
         ],
     }
-    text = bench.format_table(report)
+    text = bench_report.format_table(report)
     assert "n/a" in text and "the emulator is not built" in text
 
 
@@ -378,7 +383,7 @@ def test_groups_rounds_and_reference(tmp_path):
         ["--streams", "two"],
         ["--streams", "1,0"],
         ["--streams", ","],
-        ["--streams", str(bench.MAX_STREAMS + 1)],
+        ["--streams", str(bench_cli.MAX_STREAMS + 1)],
         ["--eviction-mode", "sometimes"],
         ["--rounds", "0"],
         ["--pin", "maybe"],
@@ -400,26 +405,26 @@ def test_streams_zero_from_command_line():
 
 
 def test_streams_parsing():
-    assert bench._streams("plain,1,2,4") == [None, 1, 2, 4]
-    assert bench._streams("2, 2,PLAIN") == [2, None]
-    args = bench.build_parser().parse_args([])
-    bench._finish_args(bench.build_parser(), args)
+    assert bench_cli._streams("plain,1,2,4") == [None, 1, 2, 4]
+    assert bench_cli._streams("2, 2,PLAIN") == [2, None]
+    args = bench_cli.build_parser().parse_args([])
+    bench_cli._finish_args(bench_cli.build_parser(), args)
     assert args.stream_list == [None]  # the plain ChunkRingStream by default
 
 
 def test_pin_parsing():
-    assert bench._pin("on") is True and bench._pin("off") is False
-    assert bench._pin("0") == [0] and bench._pin("1,0") == [1, 0]
+    assert bench_cli._pin("on") is True and bench_cli._pin("off") is False
+    assert bench_cli._pin("0") == [0] and bench_cli._pin("1,0") == [1, 0]
     cpu = min(os.sched_getaffinity(0))
-    args = bench.build_parser().parse_args(["--pin", str(cpu)])
-    bench._finish_args(bench.build_parser(), args)
+    args = bench_cli.build_parser().parse_args(["--pin", str(cpu)])
+    bench_cli._finish_args(bench_cli.build_parser(), args)
     assert args.pin == [cpu]
 
 
 def test_member_share():
     for total in range(0, 13):
         for n in range(1, 5):
-            shares = [bench._member_share(total, n, m) for m in range(n)]
+            shares = [bench_traffic.member_share(total, n, m) for m in range(n)]
             assert shares == [len(range(m, total, n)) for m in range(n)]
 
 
@@ -427,9 +432,9 @@ def test_split_pcap(tmp_path):
     """Each capture file holds the heaps i with i mod n = its number, in order."""
     import numpy as np
 
-    traffic = bench.Traffic(heap_size=3000, packet_size=1000, heaps=12, channels=4)
-    paths = bench.generate(traffic, str(tmp_path))
-    parts = bench.split_pcap(traffic, paths["pcap"], 3)
+    traffic = bench_traffic.Traffic(heap_size=3000, packet_size=1000, heaps=12, channels=4)
+    paths = bench_traffic.generate(traffic, str(tmp_path))
+    parts = bench_traffic.split_pcap(traffic, paths["pcap"], 3)
     assert len(parts) == 3
     whole = pathlib.Path(paths["pcap"]).read_bytes()
     heaps = np.frombuffer(whole[24:], np.uint8).reshape(traffic.heaps, -1)
@@ -444,10 +449,10 @@ def test_sender_split(tmp_path):
     and in frames mode the UDP destination port FRAME_DST_PORT + m."""
     import numpy as np
 
-    traffic = bench.Traffic(heap_size=3000, packet_size=1000, heaps=8, channels=4)
-    files = bench.generate(traffic, str(tmp_path))
+    traffic = bench_traffic.Traffic(heap_size=3000, packet_size=1000, heaps=8, channels=4)
+    files = bench_traffic.generate(traffic, str(tmp_path))
     k = traffic.packets_per_heap
-    sender = bench._Sender()
+    sender = bench_sender.Sender()
     ((whole, lengths, _),) = sender._load(files, "udp")
     per_heap = np.frombuffer(whole, np.uint8).reshape(traffic.heaps, -1)
     parts = sender._load(files, "udp", 2, k)
@@ -461,7 +466,7 @@ def test_sender_split(tmp_path):
         pos = 0
         for length in part_lengths:
             frame = data[pos:pos + length]
-            assert int.from_bytes(frame[36:38], "big") == bench.FRAME_DST_PORT + m
+            assert int.from_bytes(frame[36:38], "big") == bench_traffic.FRAME_DST_PORT + m
             pos += length
         assert pos == len(data)
 
@@ -487,7 +492,7 @@ def test_format_table_groups():
              "packets_per_s": None},
         ],
     }
-    text = bench.format_table(report)
+    text = bench_report.format_table(report)
     assert "12/12" in text  # per-member CPU in ms
     assert "LOSSLESS" in text and "CPUs 0,1 in turn" in text
     assert "group overhead" in text and "1.05 (1.00-1.10)" in text

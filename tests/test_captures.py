@@ -24,6 +24,7 @@ import spead2.recv
 pytest.importorskip("numba")
 pytest.importorskip("scipy")
 
+import spead_builder as sb  # noqa: E402
 from spead_builder import make_packet, parse_packet, reassemble  # noqa: E402
 
 pytestmark = pytest.mark.timeout(60)
@@ -340,13 +341,8 @@ def _pcap_with_link_type(link, frames):
 
 def _udp_frame(payload, ethertype=0x0800, vlan=False):
     """Ethernet + IPv4 + UDP around a SPEAD packet."""
-    udp = struct.pack(">HHHH", 1234, 7148, 8 + len(payload), 0) + payload
-    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0,
-                     bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])) + udp
-    eth = bytes(6) + bytes(6)
-    if vlan:
-        eth += struct.pack(">HH", 0x8100, 5)
-    return eth + struct.pack(">H", ethertype) + ip
+    return sb.ethernet(sb.ipv4(sb.udp(payload), fragment=0x4000, checksum=False), ethertype=ethertype,
+                       vlan=5 if vlan else None)
 
 
 def test_unsupported_link_type(place_plain_llc, tmp_path):
@@ -392,16 +388,14 @@ def test_handmade_ethernet_capture(place_plain_llc, tmp_path):
 
 
 def _ipv4_udp(payload, fragment=0):
-    udp = struct.pack(">HHHH", 1234, 7148, 8 + len(payload), 0) + payload
-    return struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, fragment, 64, 17, 0,
-                       bytes([127, 0, 0, 1]), bytes([127, 0, 0, 1])) + udp
+    return sb.ipv4(sb.udp(payload), fragment=fragment, checksum=False)
 
 
 def _link_frame(link, ip):
     if link == 1:
-        return bytes(12) + b"\x08\x00" + ip
+        return sb.ethernet(ip)
     if link == 113:
-        return struct.pack(">HHH8sH", 0, 772, 6, bytes(8), 0x0800) + ip
+        return sb.linux_sll(ip)
     if link == 276:
         return struct.pack(">HHIHBB8s", 0x0800, 0, 1, 772, 0, 6, bytes(8)) + ip
     return ip  # raw IPv4

@@ -100,11 +100,9 @@ def with_dst_port(frame, port):
 RECEIVER = textwrap.dedent(
     """
     import hashlib, json, sys, threading, time
-    import numba, numpy as np, scipy
-    from numba import types
+    import numpy as np
     import spead2, spead2.recv
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
+    from spead2.recv import numba_place
 
     opts = json.loads(sys.argv[1])
     HEAP_SIZE, HPC = opts["heap_size"], opts["heaps_per_chunk"]
@@ -125,16 +123,9 @@ RECEIVER = textwrap.dedent(
             data[0].permitted &= ~(1 << CAP_IPC_LOCK)
             assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
 
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
-    def place(p, size):
-        d = numba.carray(p, 1)
-        items = numba.carray(intp_to_voidptr(d[0].items), 2, dtype=np.int64)
-        if items[0] >= 0 and items[1] == HEAP_SIZE:
-            d[0].chunk_id = items[0] // HPC
-            d[0].heap_index = items[0] % HPC
-            d[0].heap_offset = (items[0] % HPC) * HEAP_SIZE
-
-    llc = scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
+    # Heap counter placement on the position item (0x1000): position i goes to
+    # chunk i // HPC at heap index i % HPC.
+    llc = numba_place.heap_counter(heap_size=HEAP_SIZE, heaps_per_chunk=HPC, cnt_first=0)
     n_chunks = 8
     data_ring = spead2.recv.ChunkRingbuffer(n_chunks)
     free_ring = spead2.recv.ChunkRingbuffer(n_chunks)

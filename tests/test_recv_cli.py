@@ -244,8 +244,8 @@ def test_quiet(capsys):
         (["8000", "--interface", "eth0"], "--interface must be an IPv4 address"),
         (["8000", "--place", "cnt", "--verify"], "--verify needs --place timestamp"),
         (["8000", "--place", "frequency"], "invalid choice"),
-        (["8000", "--heap-size", "0"], "must be positive"),
-        (["8000", "--duration", "-1"], "positive number of seconds"),
+        (["8000", "--heap-size", "0"], "is not positive"),
+        (["8000", "--duration", "-1"], "is not a positive number"),
         ([str(DATA_DIR / "lo-64-48-8k-multi.pcap"), "8000", "--chunks"], "cannot be mixed"),
         ([], "required"),
         (["8000", "--heaps", "--place", "cnt"], "--place applies to chunk mode (--chunks), not --heaps"),
@@ -583,7 +583,7 @@ def test_streams_text_summary(capsys, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["8000", "8001", "--streams", "3"], "--streams 3 needs at least 3 sources"),
-    (["8000", "--streams", "0"], "must be positive"),
+    (["8000", "--streams", "0"], "is not positive"),
     (["8000", "--cores", "1"], "--cores needs --streams"),
     (["8000", "8001", "--streams", "2", "--cores", "1"], "one core per stream"),
     (["8000", "--streams", "1", "--cores", "x"], "not a comma-separated list"),

@@ -8,7 +8,6 @@ must be identical.
 
 import asyncio
 import json
-import struct
 import threading
 
 import numpy as np
@@ -20,24 +19,18 @@ import spead2.recv.asyncio
 import spead2.send
 
 import refvenv
+import spead_builder as sb
 
 # ---------------------------------------------------------------- helpers
 
 HAB = 48
 
 
-def ptr(immediate, item_id, value, hab=HAB):
-    return struct.pack(">Q", (int(immediate) << 63) | (item_id << hab) | value)
-
-
 def packet(cnt, heap_length, offset, payload, items=(), hab=HAB):
-    """One packet; heap_length None leaves HEAP_LENGTH out (unsized heap)."""
-    ps = [ptr(1, 1, cnt, hab)]
-    if heap_length is not None:
-        ps.append(ptr(1, 2, heap_length, hab))
-    ps += [ptr(1, 3, offset, hab), ptr(1, 4, len(payload), hab)]
-    ps += [ptr(imm, i, v, hab) for imm, i, v in items]
-    return struct.pack(">BBBBHH", 0x53, 4, 8 - hab // 8, hab // 8, 0, len(ps)) + b"".join(ps) + payload
+    """One packet; heap_length None leaves HEAP_LENGTH out (unsized heap);
+    `items`: more item pointers, ``(immediate, id, value)``."""
+    return sb.make_packet(cnt, heap_length, offset, payload, heap_address_bits=hab,
+                          extra_pointers=sb.pointers([(i, v, bool(imm)) for imm, i, v in items], heap_address_bits=hab))
 
 
 def heap(cnt, length, packet_size, items=(), order=None, drop=(), hab=HAB):

@@ -28,12 +28,13 @@ MODULES = {
     "spead2.recv": "recv/__init__.pyi",
     "spead2.recv.asyncio": "recv/asyncio.pyi",
     "spead2.recv.numba": "recv/numba.pyi",
+    "spead2.recv.numba_place": "recv/numba_place.pyi",
     "spead2.recv.place": "recv/place.pyi",
     "spead2.send": "send/__init__.pyi",
     "spead2.send.asyncio": "send/asyncio.pyi",
     "spead2.numba": "numba.pyi",
 }
-NEEDS_NUMBA = {"spead2.numba", "spead2.recv.numba"}
+NEEDS_NUMBA = {"spead2.numba", "spead2.recv.numba", "spead2.recv.numba_place"}
 
 #: Stubbed callables whose runtime signature cannot be read.
 UNREADABLE = {
@@ -159,7 +160,7 @@ def test_stub_matches_runtime(module_name):
         if public is None:
             public = [n for n in dir(module) if not n.startswith("_")]
         public = {n for n in public if not n.startswith("_")}
-        submodules = {"recv", "send", "numba", "tools", "asyncio", "prometheus", "place"}
+        submodules = {"recv", "send", "numba", "tools", "asyncio", "prometheus", "place", "numba_place"}
         missing = public - set(names) - submodules
         if module_name in NEEDS_NUMBA:
             missing -= {"types", "numba", "cgutils", "intrinsic", "Record", "ir"}

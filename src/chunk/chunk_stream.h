@@ -1,10 +1,11 @@
 // The chunk placement core.
 //
 // A chunk_stream receives batches of decoded packets from its readers,
-// assembles them into heaps (live_heaps) and writes each heap's payload
-// straight into the chunk chosen by the user's place callback, keeping a
-// sliding window of at most max_chunks chunks (chunk_window).  Completed
-// chunks leave through the ready callback; new ones come from allocate.
+// assembles them into heaps (live_heap slots of a heap_table) and writes
+// each heap's payload straight into the chunk chosen by the user's place
+// callback, keeping a sliding window of at most max_chunks chunks
+// (chunk_window).  Completed chunks leave through the ready callback; new
+// ones come from allocate.
 //
 // Unlike the reference, every placement is bounds-checked: a heap whose
 // heap_offset/heap_index/extra_offset would write outside the chunk is dropped

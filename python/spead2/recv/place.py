@@ -11,8 +11,9 @@ Each function returns a :class:`Placement`: pass it as
         items=placement.items, max_heap_extra=placement.max_heap_extra,
         max_chunks=4, place=placement)
 
-They are implemented in C++ and place heaps exactly as the equivalent numba
-callbacks of ``spead2_recv`` do.  Write your own callback (numba or C) for
+They are implemented in C++ and place heaps exactly as the numba callbacks
+of the same names and arguments in :mod:`spead2.recv.numba_place` do.  Write
+your own callback (numba or C) for
 anything else: other item layouts, checks on other items, custom statistics,
 packet presence with more than one flag per heap, or placements that depend
 on more than one key.

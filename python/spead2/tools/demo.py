@@ -17,40 +17,14 @@ import json
 import pathlib
 import sys
 
-import numba
 import numpy as np
-import scipy
-from numba import types
 
 import spead2
 import spead2.recv
-from spead2.numba import intp_to_voidptr
-from spead2.recv.numba import chunk_place_data
+from spead2.recv import numba_place
 
 TIMESTAMP_ID = 0x1600
 FREQUENCY_ID = 0x4103
-
-
-def make_place(heap_size, channels, freq_step, ts_first, ts_step):
-    """Build a place callback for the given layout (constants baked in by numba)."""
-
-    @numba.cfunc(types.void(types.CPointer(chunk_place_data), types.uintp), nopython=True)
-    def place(data_ptr, data_size):
-        data = numba.carray(data_ptr, 1)
-        items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-        timestamp = items[0]
-        frequency = items[1]
-        heap_length = items[2]
-        if timestamp < ts_first or frequency < 0 or heap_length != heap_size:
-            return  # not a data heap (descriptors, stop): leave chunk_id = -1
-        index = frequency // freq_step
-        if index >= channels:
-            return
-        data[0].chunk_id = (timestamp - ts_first) // ts_step
-        data[0].heap_index = index
-        data[0].heap_offset = index * heap_size
-
-    return scipy.LowLevelCallable(place.ctypes, signature="void (void *, size_t)")
 
 
 def find_manifest(capture: pathlib.Path):
@@ -74,12 +48,14 @@ def replay(capture: pathlib.Path, out=sys.stdout) -> bool:
     channels = len(frequencies)
     expected = {(h["timestamp"], h["frequency"]): h["sha256"] for h in heaps}
 
-    place = make_place(heap_size, channels, freq_step, timestamps[0], ts_step)
+    place = numba_place.timestamp_channel(heap_size=heap_size, channels=channels, channel_step=freq_step,
+                                          timestamp_step=ts_step, first_timestamp=timestamps[0],
+                                          timestamp_id=TIMESTAMP_ID, channel_id=FREQUENCY_ID)
     max_chunks = 4
     pool = spead2.ThreadPool()
     config = spead2.recv.StreamConfig(max_heaps=8)
     chunk_config = spead2.recv.ChunkStreamConfig(
-        items=[TIMESTAMP_ID, FREQUENCY_ID, spead2.HEAP_LENGTH_ID], max_chunks=max_chunks, place=place
+        items=place.items, max_chunks=max_chunks, place=place
     )
     data_ring = spead2.recv.ChunkRingbuffer(max_chunks)
     free_ring = spead2.recv.ChunkRingbuffer(2 * max_chunks)

@@ -80,6 +80,8 @@ import numpy as np
 import spead2
 import spead2.recv
 
+from . import _cli
+
 DEFAULT_TIMESTAMP_ID = 0x1600
 DEFAULT_CHANNEL_ID = 0x4103
 DEFAULT_HEAP_SIZE = 8192
@@ -185,89 +187,33 @@ class Layout:
         return "cnt" if self.place == "cnt" else "timestamp"
 
 
-def make_builtin_place(layout: Layout):
-    """The built-in (C++) placement for `layout` (spead2.recv.place): the same
-    chunks as make_place_callback's numba callback, without numba."""
-    import spead2.recv.place
-
+def _placement(layout: Layout, module):
+    """The placement for `layout` from `module`: spead2.recv.place (built
+    in, C++) or spead2.recv.numba_place (numba), which take the same
+    arguments and place heaps the same way.  Each placed heap also writes
+    its key (heap counter or timestamp) into its 8-byte slot of ``chunk.extra``."""
     if layout.place == "cnt":
-        return spead2.recv.place.heap_counter(heap_size=layout.heap_size, heaps_per_chunk=layout.heaps_per_chunk,
-                                              cnt_first=layout.cnt_first, cnt_step=layout.cnt_step, extra=True)
-    return spead2.recv.place.timestamp_channel(
+        return module.heap_counter(heap_size=layout.heap_size, heaps_per_chunk=layout.heaps_per_chunk,
+                                   cnt_first=layout.cnt_first, cnt_step=layout.cnt_step, extra=True)
+    return module.timestamp_channel(
         heap_size=layout.heap_size, channels=layout.channels, channel_step=layout.channel_step,
         timestamp_step=layout.timestamp_step, timestamps_per_chunk=layout.timestamps_per_chunk,
         first_timestamp=layout.first_timestamp, timestamp_id=layout.timestamp_id, channel_id=layout.channel_id,
         extra=True)
 
 
+def make_builtin_place(layout: Layout):
+    """The built-in (C++) placement for `layout` (spead2.recv.place), the one spead2_recv uses."""
+    import spead2.recv.place
+
+    return _placement(layout, spead2.recv.place)
+
+
 def make_place_callback(layout: Layout):
-    """A scipy.LowLevelCallable for `layout`, compiled by numba with every
-    parameter baked in as a constant.  Each placed heap also writes its key
-    (heap counter or timestamp) into its 8-byte slot of ``chunk.extra``."""
-    import numba
-    import scipy
-    from numba import types
+    """The same placement as a numba callback (spead2.recv.numba_place; needs numba and scipy)."""
+    from spead2.recv import numba_place
 
-    from spead2.numba import intp_to_voidptr
-    from spead2.recv.numba import chunk_place_data
-
-    signature = types.void(types.CPointer(chunk_place_data), types.uintp)
-    heap_size = layout.heap_size
-    hpc = layout.heaps_per_chunk
-
-    if layout.place == "cnt":
-        cnt_first = layout.cnt_first
-        cnt_step = layout.cnt_step
-
-        def place(data_ptr, data_size):
-            data = numba.carray(data_ptr, 1)
-            items = numba.carray(intp_to_voidptr(data[0].items), 2, dtype=np.int64)
-            cnt = items[0]
-            if items[1] != heap_size or cnt < cnt_first:
-                return
-            offset = cnt - cnt_first
-            if offset % cnt_step != 0:
-                return
-            position = offset // cnt_step
-            index = position % hpc
-            data[0].chunk_id = position // hpc
-            data[0].heap_index = index
-            data[0].heap_offset = index * heap_size
-            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            extra[0] = cnt
-            data[0].extra_offset = index * 8
-            data[0].extra_size = 8
-    else:
-        channels = layout.channels
-        channel_step = layout.channel_step
-        timestamp_step = layout.timestamp_step
-        first_timestamp = layout.first_timestamp
-        tpc = layout.timestamps_per_chunk
-
-        def place(data_ptr, data_size):
-            data = numba.carray(data_ptr, 1)
-            items = numba.carray(intp_to_voidptr(data[0].items), 3, dtype=np.int64)
-            timestamp = items[0]
-            channel = items[1]
-            if items[2] != heap_size or timestamp < first_timestamp or channel < 0:
-                return
-            if channel % channel_step != 0:
-                return
-            c = channel // channel_step
-            if c >= channels:
-                return
-            t = (timestamp - first_timestamp) // timestamp_step
-            index = (t % tpc) * channels + c
-            data[0].chunk_id = t // tpc
-            data[0].heap_index = index
-            data[0].heap_offset = index * heap_size
-            extra = numba.carray(intp_to_voidptr(data[0].extra), 1, dtype=np.int64)
-            extra[0] = timestamp
-            data[0].extra_offset = index * 8
-            data[0].extra_size = 8
-
-    cfunc = numba.cfunc(signature, nopython=True)(place)
-    return scipy.LowLevelCallable(cfunc.ctypes, signature="void (void *, size_t)")
+    return _placement(layout, numba_place)
 
 
 def send_heap_index(layout: Layout, keys: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -967,41 +913,10 @@ def receive_heaps(args, sources: List[Source], stop: StopRequest, out=None, err=
 # Command line
 
 
-def _positive_int(text):
-    value = int(text, 0)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _nonnegative_int(text):
-    value = int(text, 0)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
-    return value
-
-
 def _item_id(text):
-    value = int(text, 0)
+    value = _cli.integer(text)
     if not 0 < value < 1 << 23:
         raise argparse.ArgumentTypeError(f"not a valid item ID: {text}")
-    return value
-
-
-def _core_list(text):
-    try:
-        cores = [int(c) for c in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of core numbers: {text}") from None
-    if any(c < 0 for c in cores):
-        raise argparse.ArgumentTypeError(f"core numbers must not be negative: {text}")
-    return cores
-
-
-def _duration(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
 
 
@@ -1030,73 +945,73 @@ def build_parser() -> argparse.ArgumentParser:
     heaps.add_argument("--descriptors", action="store_true", help="show each descriptor in full")
     heaps.add_argument("--values", action="store_true", help="show item values, not only their names")
     heaps.add_argument("--joint", action="store_true", help="one stream for all sources (else one per source)")
-    heaps.add_argument("--count", type=_positive_int, default=None, metavar="N",
+    heaps.add_argument("--count", type=_cli.positive_int, default=None, metavar="N",
                        help="stop each stream after N heaps")
-    heaps.add_argument("--ring-heaps", type=_positive_int, default=spead2.recv.RingStreamConfig.DEFAULT_HEAPS,
+    heaps.add_argument("--ring-heaps", type=_cli.positive_int, default=spead2.recv.RingStreamConfig.DEFAULT_HEAPS,
                        metavar="N", help="depth of the ring of finished heaps [%(default)s]")
     heaps.add_argument("--mem-pool", action="store_true", help="allocate heaps from a spead2.MemoryPool")
-    heaps.add_argument("--mem-lower", type=_nonnegative_int, default=DEFAULT_MEM_LOWER, metavar="BYTES",
+    heaps.add_argument("--mem-lower", type=_cli.nonnegative_int, default=DEFAULT_MEM_LOWER, metavar="BYTES",
                        help="smallest heap served by the pool [%(default)s]")
-    heaps.add_argument("--mem-upper", type=_nonnegative_int, default=DEFAULT_MEM_UPPER, metavar="BYTES",
+    heaps.add_argument("--mem-upper", type=_cli.nonnegative_int, default=DEFAULT_MEM_UPPER, metavar="BYTES",
                        help="largest heap served by the pool (its buffer size) [%(default)s]")
-    heaps.add_argument("--mem-max-free", type=_nonnegative_int, default=DEFAULT_MEM_MAX_FREE, metavar="N",
+    heaps.add_argument("--mem-max-free", type=_cli.nonnegative_int, default=DEFAULT_MEM_MAX_FREE, metavar="N",
                        help="free buffers the pool keeps [%(default)s]")
-    heaps.add_argument("--mem-initial", type=_nonnegative_int, default=DEFAULT_MEM_INITIAL, metavar="N",
+    heaps.add_argument("--mem-initial", type=_cli.nonnegative_int, default=DEFAULT_MEM_INITIAL, metavar="N",
                        help="buffers the pool starts with [%(default)s]")
 
     place = parser.add_argument_group("placement (chunk mode)")
     place.add_argument("--place", choices=["timestamp", "cnt"], default="timestamp",
                        help="chunk by a timestamp item and a channel item, or by heap counter [%(default)s]")
-    place.add_argument("--heap-size", type=_positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
+    place.add_argument("--heap-size", type=_cli.positive_int, default=DEFAULT_HEAP_SIZE, metavar="BYTES",
                        help="payload bytes of every data heap; other heaps are rejected [%(default)s]")
-    place.add_argument("--heaps-per-chunk", type=_positive_int, default=None, metavar="N",
+    place.add_argument("--heaps-per-chunk", type=_cli.positive_int, default=None, metavar="N",
                        help=f"heaps in a chunk [timestamp: --channels; cnt: {DEFAULT_HEAPS_PER_CHUNK_CNT}]")
     place.add_argument("--timestamp-id", type=_item_id, default=DEFAULT_TIMESTAMP_ID, metavar="ID",
                        help=f"item ID of the timestamp [{DEFAULT_TIMESTAMP_ID:#x}]")
     place.add_argument("--channel-id", type=_item_id, default=DEFAULT_CHANNEL_ID, metavar="ID",
                        help=f"item ID of the channel (frequency) [{DEFAULT_CHANNEL_ID:#x}]")
-    place.add_argument("--channels", type=_positive_int, default=DEFAULT_CHANNELS, metavar="N",
+    place.add_argument("--channels", type=_cli.positive_int, default=DEFAULT_CHANNELS, metavar="N",
                        help="channels per timestamp [%(default)s]")
-    place.add_argument("--channel-step", type=_positive_int, default=None, metavar="N",
+    place.add_argument("--channel-step", type=_cli.positive_int, default=None, metavar="N",
                        help="difference between successive channel values [heap size / 4, as spead2_send]")
-    place.add_argument("--timestamp-step", type=_positive_int, default=1, metavar="N",
+    place.add_argument("--timestamp-step", type=_cli.positive_int, default=1, metavar="N",
                        help="difference between successive timestamps [%(default)s]")
-    place.add_argument("--first-timestamp", type=_nonnegative_int, default=0, metavar="N",
+    place.add_argument("--first-timestamp", type=_cli.nonnegative_int, default=0, metavar="N",
                        help="timestamps below this are rejected; t is counted from here [%(default)s]")
-    place.add_argument("--cnt-first", type=_nonnegative_int, default=1, metavar="N",
+    place.add_argument("--cnt-first", type=_cli.nonnegative_int, default=1, metavar="N",
                        help="heap counter of position 0 for --place cnt [%(default)s]")
-    place.add_argument("--cnt-step", type=_positive_int, default=1, metavar="N",
+    place.add_argument("--cnt-step", type=_cli.positive_int, default=1, metavar="N",
                        help="heap counter increment per position for --place cnt [%(default)s]")
     place.add_argument("--verify", action="store_true",
                        help="check every heap's payload against spead2_send's pattern (--place timestamp)")
 
     stream = parser.add_argument_group("stream")
     stream.add_argument("--memcpy-nt", action="store_true", help="copy payloads with non-temporal stores")
-    stream.add_argument("--max-chunks", type=_positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
+    stream.add_argument("--max-chunks", type=_cli.positive_int, default=DEFAULT_MAX_CHUNKS, metavar="N",
                         help="chunks being filled at once (the window) [%(default)s]")
-    stream.add_argument("--max-heaps", type=_positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
+    stream.add_argument("--max-heaps", type=_cli.positive_int, default=spead2.recv.StreamConfig.DEFAULT_MAX_HEAPS,
                         metavar="N", help="heaps being assembled at once [%(default)s]")
-    stream.add_argument("--ring", type=_positive_int, default=None, metavar="N",
+    stream.add_argument("--ring", type=_cli.positive_int, default=None, metavar="N",
                         help="depth of the ring of finished chunks [--max-chunks]")
-    stream.add_argument("--threads", type=_positive_int, default=1, metavar="N",
+    stream.add_argument("--threads", type=_cli.positive_int, default=1, metavar="N",
                         help="worker threads (per stream with --streams) [%(default)s]")
-    stream.add_argument("--streams", type=_positive_int, default=None, metavar="N",
+    stream.add_argument("--streams", type=_cli.positive_int, default=None, metavar="N",
                         help="receive with a chunk stream group of N streams, each on its own thread pool; "
                              "source i goes to stream i %% N, capture files are replayed together")
     stream.add_argument("--eviction", choices=["lossy", "lossless"], default="lossy",
                         help="with --streams: what happens to a stream that falls behind [%(default)s]")
-    stream.add_argument("--cores", type=_core_list, default=None, metavar="LIST",
+    stream.add_argument("--cores", type=_cli.cpu_list, default=None, metavar="LIST",
                         help="with --streams: pin stream i's thread to the i-th core of LIST (e.g. 2,3)")
 
     net = parser.add_argument_group("network")
-    net.add_argument("--max-size", type=_positive_int, default=None, metavar="BYTES",
+    net.add_argument("--max-size", type=_cli.positive_int, default=None, metavar="BYTES",
                      help=f"largest datagram accepted; larger ones are dropped [{cls.DEFAULT_UDP_MAX_SIZE}]")
-    net.add_argument("--buffer", type=_nonnegative_int, default=None, metavar="BYTES",
+    net.add_argument("--buffer", type=_cli.nonnegative_int, default=None, metavar="BYTES",
                      help="socket receive buffer, 0 for the OS default (see net.core.rmem_max) "
                           f"[{cls.DEFAULT_UDP_BUFFER_SIZE}; with --ibv, the ibverbs default]")
     net.add_argument("--interface", metavar="ADDRESS", default="",
                      help="IPv4 address of the interface to join multicast groups on (and for --ibv)")
-    net.add_argument("--interface-index", type=_nonnegative_int, default=0, metavar="INDEX",
+    net.add_argument("--interface-index", type=_cli.nonnegative_int, default=0, metavar="INDEX",
                      help="index of the interface to join IPv6 multicast groups on, 0 = any [%(default)s]")
     net.add_argument("--tcp", action="store_true", help="HOST:PORT sources listen for TCP connections, not UDP")
     net.add_argument("--ibv", action="store_true", help="receive UDP with ibverbs (where this build has it)")
@@ -1115,7 +1030,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="chunk mode: instead of chunk lines, a view refreshed twice a second of each stream's "
                           "rate and losses by kind, the rings' occupancy and the group window; with --json, "
                           "'live' records")
-    out.add_argument("--duration", type=_duration, default=None, metavar="SECONDS",
+    out.add_argument("--duration", type=_cli.positive_float, default=None, metavar="SECONDS",
                      help="stop after this long")
     out.add_argument("-v", "--verbose", action="store_true", help="show spead2's debug log messages")
     return parser

@@ -62,6 +62,13 @@ import numpy as np
 import spead2
 import spead2.send
 
+# The argument types shared with the other tools, under the names this file uses.
+from ._cli import endpoint as _endpoint
+from ._cli import flavour_bits as _flavour_bits
+from ._cli import nonnegative_float as _nonnegative_float
+from ._cli import nonnegative_int as _nonnegative_int
+from ._cli import positive_int as _positive_int
+
 TIMESTAMP_ID = 0x1600
 CHANNEL_ID = 0x4103
 PAYLOAD_ID = 0x3300
@@ -234,51 +241,6 @@ def count_packets(heap, flavour, max_packet_size) -> int:
 
 # --------------------------------------------------------------------------
 # Command line
-
-
-def _endpoint(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]  # [IPv6]:PORT
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {port!r} is not a number") from None
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port must be between 1 and 65535")
-    return host, number
-
-
-def _flavour_bits(text):
-    parts = text.upper().removeprefix("SPEAD-").split("-")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a flavour such as 64-48 or SPEAD-64-40")
-    if parts[0] != "64":
-        raise argparse.ArgumentTypeError("only 64-bit item pointers (SPEAD-64-XX) are supported")
-    return int(parts[1])
-
-
-def _nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
-
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not positive")
-    return value
-
-
-def _nonnegative_float(text):
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} is not a finite non-negative number")
-    return value
 
 
 def _rate_method(text):
