@@ -67,6 +67,18 @@ struct region_buffers
     }
 };
 
+void set_buffer_size(py_udp_ibv_config &c, std::size_t v)
+{
+    c.config.buffer_size = v ? v : transport::IBV_SEND_DEFAULT_BUFFER_SIZE;   // 0: the default, as the reference
+}
+
+void set_max_poll(py_udp_ibv_config &c, int v)
+{
+    if (v < 1)
+        throw py::value_error("max_poll must be at least 1");
+    c.config.max_poll = v;
+}
+
 } // anonymous namespace
 
 void register_send_ibv(py::module_ &m)
@@ -75,19 +87,22 @@ void register_send_ibv(py::module_ &m)
     using transport::ibv_send_config;
 
     py::class_<py_udp_ibv_config>(send, "UdpIbvConfig")
-        .def(py::init([](py::kwargs kwargs) {
-            auto c = std::make_unique<py_udp_ibv_config>();
-            py::object self = py::cast(c.get(), py::return_value_policy::reference);
-            for (auto item : kwargs)
-            {
-                std::string key = item.first.cast<std::string>();
-                if (key != "endpoints" && key != "interface_address" && key != "buffer_size" && key != "ttl"
-                    && key != "comp_vector" && key != "max_poll" && key != "memory_regions")
-                    throw py::type_error("UdpIbvConfig() got an unexpected keyword argument '" + key + "'");
-                py::setattr(self, key.c_str(), item.second);
-            }
-            return c;
-        }))
+        .def(py::init([](endpoint_list endpoints, std::string interface_address, std::size_t buffer_size,
+                         std::uint8_t ttl, int comp_vector, int max_poll, const std::vector<py::buffer> &regions) {
+                 auto c = std::make_unique<py_udp_ibv_config>();
+                 c->config.endpoints = std::move(endpoints);
+                 c->config.interface_address = std::move(interface_address);
+                 set_buffer_size(*c, buffer_size);
+                 c->config.ttl = ttl;
+                 c->config.comp_vector = comp_vector;
+                 set_max_poll(*c, max_poll);
+                 c->memory_regions.assign(regions.begin(), regions.end());
+                 return c;
+             }),
+             py::kw_only(), py::arg("endpoints") = endpoint_list(), py::arg("interface_address") = "",
+             py::arg("buffer_size") = transport::IBV_SEND_DEFAULT_BUFFER_SIZE, py::arg("ttl") = 1,
+             py::arg("comp_vector") = 0, py::arg("max_poll") = transport::IBV_SEND_DEFAULT_MAX_POLL,
+             py::arg("memory_regions") = std::vector<py::buffer>())
         .def_readonly_static("DEFAULT_BUFFER_SIZE", &transport::IBV_SEND_DEFAULT_BUFFER_SIZE)
         .def_readonly_static("DEFAULT_MAX_POLL", &transport::IBV_SEND_DEFAULT_MAX_POLL)
         .def_property("endpoints",
@@ -98,9 +113,7 @@ void register_send_ibv(py::module_ &m)
             [](py_udp_ibv_config &c, std::string v) { c.config.interface_address = std::move(v); })
         .def_property("buffer_size",
             [](const py_udp_ibv_config &c) { return c.config.buffer_size; },
-            [](py_udp_ibv_config &c, std::size_t v) {
-                c.config.buffer_size = v ? v : transport::IBV_SEND_DEFAULT_BUFFER_SIZE;
-            })
+            &set_buffer_size)
         .def_property("ttl",
             [](const py_udp_ibv_config &c) { return c.config.ttl; },
             [](py_udp_ibv_config &c, std::uint8_t v) { c.config.ttl = v; })
@@ -109,11 +122,7 @@ void register_send_ibv(py::module_ &m)
             [](py_udp_ibv_config &c, int v) { c.config.comp_vector = v; })
         .def_property("max_poll",
             [](const py_udp_ibv_config &c) { return c.config.max_poll; },
-            [](py_udp_ibv_config &c, int v) {
-                if (v < 1)
-                    throw py::value_error("max_poll must be at least 1");
-                c.config.max_poll = v;
-            })
+            &set_max_poll)
         .def_property("memory_regions",
             [](const py_udp_ibv_config &c) {
                 py::list out;

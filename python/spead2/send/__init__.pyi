@@ -231,18 +231,23 @@ class UdpIbvConfig:
     def __init__(
         self,
         *,
-        endpoints: _EndpointList = ...,
-        interface_address: str = ...,
-        buffer_size: int = ...,
-        ttl: int = ...,
-        comp_vector: int = ...,
-        max_poll: int = ...,
-        memory_regions: list = ...,
+        endpoints: _EndpointList = [],
+        interface_address: str = "",
+        buffer_size: int = 524288,
+        ttl: int = 1,
+        comp_vector: int = 0,
+        max_poll: int = 10,
+        memory_regions: list = [],
     ) -> None: ...
 
 class UdpIbvStream(Stream):
+    @overload
     def __init__(
         self, thread_pool: spead2.ThreadPool, config: StreamConfig, udp_ibv_config: UdpIbvConfig
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, thread_pool: spead2.ThreadPool, config: StreamConfig = ..., *, udp_ibv_config: UdpIbvConfig
     ) -> None: ...
 
 class TcpStream(Stream):
