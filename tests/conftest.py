@@ -305,3 +305,11 @@ def spead2_log():
     logger.removeHandler(handler)
     logger.setLevel(old)
     spead2.set_log_limits()
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """Path of the emulated RDMA NIC's library (tests/ibv_emulator), built once."""
+    import emu_util
+
+    return emu_util.build_emulator()

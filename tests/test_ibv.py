@@ -28,9 +28,9 @@ import pytest
 import spead2
 import spead2.recv
 import spead2.send
+from emu_util import emu_env, emu_stats, pcap_frames
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-EMU_DIR = ROOT / "tests" / "ibv_emulator"
 HEAP_SIZE = 1024
 HEAPS_PER_CHUNK = 8
 N_HEAPS = 64
@@ -40,19 +40,6 @@ PORT = 7148
 pytestmark = pytest.mark.skipif(
     not spead2._spead2.recv._ibv_compiled, reason="spead2 was built without the ibverbs headers"
 )
-
-
-@pytest.fixture(scope="session")
-def emulator():
-    """Path of the emulator library, built once (cached under build/)."""
-    out = ROOT / "build" / "ibv-emulator"
-    lib = out / "libspead2_ibv_emulator.so"
-    sources = list(EMU_DIR.glob("*.cpp")) + list(EMU_DIR.glob("*.h"))
-    if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in sources):
-        result = subprocess.run(["bash", str(EMU_DIR / "build.sh"), str(out)], capture_output=True, text=True)
-        assert result.returncode == 0, f"building the emulator failed:\n{result.stdout}\n{result.stderr}"
-    assert lib.exists()
-    return lib
 
 
 # ----------------------------------------------------------------- traffic
@@ -72,18 +59,6 @@ def make_heaps(n=N_HEAPS, dst=(GROUP, PORT), path=None):
         stream.send_heap(heap)
     stream.send_heap(ig.get_end())
     del stream
-
-
-def pcap_frames(path):
-    """The frames of a classic pcap (little-endian, as PcapFileStream writes)."""
-    data = pathlib.Path(path).read_bytes()
-    frames = []
-    pos = 24
-    while pos + 16 <= len(data):
-        caplen = struct.unpack_from("<I", data, pos + 8)[0]
-        frames.append(data[pos + 16:pos + 16 + caplen])
-        pos += 16 + caplen
-    return frames
 
 
 def with_dst_mac(frame, mac=b"\x00" * 6):
@@ -174,18 +149,6 @@ RECEIVER = textwrap.dedent(
 )
 
 
-def emu_env(emulator, tmp_path, **extra):
-    env = dict(os.environ)
-    env["SPEAD2_IBV_LIBRARY_OVERRIDE"] = str(emulator)
-    env["SPEAD2_EMU_INTERFACE"] = "127.0.0.1"
-    env["SPEAD2_EMU_STATS"] = str(tmp_path / "emu-stats.json")
-    for key in list(env):
-        if key.startswith("SPEAD2_EMU_") and key not in ("SPEAD2_EMU_INTERFACE", "SPEAD2_EMU_STATS"):
-            del env[key]
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
-
-
 def start_receiver(opts, env):
     opts = {"heap_size": HEAP_SIZE, "heaps_per_chunk": HEAPS_PER_CHUNK, **opts}
     # stderr goes to a file: stdout is read line by line, and a pipe for
@@ -230,13 +193,6 @@ def finish(proc, timeout=60):
     lines = out.strip().splitlines()
     assert lines, f"receiver printed no result\n{err}"
     return json.loads(lines[-1]), err
-
-
-def emu_stats(tmp_path):
-    try:
-        return json.loads((tmp_path / "emu-stats.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
 
 
 def wait_for(predicate, timeout=30, what="condition"):

@@ -22,7 +22,6 @@ import spead2.recv
 from spead2._spead2 import recv as _recv
 from spead2.tools import ibv_emulator
 
-from test_ibv import emulator  # noqa: F401  (the session fixture: the built library)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 

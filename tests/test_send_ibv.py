@@ -33,44 +33,31 @@ import spead2.recv
 import spead2.send
 import spead2.send.asyncio
 
+import emu_util
 import refvenv
+from emu_util import pcap_frames as _pcap_frames
+
+
+def emu_env(emulator, tmp_path, **extra):
+    """The emulator's environment, with the send wire into tmp_path/wire.pcap unless `extra` says otherwise."""
+    extra.setdefault("SPEAD2_EMU_SEND_WIRE", "pcap:" + str(tmp_path / "wire.pcap"))
+    return emu_util.emu_env(emulator, tmp_path, **extra)
+
+
+def emu_stats(tmp_path):
+    return emu_util.emu_stats(tmp_path, missing_ok=False)
+
+
+def pcap_frames(path):
+    return _pcap_frames(path, strict=True)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-EMU_DIR = ROOT / "tests" / "ibv_emulator"
 GROUP = "239.10.1.1"
 BASE_PORT = 7200
 
 pytestmark = pytest.mark.skipif(
     not spead2._spead2.recv._ibv_compiled, reason="spead2 was built without the ibverbs headers"
 )
-
-
-@pytest.fixture(scope="session")
-def emulator():
-    """Path of the emulator library, built once (cached under build/)."""
-    out = ROOT / "build" / "ibv-emulator"
-    lib = out / "libspead2_ibv_emulator.so"
-    sources = list(EMU_DIR.glob("*.cpp")) + list(EMU_DIR.glob("*.h"))
-    if not lib.exists() or any(s.stat().st_mtime > lib.stat().st_mtime for s in sources):
-        result = subprocess.run(["bash", str(EMU_DIR / "build.sh"), str(out)], capture_output=True, text=True)
-        assert result.returncode == 0, f"building the emulator failed:\n{result.stdout}\n{result.stderr}"
-    assert lib.exists()
-    return lib
-
-
-def emu_env(emulator, tmp_path, **extra):
-    env = dict(os.environ)
-    env["SPEAD2_IBV_LIBRARY_OVERRIDE"] = str(emulator)
-    env["SPEAD2_EMU_INTERFACE"] = "127.0.0.1"
-    env["SPEAD2_EMU_STATS"] = str(tmp_path / "emu-stats.json")
-    env["SPEAD2_EMU_SEND_WIRE"] = "pcap:" + str(tmp_path / "wire.pcap")
-    for key in list(env):
-        if key.startswith("SPEAD2_EMU_") and key not in (
-            "SPEAD2_EMU_INTERFACE", "SPEAD2_EMU_STATS", "SPEAD2_EMU_SEND_WIRE"
-        ):
-            del env[key]
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
 
 
 # ------------------------------------------------------------------ heaps
@@ -187,24 +174,8 @@ def run_sender(opts, env, timeout=120):
     return json.loads(lines[-1]), proc.stderr
 
 
-def emu_stats(tmp_path):
-    return json.loads((tmp_path / "emu-stats.json").read_text())
-
-
 # --------------------------------------------------------------- the wire
 
-def pcap_frames(path):
-    """Frames of a classic pcap in native byte order (µs or ns)."""
-    data = pathlib.Path(path).read_bytes()
-    assert struct.unpack_from("<I", data, 0)[0] in (0xA1B2C3D4, 0xA1B23C4D)
-    frames = []
-    pos = 24
-    while pos + 16 <= len(data):
-        caplen = struct.unpack_from("<I", data, pos + 8)[0]
-        frames.append(data[pos + 16:pos + 16 + caplen])
-        pos += 16 + caplen
-    assert pos == len(data)
-    return frames
 
 
 def write_pcap(path, frames):
