@@ -294,7 +294,10 @@ def test_unicast_keyword_arguments(place_plain_llc):
     rx = Receiver(place_plain_llc)
     port = free_port()
     rx.stream.add_udp_reader(port=port, max_size=2000, buffer_size=1 << 20, bind_hostname="localhost")
-    send_raw(raw_packets(positions) + [stop_heap(100)], ("127.0.0.1", port))
+    # The reader binds the first address "localhost" resolves to: ::1 on a
+    # stock Debian /etc/hosts, 127.0.0.1 where only that is listed.
+    family, _, _, _, address = socket.getaddrinfo("localhost", port, type=socket.SOCK_DGRAM)[0]
+    send_raw(raw_packets(positions) + [stop_heap(100)], address[:2], family)
     assert_chunks_equal(rx.collect(), expected_chunks(positions))
 
 
