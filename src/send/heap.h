@@ -64,7 +64,6 @@ class packet_generator
     std::int64_t cnt;
     std::size_t max_packet_size;
     int hab;
-    std::uint64_t id_shift_mask;
     std::vector<std::uint64_t> pointers;      ///< the heap's item pointers (big-endian ready values)
     std::vector<std::pair<const std::uint8_t *, std::size_t>> pieces;  ///< payload pieces in order
     std::uint64_t payload_size = 0;

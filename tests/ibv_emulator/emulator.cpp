@@ -176,6 +176,23 @@ bool parse_mac(const char *s, uint8_t out[6])
     return true;
 }
 
+/// "ADDR:PORT" (IPv4, the part after "udp:") -> @a out; false if malformed.
+bool parse_udp_endpoint(const std::string &rest, sockaddr_in &out)
+{
+    auto colon = rest.rfind(':');
+    if (colon == std::string::npos)
+        return false;
+    char *end = nullptr;
+    unsigned long port = strtoul(rest.c_str() + colon + 1, &end, 10);
+    in_addr a;
+    if (!end || *end || port > 65535 || inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a) != 1)
+        return false;
+    out.sin_family = AF_INET;
+    out.sin_addr = a;
+    out.sin_port = htons(uint16_t(port));
+    return true;
+}
+
 void load_config(config &c)
 {
     g_log_enabled = env_flag("SPEAD2_EMU_LOG");
@@ -243,20 +260,9 @@ void load_config(config &c)
         bool ok = false;
         if (w.compare(0, 4, "udp:") == 0)
         {
-            std::string rest = w.substr(4);
-            auto colon = rest.rfind(':');
-            in_addr a;
-            char *end = nullptr;
-            unsigned long port = 0;
-            if (colon != std::string::npos)
-                port = strtoul(rest.c_str() + colon + 1, &end, 10);
-            if (colon != std::string::npos && end && !*end && port <= 65535
-                && inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a) == 1)
+            if (parse_udp_endpoint(w.substr(4), c.send_udp_addr))
             {
                 c.send_wire = wire_kind::udp;
-                c.send_udp_addr.sin_family = AF_INET;
-                c.send_udp_addr.sin_addr = a;
-                c.send_udp_addr.sin_port = htons(uint16_t(port));
                 ok = true;
             }
         }
@@ -274,23 +280,10 @@ void load_config(config &c)
         std::string w = v;
         if (w.compare(0, 4, "udp:") == 0)
         {
-            std::string rest = w.substr(4);
-            auto colon = rest.rfind(':');
-            in_addr a;
-            char *end = nullptr;
-            unsigned long port = 0;
-            if (colon != std::string::npos)
-                port = strtoul(rest.c_str() + colon + 1, &end, 10);
-            if (colon == std::string::npos || !end || *end || port > 65535
-                || inet_pton(AF_INET, rest.substr(0, colon).c_str(), &a) != 1)
-                emu_warn("ignoring invalid SPEAD2_EMU_WIRE=%s (want udp:ADDR:PORT)", v);
-            else
-            {
+            if (parse_udp_endpoint(w.substr(4), c.udp_addr))
                 c.wire = wire_kind::udp;
-                c.udp_addr.sin_family = AF_INET;
-                c.udp_addr.sin_addr = a;
-                c.udp_addr.sin_port = htons(uint16_t(port));
-            }
+            else
+                emu_warn("ignoring invalid SPEAD2_EMU_WIRE=%s (want udp:ADDR:PORT)", v);
         }
         else if (w.compare(0, 5, "pcap:") == 0 && w.size() > 5)
         {
