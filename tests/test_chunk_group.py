@@ -436,7 +436,7 @@ class TestChunkStreamRingGroup:
             h.group.add_free_chunk(chunk)
         t0 = time.monotonic()
         h.group.stop()
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 30  # only a hang takes this long
         for chunk in h.data_ring:
             ids.append(chunk.chunk_id)
         assert ids == list(range(len(ids)))

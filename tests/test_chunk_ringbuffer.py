@@ -336,7 +336,7 @@ def test_blocking_calls_are_interruptible(op):
                 ring.get()
             else:
                 ring.put(blocked)
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 20  # only a hang takes this long
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)

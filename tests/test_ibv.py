@@ -430,7 +430,7 @@ def test_stop_while_traffic_flows(emulator, tmp_path):
         done.set()
         sender.join()
     assert result["stopped_after"] == 3
-    assert result["stop_seconds"] < 5
+    assert result["stop_seconds"] < 20  # only a hang (a stop that waits on the blasted queue) takes this long
 
 
 @pytest.mark.timeout(120)

@@ -457,7 +457,7 @@ def test_duration():
                            "--chunks"],
                           capture_output=True, text=True, timeout=30 * SLOW)
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < 20 * SLOW  # --duration 0.5 stops it; only a hang takes this long
     _, summary = json_lines(proc.stdout)
     assert summary["stopped_by"] == "duration"
     assert summary["chunks"] == 0

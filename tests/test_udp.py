@@ -874,7 +874,7 @@ def test_stop_while_traffic_flows(place_plain_llc, consume):
             assert stalled(rx.stream), "the stream did not stall"
         start = time.monotonic()
         rx.stream.stop()
-        assert time.monotonic() - start < 5
+        assert time.monotonic() - start < 20  # only a hang takes this long
         # The ring ends: the chunks still in it, then Stopped.
         left = 0
         while True:
@@ -885,7 +885,7 @@ def test_stop_while_traffic_flows(place_plain_llc, consume):
                 break
             except spead2.Empty:
                 select.select([ring.data_fd], [], [], 0.1)
-                assert time.monotonic() - start < 5, "data ring not stopped after stop()"
+                assert time.monotonic() - start < 20, "data ring not stopped after stop()"
         packets = rx.stream.stats["packets"]
         time.sleep(0.2)
         assert rx.stream.stats["packets"] == packets  # nothing processed after stop

@@ -334,8 +334,24 @@ void register_send(py::module_ &m)
             return py::bytes(reinterpret_cast<const char *>(g.scratch.data()), n);
         });
 
+    // Test support: a clock that only moves when told to, so that a paced
+    // stream's schedule (and its pcap timestamps) can be checked exactly.
+    py::class_<manual_clock_source>(send, "_ManualClock")
+        .def(py::init([](double start) { return std::make_unique<manual_clock_source>(std::int64_t(start * 1e9)); }),
+             py::arg("start") = 0.0)
+        .def("advance", [](manual_clock_source &c, double seconds) {
+                 if (!(seconds >= 0.0))
+                     throw std::invalid_argument("a manual clock only moves forward");
+                 c.advance(std::int64_t(seconds * 1e9));
+             }, py::arg("seconds"))
+        .def_property_readonly("now", [](const manual_clock_source &c) { return c.get_ns() * 1e-9; })
+        .def_property_readonly("now_ns", &manual_clock_source::get_ns)
+        .def_property_readonly("sleeps", &manual_clock_source::get_sleeps);
+
     py::class_<stream> base(send, "Stream");
-    base.def("set_cnt_sequence", [](stream &s, std::uint64_t next, std::uint64_t step) {
+    base.def("_set_clock", [](stream &s, manual_clock_source *c) { s.set_clock(c); },
+             py::arg("clock").none(true), py::keep_alive<1, 2>())
+        .def("set_cnt_sequence", [](stream &s, std::uint64_t next, std::uint64_t step) {
                  s.set_cnt_sequence(std::int64_t(next), std::int64_t(step));
              }, py::arg("next"), py::arg("step"))
         .def("flush", [](stream &s) { without_gil([&] { s.flush(); }); })

@@ -11,13 +11,16 @@
 // Sleeping is delegated to a clock_source so that the arithmetic can be
 // tested with a fake clock (tests/cpp/test_send_pacer.cpp).  The real clock
 // lowers the thread's timer slack while it sleeps (the default slack, 50 µs,
-// is on the order of one burst at Gb/s rates) and the pacer wakes early by
-// its running estimate of the remaining oversleep.
+// is on the order of one burst at Gb/s rates); the pacer wakes early by its
+// running estimate of the mean oversleep, and busy-waits instead a wait
+// shorter than that estimate.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <ctime>
 
 #include <sys/prctl.h>
@@ -34,6 +37,15 @@ public:
     virtual ~clock_source() = default;
     virtual time_point now() = 0;
     virtual void sleep_until(time_point when) = 0;
+    /// Busy-wait until @a when (for waits shorter than the usual oversleep).
+    virtual void spin_until(time_point when) = 0;
+    /// Wall-clock time to stamp on packets written now (pcap records).
+    virtual timespec wall_time()
+    {
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return ts;
+    }
 };
 
 /// steady_clock, sleeping with clock_nanosleep(TIMER_ABSTIME) and a small timer slack.
@@ -61,6 +73,59 @@ public:
         if (old_slack > 0)
             prctl(PR_SET_TIMERSLACK, (unsigned long) old_slack, 0, 0, 0);
     }
+
+    void spin_until(time_point when) override
+    {
+        while (clock::now() < when)
+        {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+        }
+    }
+};
+
+/// A clock that moves only when told to or when slept on (sleep_until jumps
+/// straight to the deadline), so that the schedule of a paced stream can be
+/// checked exactly, with no real time passing (Stream._set_clock in Python).
+/// Its wall time is its own time since its epoch (pcap timestamps follow it).
+class manual_clock_source final : public clock_source
+{
+    std::atomic<std::int64_t> ns;
+    std::atomic<std::uint64_t> n_sleeps{0};
+public:
+    explicit manual_clock_source(std::int64_t start_ns = 0) : ns(start_ns) {}
+    time_point now() override { return time_point(std::chrono::nanoseconds(ns.load())); }
+    void sleep_until(time_point when) override
+    {
+        const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+        std::int64_t cur = ns.load();
+        while (w > cur && !ns.compare_exchange_weak(cur, w))
+        {
+        }
+        n_sleeps++;
+    }
+    void spin_until(time_point when) override
+    {
+        const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+        std::int64_t cur = ns.load();
+        while (w > cur && !ns.compare_exchange_weak(cur, w))
+        {
+        }
+    }
+    timespec wall_time() override
+    {
+        const std::int64_t t = ns.load();
+        timespec ts;
+        ts.tv_sec = time_t(t / 1000000000);
+        ts.tv_nsec = long(t % 1000000000);
+        return ts;
+    }
+    /// Move time forward by @a d nanoseconds (d >= 0).
+    void advance(std::int64_t d) { ns += d; }
+    std::int64_t get_ns() const { return ns.load(); }
+    /// How many times a pacer slept on this clock.
+    std::uint64_t get_sleeps() const { return n_sleeps.load(); }
 };
 
 class pacer
@@ -72,11 +137,11 @@ public:
     /// A sender that falls this far behind its schedule has been idle (or
     /// starved): the schedule restarts from now instead of catching up.
     static constexpr std::chrono::milliseconds IDLE_RESET{100};
-    /// Upper bound on how early the pacer wakes to compensate for oversleeping.
+    /// Upper bound on the oversleep estimate (the pacer wakes that early and spins).
     static constexpr std::chrono::microseconds MAX_COMPENSATION{200};
 
 private:
-    clock_source &clock;
+    clock_source *clock;
     std::size_t burst_size;
     double burst_rate_ratio;
 
@@ -85,7 +150,7 @@ private:
     time_point burst_anchor{};     ///< when the current burst was allowed to start
     double burst_seconds = 0.0;    ///< length of the current burst at the burst rate
     std::size_t burst_bytes = 0;   ///< paced bytes in the current burst
-    duration compensation{0};      ///< running estimate of the oversleep
+    duration oversleep{0};         ///< running estimate of how late a sleep wakes
 
     static duration seconds(double s)
     {
@@ -94,20 +159,37 @@ private:
 
 public:
     pacer(clock_source &clock, std::size_t burst_size, double burst_rate_ratio)
-        : clock(clock), burst_size(burst_size), burst_rate_ratio(burst_rate_ratio)
+        : clock(&clock), burst_size(burst_size), burst_rate_ratio(burst_rate_ratio)
     {
+    }
+
+    /// Use @a c from now on; the schedule restarts at the next begin().
+    void set_clock(clock_source &c)
+    {
+        clock = &c;
+        started = false;
+        oversleep = duration(0);
     }
 
     /// Call before a group of packets: restarts the schedule after idleness.
     void begin()
     {
-        const time_point now = clock.now();
+        const time_point now = clock->now();
         if (!started || now - due > IDLE_RESET)
         {
             due = burst_anchor = now;
             burst_seconds = 0.0;
             burst_bytes = 0;
             started = true;
+        }
+        else if (now > burst_anchor + seconds(burst_seconds))
+        {
+            // The caller paused in the middle of a burst (between two
+            // groups): the part already sent counts as sent at the burst
+            // rate up to now, and the rest of the burst follows from here.
+            // Without this, a sender that fell behind while idle sent the
+            // rest of that burst and the whole next one back to back.
+            burst_anchor = now - seconds(burst_seconds);
         }
     }
 
@@ -132,14 +214,30 @@ public:
         if (!burst_full())
             return;
         const time_point target = std::max(due, burst_anchor + seconds(burst_seconds));
-        const time_point now = clock.now();
+        const time_point now = clock->now();
         if (target > now)
         {
-            clock.sleep_until(target - compensation);
-            const duration late = clock.now() - target;
-            // Move the estimate an eighth of the way towards this wake-up's error.
-            compensation += late / 8;
-            compensation = std::clamp(compensation, duration(0), duration(MAX_COMPENSATION));
+            // A wait longer than the usual oversleep is slept, waking early by
+            // that much (a wake-up a little early or late is evened out by
+            // the absolute schedule).  A shorter one is busy-waited: at high
+            // rates a burst lasts tens of microseconds, about the oversleep
+            // of a VM's timer, and sleeping would lose the rate for good.
+            if (target - now > oversleep)
+            {
+                const time_point wake_at = target - oversleep;
+                clock->sleep_until(wake_at);
+                const duration err = std::max(clock->now() - wake_at, duration(0));
+                // Move the estimate an eighth of the way towards this wake-up's oversleep.
+                oversleep += (err - oversleep) / 8;
+                oversleep = std::clamp(oversleep, duration(0), duration(MAX_COMPENSATION));
+            }
+            else
+            {
+                clock->spin_until(target);
+                // Let the estimate decay while only spinning, so that one
+                // long oversleep does not keep the pacer spinning for good.
+                oversleep -= oversleep / 256;
+            }
             burst_anchor = target;
         }
         else

@@ -88,6 +88,13 @@ void stream::set_cnt_sequence(std::int64_t next, std::int64_t step)
     cnt_step = step;
 }
 
+void stream::set_clock(clock_source *c)
+{
+    std::lock_guard<std::mutex> lock(mutex);
+    clock = c ? c : &real_clock;
+    rate_pacer.set_clock(*clock);
+}
+
 void stream::reserve(std::size_t n)
 {
     std::lock_guard<std::mutex> lock(flight_mutex);
@@ -714,8 +721,7 @@ void pcap_stream::flush()
 void pcap_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, const std::size_t *subs,
                            std::size_t n)
 {
-    timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    timespec ts = get_clock().wall_time();
     for (std::size_t i = 0; i < n; i++)
     {
         const udp_endpoint &dst = endpoints[subs[i]];

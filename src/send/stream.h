@@ -135,8 +135,10 @@ class stream
     std::mutex flight_mutex;
     std::size_t in_flight = 0;
     steady_clock_source real_clock;
+    clock_source *clock = &real_clock;    ///< what the pacer and pcap timestamps use
     pacer rate_pacer;
 protected:
+    clock_source &get_clock() { return *clock; }
     /// Send @a n packets stored back to back in @a data with the given
     /// sizes; packet i goes to substream @a subs[i].
     virtual void transmit(const std::uint8_t *data, const std::size_t *sizes, const std::size_t *subs,
@@ -175,6 +177,9 @@ public:
     /// Send one heap; cnt < 0 takes the next number of the sequence.
     std::size_t send_heap(const heap &h, std::int64_t cnt = -1, std::size_t substream = 0, double rate = -1.0);
     void set_cnt_sequence(std::int64_t next, std::int64_t step);
+    /// Pace (and stamp pcap records) by @a c instead of the real clock;
+    /// nullptr goes back to the real clock.  @a c must outlive its use.
+    void set_clock(clock_source *c);
     virtual void flush() {}
 };
 

@@ -33,6 +33,11 @@ public:
         t += oversleep;
         wakes.push_back(t);
     }
+    void spin_until(time_point when) override
+    {
+        if (when > t)
+            t = when;
+    }
 };
 
 double secs(clock_source::duration d) { return duration_cast<duration<double>>(d).count(); }
@@ -148,6 +153,27 @@ void test_burst_size()
     CHECK(clock.wakes.size() == 1);
 }
 
+void test_pause_in_mid_burst()
+{
+    // Half a burst, a 20 ms pause between groups (behind schedule, not idle),
+    // then two bursts: the rest of the first may follow at once, but the
+    // second must wait a burst time at the burst rate after the pause.
+    fake_clock clock;
+    const double rate = 1e7;
+    pacer p(clock, 65536, 1.25);
+    p.begin();
+    p.add(32768, rate);
+    p.end_batch();
+    CHECK(clock.wakes.empty());
+    clock.t += milliseconds(20);
+    const auto resumed = clock.t;
+    p.begin();
+    p.add(32768, rate);
+    p.end_batch();                       // completes the first burst
+    CHECK(clock.wakes.size() == 1);
+    CHECK(std::abs(secs(clock.t - resumed) - 32768 / (rate * 1.25)) < 1e-6);
+}
+
 } // anonymous namespace
 
 int main()
@@ -158,5 +184,6 @@ int main()
     test_idle_resets_schedule();
     test_per_packet_rates();
     test_burst_size();
+    test_pause_in_mid_burst();
     return check_result("test_send_pacer");
 }

@@ -295,4 +295,8 @@ for _name in dir(_send):
     _exported.append(_name)
 del _name, _obj
 
+# Test support, not API: a clock for Stream._set_clock that moves only when
+# told to (tests/test_send_rate.py checks pacing schedules with it).
+_ManualClock = _send._ManualClock
+
 __all__ = sorted(_exported)
