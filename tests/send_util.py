@@ -295,6 +295,7 @@ def make_fake_spead2_module():
     send.HeapReference = FakeHeapReference
     send.HeapReferenceList = FakeHeapReferenceList
     send.GroupMode = FakeGroupMode
+    send._ManualClock = type("FakeManualClock", (), {})
     core.send = send
     return core
 
