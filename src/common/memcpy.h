@@ -25,7 +25,9 @@ void *memcpy_nontemporal_unfenced(void *dest, const void *src, std::size_t n) no
 /// before what follows (sfence on x86).
 void store_fence() noexcept;
 
-/// Standard memcpy, as a function pointer of the same type.
+/// The regular copy (MEMCPY_STD): memcpy's result, with ordinary (cached)
+/// stores; with AVX2, copies of 256 bytes or more align their stores to the
+/// destination's cache lines (see memcpy.cpp).
 void *memcpy_std(void *dest, const void *src, std::size_t n) noexcept;
 
 /// Map a MEMCPY_* id to its function; throws std::invalid_argument for others.

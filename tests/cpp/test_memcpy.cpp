@@ -1,6 +1,7 @@
 // The payload copy functions of src/common/memcpy.h: every destination
-// alignment within a cache line and every length up to a few lines, for the
-// standard, the fenced and the unfenced non-temporal copies.  The copy must
+// alignment within a cache line, every length up to a few lines and some
+// packet-sized ones, for the standard, the fenced and the unfenced
+// non-temporal copies.  The copy must
 // equal memcpy's and touch nothing outside [dest, dest + n).
 #include <cstdint>
 #include <cstring>
@@ -19,7 +20,7 @@ int main()
         spead2::memcpy_by_id(spead2::MEMCPY_NONTEMPORAL, true),
     };
     constexpr std::size_t GUARD = 128;
-    std::vector<std::uint8_t> src(600), dst(600 + 64 + 2 * GUARD);
+    std::vector<std::uint8_t> src(8300), dst(8300 + 64 + 2 * GUARD);
     for (std::size_t i = 0; i < src.size(); i++)
         src[i] = std::uint8_t(i * 7 + 3);
     // Line-align the destination buffer's usable part.
@@ -27,7 +28,7 @@ int main()
     base += (64 - (std::uintptr_t(base) & 63)) & 63;
     for (auto copy : functions)
         for (std::size_t align = 0; align < 64; align++)
-            for (std::size_t n = 0; n <= 520; n += (n < 140 ? 1 : 37))
+            for (std::size_t n = 0; n <= 8200; n += (n < 140 ? 1 : n < 520 ? 37 : 1127))
                 for (std::size_t src_off : {std::size_t(0), std::size_t(5)})
                 {
                     std::memset(dst.data(), 0xAA, dst.size());
