@@ -39,8 +39,22 @@ line_split split_lines(const std::uint8_t *d, std::size_t n)
     return {head, (n - head) & ~(CACHE_LINE - 1)};
 }
 
+/// Store one 32-byte vector to a 32-byte aligned address, streaming or not.
+template<bool Streaming>
+__attribute__((target("avx2"), always_inline)) inline void store_vec(std::uint8_t *d, __m256i v)
+{
+    if constexpr (Streaming)
+        _mm256_stream_si256(reinterpret_cast<__m256i *>(d), v);
+    else
+        _mm256_store_si256(reinterpret_cast<__m256i *>(d), v);
+}
+
+/// Copy with AVX2: unaligned loads, and stores of whole destination cache
+/// lines only (the partial lines at the head and the tail with memcpy),
+/// 128 bytes per iteration.
+template<bool Streaming>
 __attribute__((target("avx2")))
-void copy_nt_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
+void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
     const line_split sp = split_lines(d, n);
     std::memcpy(d, s, sp.head);
@@ -52,56 +66,28 @@ void copy_nt_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
         __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
         __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 64));
         __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 96));
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done), a);
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 32), b);
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 64), c);
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 96), e);
+        store_vec<Streaming>(d + done, a);
+        store_vec<Streaming>(d + done + 32, b);
+        store_vec<Streaming>(d + done + 64, c);
+        store_vec<Streaming>(d + done + 96, e);
     }
     for (; done < body_end; done += 64)
     {
         __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done));
         __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done), a);
-        _mm256_stream_si256(reinterpret_cast<__m256i *>(d + done + 32), b);
+        store_vec<Streaming>(d + done, a);
+        store_vec<Streaming>(d + done + 32, b);
     }
     std::memcpy(d + done, s + done, n - done);
 }
 
-// The regular (cached) copy of payloads of CACHED_COPY_MIN bytes or more:
-// unaligned loads, stores aligned to the destination's cache lines (the
-// partial lines at the head and the tail with memcpy), 128 bytes per
-// iteration.  Payloads of 1424 bytes land 0, 16, 32 or 48 bytes past a line
-// boundary in turn; glibc's memcpy then stores across lines, and this copy
-// placed 64 KiB heaps of 1472-byte packets 5-12 % faster (bench_chunk.py,
-// A/B of two builds on 2026-11-30; 1 KiB and 8 KiB single-packet heaps, whose
-// destinations are aligned, unchanged within the noise).
-__attribute__((target("avx2")))
-void copy_cached_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
-{
-    const line_split sp = split_lines(d, n);
-    std::memcpy(d, s, sp.head);
-    std::size_t done = sp.head;
-    const std::size_t body_end = sp.head + sp.body;
-    for (; done + 128 <= body_end; done += 128)
-    {
-        __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done));
-        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
-        __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 64));
-        __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 96));
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done), a);
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done + 32), b);
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done + 64), c);
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done + 96), e);
-    }
-    for (; done < body_end; done += 64)
-    {
-        __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done));
-        __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(s + done + 32));
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done), a);
-        _mm256_store_si256(reinterpret_cast<__m256i *>(d + done + 32), b);
-    }
-    std::memcpy(d + done, s + done, n - done);
-}
+// The regular (cached) copy of payloads of CACHED_COPY_MIN bytes or more is
+// copy_lines_avx2<false>.  Payloads of 1424 bytes land 0, 16, 32 or 48 bytes
+// past a line boundary in turn; glibc's memcpy then stores across lines, and
+// this copy placed 64 KiB heaps of 1472-byte packets 5-12 % faster
+// (bench_chunk.py, A/B of two builds on 2026-11-30; 1 KiB and 8 KiB
+// single-packet heaps, whose destinations are aligned, unchanged within the
+// noise).
 
 void copy_nt_sse2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
@@ -127,7 +113,7 @@ void *memcpy_std(void *dest, const void *src, std::size_t n) noexcept
 #if SPEAD2_X86
     if (n >= CACHED_COPY_MIN && have_avx2)
     {
-        copy_cached_avx2(static_cast<std::uint8_t *>(dest), static_cast<const std::uint8_t *>(src), n);
+        copy_lines_avx2<false>(static_cast<std::uint8_t *>(dest), static_cast<const std::uint8_t *>(src), n);
         return dest;
     }
 #endif
@@ -140,7 +126,7 @@ void *memcpy_nontemporal_unfenced(void *dest, const void *src, std::size_t n) no
     auto *d = static_cast<std::uint8_t *>(dest);
     auto *s = static_cast<const std::uint8_t *>(src);
     if (have_avx2)
-        copy_nt_avx2(d, s, n);
+        copy_lines_avx2<true>(d, s, n);
     else
         copy_nt_sse2(d, s, n);
     return dest;
