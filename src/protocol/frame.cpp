@@ -1,4 +1,7 @@
 #include "protocol/frame.h"
+
+#include <cstring>
+
 #include "protocol/spead.h"
 
 namespace spead2::protocol
@@ -160,6 +163,50 @@ frame_status decode_frame(udp_frame &out, link_type link, const std::uint8_t *da
         return decode_ipv4_udp(out, data, size);
     }
     return frame_status::not_ipv4;
+}
+
+void multicast_mac(std::uint8_t mac[6], std::uint32_t group)
+{
+    mac[0] = 0x01;
+    mac[1] = 0x00;
+    mac[2] = 0x5e;
+    mac[3] = std::uint8_t((group >> 16) & 0x7f);
+    mac[4] = std::uint8_t(group >> 8);
+    mac[5] = std::uint8_t(group);
+}
+
+void write_eth_ipv4_udp(std::uint8_t *out, const frame_endpoints &ends, std::uint8_t ttl)
+{
+    std::memset(out, 0, ETH_IPV4_UDP_HEADERS);
+    std::memcpy(out, ends.dst_mac, 6);
+    std::memcpy(out + 6, ends.src_mac, 6);
+    store_be16(out + 12, ETHERTYPE_IPV4);
+    std::uint8_t *ip = out + ETHERNET_HEADER_SIZE;
+    ip[0] = 0x45;                  // version 4, 5 words of header
+    store_be16(ip + 6, 0x4000);    // don't fragment
+    ip[8] = ttl;
+    ip[9] = IPPROTO_UDP_NUMBER;
+    store_be32(ip + 12, ends.src_ip);
+    store_be32(ip + 16, ends.dst_ip);
+    std::uint8_t *udp = ip + IPV4_MIN_HEADER_SIZE;
+    store_be16(udp, ends.src_port);
+    store_be16(udp + 2, ends.dst_port);
+}
+
+void finish_eth_ipv4_udp(std::uint8_t *out, std::size_t payload, std::uint16_t ip_id)
+{
+    std::uint8_t *ip = out + ETHERNET_HEADER_SIZE;
+    const std::size_t udp_length = UDP_HEADER_SIZE + payload;
+    store_be16(ip + 2, std::uint16_t(IPV4_MIN_HEADER_SIZE + udp_length));
+    store_be16(ip + 4, ip_id);
+    store_be16(ip + 10, 0);
+    std::uint32_t sum = 0;
+    for (std::size_t i = 0; i < IPV4_MIN_HEADER_SIZE; i += 2)
+        sum += std::uint32_t((ip[i] << 8) | ip[i + 1]);
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    store_be16(ip + 10, std::uint16_t(~sum));
+    store_be16(ip + IPV4_MIN_HEADER_SIZE + 4, std::uint16_t(udp_length));
 }
 
 } // namespace spead2::protocol

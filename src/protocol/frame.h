@@ -1,5 +1,6 @@
-// Frame decoding for frame-level transports (pcap replay, ibverbs): find the
-// UDP payload inside a link-layer frame.
+// Frames for frame-level transports (pcap, ibverbs): decoding finds the UDP
+// payload inside a link-layer frame; building writes the Ethernet, IPv4 and
+// UDP headers a sender puts in front of a datagram.
 //
 // Supported link layers: Ethernet II (with any number of 802.1Q / 802.1ad /
 // QinQ tags, which are skipped), Linux cooked capture v1 (SLL) and v2 (SLL2),
@@ -71,5 +72,48 @@ bool passes_udp_filter(link_type link, const std::uint8_t *data, std::size_t siz
 
 /// Decode an IPv4 packet (starting at the IP header).
 frame_status decode_ipv4_udp(udp_frame &out, const std::uint8_t *data, std::size_t size);
+
+// ------------------------------------------------------------ building
+
+/// Ethernet II + IPv4 (no options) + UDP headers.
+constexpr std::size_t ETH_IPV4_UDP_HEADERS = ETHERNET_HEADER_SIZE + IPV4_MIN_HEADER_SIZE + UDP_HEADER_SIZE;
+
+inline void store_be16(std::uint8_t *p, std::uint16_t v)
+{
+    p[0] = std::uint8_t(v >> 8);
+    p[1] = std::uint8_t(v);
+}
+
+inline void store_be32(std::uint8_t *p, std::uint32_t v)
+{
+    store_be16(p, std::uint16_t(v >> 16));
+    store_be16(p + 2, std::uint16_t(v));
+}
+
+/// The Ethernet address of IPv4 multicast group @a group (host byte order):
+/// 01:00:5e and the low 23 bits of the group (RFC 1112).
+void multicast_mac(std::uint8_t mac[6], std::uint32_t group);
+
+/// The two ends of a UDP datagram in an Ethernet frame (addresses and ports
+/// in host byte order).
+struct frame_endpoints
+{
+    std::uint8_t dst_mac[6];
+    std::uint8_t src_mac[6];
+    std::uint32_t src_ip;
+    std::uint32_t dst_ip;
+    std::uint16_t src_port;
+    std::uint16_t dst_port;
+};
+
+/// Write the ETH_IPV4_UDP_HEADERS bytes of headers at @a out, all but what
+/// depends on the datagram (lengths, IP identification, IP checksum: left 0,
+/// see finish_eth_ipv4_udp).  Don't-fragment is set, the UDP checksum is 0.
+void write_eth_ipv4_udp(std::uint8_t *out, const frame_endpoints &ends, std::uint8_t ttl);
+
+/// Complete headers made by write_eth_ipv4_udp for a UDP payload of
+/// @a payload bytes: IPv4 total length, identification, header checksum and
+/// UDP length.
+void finish_eth_ipv4_udp(std::uint8_t *out, std::size_t payload, std::uint16_t ip_id);
 
 } // namespace spead2::protocol

@@ -18,6 +18,7 @@
 
 #include "common/logging.h"
 #include "common/socket_util.h"
+#include "protocol/frame.h"
 #include "transport/mem/mem_reader.h"
 
 #ifndef UDP_SEGMENT
@@ -651,36 +652,20 @@ namespace
 constexpr std::uint32_t PCAP_MAGIC_NS = 0xa1b23c4d;
 constexpr std::uint32_t LINKTYPE_ETHERNET = 1;
 constexpr std::uint32_t PCAP_SNAPLEN = 262144;
-constexpr std::size_t FRAME_HEADERS = 14 + 20 + 8;
+constexpr std::uint8_t PCAP_TTL = 64;
 
-void put16(std::uint8_t *p, std::uint16_t v) { p[0] = std::uint8_t(v >> 8); p[1] = std::uint8_t(v); }
-void put32(std::uint8_t *p, std::uint32_t v) { put16(p, std::uint16_t(v >> 16)); put16(p + 2, std::uint16_t(v)); }
-
-std::uint16_t ip_checksum(const std::uint8_t *p, std::size_t n)
-{
-    std::uint32_t sum = 0;
-    for (std::size_t i = 0; i + 1 < n; i += 2)
-        sum += std::uint32_t((p[i] << 8) | p[i + 1]);
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return std::uint16_t(~sum);
-}
-
+/// The Ethernet address a pcap record shows for @a address (host byte
+/// order): a group's multicast MAC for a multicast destination, otherwise a
+/// locally administered address made from the IPv4 address.
 void mac_for(std::uint8_t *mac, std::uint32_t address, bool source)
 {
     if (!source && is_multicast(address))
-    {
-        // RFC 1112: 01:00:5e + low 23 bits of the group
-        mac[0] = 0x01; mac[1] = 0x00; mac[2] = 0x5e;
-        mac[3] = std::uint8_t((address >> 16) & 0x7f);
-        mac[4] = std::uint8_t(address >> 8);
-        mac[5] = std::uint8_t(address);
-    }
+        protocol::multicast_mac(mac, address);
     else
     {
-        // Locally administered unicast MAC derived from the IPv4 address
-        mac[0] = 0x02; mac[1] = 0x00;
-        put32(mac + 2, address);
+        mac[0] = 0x02;
+        mac[1] = 0x00;
+        protocol::store_be32(mac + 2, address);
     }
 }
 
@@ -726,27 +711,19 @@ void pcap_stream::transmit(const std::uint8_t *d, const std::size_t *sizes, cons
     {
         const udp_endpoint &dst = endpoints[subs[i]];
         const std::size_t payload = sizes[i];
-        const std::size_t frame = FRAME_HEADERS + payload;
+        const std::size_t frame = protocol::ETH_IPV4_UDP_HEADERS + payload;
         std::uint32_t record[4] = {std::uint32_t(ts.tv_sec), std::uint32_t(ts.tv_nsec),
                                    std::uint32_t(frame), std::uint32_t(frame)};
-        std::uint8_t h[FRAME_HEADERS] = {};
-        mac_for(h, dst.address, false);
-        mac_for(h + 6, source.address, true);
-        put16(h + 12, 0x0800);
-        std::uint8_t *ip = h + 14;
-        ip[0] = 0x45;
-        put16(ip + 2, std::uint16_t(20 + 8 + payload));
-        put16(ip + 4, ip_id++);
-        put16(ip + 6, 0x4000);          // don't fragment
-        ip[8] = 64;                      // TTL
-        ip[9] = 17;                      // UDP
-        put32(ip + 12, source.address);
-        put32(ip + 16, dst.address);
-        put16(ip + 10, ip_checksum(ip, 20));
-        std::uint8_t *udp = ip + 20;
-        put16(udp, source.port);
-        put16(udp + 2, dst.port);
-        put16(udp + 4, std::uint16_t(8 + payload));
+        protocol::frame_endpoints ends;
+        mac_for(ends.dst_mac, dst.address, false);
+        mac_for(ends.src_mac, source.address, true);
+        ends.src_ip = source.address;
+        ends.dst_ip = dst.address;
+        ends.src_port = source.port;
+        ends.dst_port = dst.port;
+        std::uint8_t h[protocol::ETH_IPV4_UDP_HEADERS];
+        protocol::write_eth_ipv4_udp(h, ends, PCAP_TTL);
+        protocol::finish_eth_ipv4_udp(h, payload, ip_id++);
         if (std::fwrite(record, sizeof(record), 1, file) != 1 || std::fwrite(h, sizeof(h), 1, file) != 1
             || std::fwrite(d, payload, 1, file) != 1)
             throw std::system_error(errno, std::generic_category(), "writing pcap file");

@@ -42,8 +42,8 @@ constexpr std::size_t HUGE_PAGE_SIZE = 2 * 1024 * 1024;
 // with no packet received in between.
 constexpr unsigned MAX_CONSECUTIVE_RECOVERIES = 8;
 
-/// Names of completion statuses a receive queue can report (the library's
-/// ibv_wc_status_str is not loaded: a number alone is no help to a user).
+} // anonymous namespace
+
 const char *wc_status_name(ibv_wc_status status)
 {
     switch (status)
@@ -59,6 +59,9 @@ const char *wc_status_name(ibv_wc_status status)
     default: return "error";
     }
 }
+
+namespace
+{
 
 bool is_multicast(in_addr a) { return IN_MULTICAST(ntohl(a.s_addr)); }
 
@@ -433,10 +436,7 @@ flow_set ibv_reader_base::create_flows(ibv_qp *qp)
             // same NIC must not see each other's traffic.
             if (is_multicast(addr))
             {
-                const std::uint32_t a = ntohl(addr.s_addr);
-                const std::uint8_t mac[6] = {0x01, 0x00, 0x5e, std::uint8_t((a >> 16) & 0x7f),
-                                             std::uint8_t(a >> 8), std::uint8_t(a)};
-                std::memcpy(rule.eth.val.dst_mac, mac, 6);
+                protocol::multicast_mac(rule.eth.val.dst_mac, ntohl(addr.s_addr));
             }
             else
             {

@@ -83,6 +83,10 @@ struct device_handles
 /// On failure what was made so far is released by @a d's destructor.
 void open_interface(device_handles &d, in_addr interface, const std::string &interface_text, bool with_channel);
 
+/// Name of a work completion status, for error messages (the library's
+/// ibv_wc_status_str is not loaded: a number alone is no help to a user).
+const char *wc_status_name(ibv_wc_status status);
+
 /// MAC address of the local interface that has IPv4 address @a addr
 /// (from the kernel: getifaddrs); false if there is none.
 bool interface_mac(in_addr addr, std::uint8_t mac[6]);

@@ -18,6 +18,7 @@
 
 #include "common/logging.h"
 #include "common/socket_util.h"
+#include "protocol/frame.h"
 #include "transport/ibv/ibv_base.h"
 
 namespace spead2::transport
@@ -29,9 +30,7 @@ namespace ibv_detail
 namespace
 {
 
-constexpr std::size_t ETH_HEADER = 14;
-constexpr std::size_t IP_HEADER = 20;
-constexpr std::size_t UDP_HEADER = 8;
+constexpr std::size_t HEADERS = protocol::ETH_IPV4_UDP_HEADERS;
 constexpr std::size_t SLOT_ALIGN = 64;
 // Work requests handed to ibv_post_send in one call (the last is signaled).
 constexpr std::size_t POST_CHAIN_MAX = 64;
@@ -42,37 +41,6 @@ constexpr int WANT_SEND_SGE = 8;
 // At teardown, how long to wait for the NIC to finish what was posted.
 constexpr auto TEARDOWN_WAIT = std::chrono::seconds(5);
 const char *const PIN_WHAT = "sender (send buffer, completion queue and memory regions)";
-
-void put16(std::uint8_t *p, std::uint16_t v)
-{
-    p[0] = std::uint8_t(v >> 8);
-    p[1] = std::uint8_t(v);
-}
-
-std::uint16_t ipv4_checksum(const std::uint8_t *p)
-{
-    std::uint32_t sum = 0;
-    for (std::size_t i = 0; i < IP_HEADER; i += 2)
-        sum += std::uint32_t((p[i] << 8) | p[i + 1]);
-    while (sum >> 16)
-        sum = (sum & 0xffff) + (sum >> 16);
-    return std::uint16_t(~sum);
-}
-
-const char *status_name(ibv_wc_status status)
-{
-    switch (status)
-    {
-    case IBV_WC_LOC_LEN_ERR: return "local length error";
-    case IBV_WC_LOC_QP_OP_ERR: return "local QP operation error";
-    case IBV_WC_LOC_PROT_ERR: return "local protection error";
-    case IBV_WC_WR_FLUSH_ERR: return "work request flushed";
-    case IBV_WC_LOC_ACCESS_ERR: return "local access error";
-    case IBV_WC_FATAL_ERR: return "fatal error";
-    case IBV_WC_GENERAL_ERR: return "general error";
-    default: return "error";
-    }
-}
 
 /// A user memory region registered for the NIC to read.
 struct user_region
@@ -100,7 +68,7 @@ class sender_impl final : public ibv_sender
     int max_poll;
     std::size_t signal_every;
     std::vector<user_region> regions;                         ///< sorted by start
-    std::vector<std::array<std::uint8_t, ETH_HEADER + IP_HEADER + UDP_HEADER>> templates;   ///< per endpoint
+    std::vector<std::array<std::uint8_t, HEADERS>> templates;   ///< per endpoint
     std::uint16_t ip_id = 0;
 
     // Work requests: sequence numbers count every WR ever posted.
@@ -166,29 +134,19 @@ sender_impl::sender_impl(const ibv_send_config &config, std::size_t max_packet_s
     {
         const in_addr dst = resolve_ipv4(host, "endpoint");
         const std::uint32_t a = ntohl(dst.s_addr);
-        auto &t = templates.emplace_back();
-        t.fill(0);
-        // RFC 1112: 01:00:5e + the low 23 bits of the group (endpoints are multicast).
-        const std::uint8_t dst_mac[6] = {0x01, 0x00, 0x5e, std::uint8_t((a >> 16) & 0x7f),
-                                         std::uint8_t(a >> 8), std::uint8_t(a)};
-        std::memcpy(t.data(), dst_mac, 6);
-        std::memcpy(t.data() + 6, source_mac, 6);
-        put16(t.data() + 12, 0x0800);
-        std::uint8_t *ip = t.data() + ETH_HEADER;
-        ip[0] = 0x45;
-        put16(ip + 6, 0x4000);   // don't fragment
-        ip[8] = config.ttl;
-        ip[9] = IPPROTO_UDP;
-        std::memcpy(ip + 12, &interface.s_addr, 4);
-        std::memcpy(ip + 16, &dst.s_addr, 4);
-        std::uint8_t *udp = ip + IP_HEADER;
-        put16(udp, ntohs(local.sin_port));
-        put16(udp + 2, port);
+        protocol::frame_endpoints ends;
+        protocol::multicast_mac(ends.dst_mac, a);   // endpoints are multicast
+        std::memcpy(ends.src_mac, source_mac, 6);
+        ends.src_ip = ntohl(interface.s_addr);
+        ends.dst_ip = a;
+        ends.src_port = ntohs(local.sin_port);
+        ends.dst_port = port;
+        protocol::write_eth_ipv4_udp(templates.emplace_back().data(), ends, config.ttl);
     }
 
     open_interface(d, interface, config.interface_address, config.comp_vector >= 0);
     const ibv_device_attr &attr = d.device_attr;
-    slot_size = (max_packet_size + ETH_HEADER + IP_HEADER + UDP_HEADER + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+    slot_size = (max_packet_size + HEADERS + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
     if (attr.max_mr_size < slot_size)
         throw std::invalid_argument("max_packet_size is larger than the device's largest memory region");
     const std::size_t limit = std::size_t(std::min(attr.max_qp_wr, attr.max_cqe));
@@ -323,7 +281,7 @@ bool sender_impl::poll_completions()
                 if (!error)
                 {
                     error = true;
-                    error_text = std::string("ibverbs send failed: ") + status_name(wc.status)
+                    error_text = std::string("ibverbs send failed: ") + wc_status_name(wc.status)
                                  + " (completion status " + std::to_string(int(wc.status)) + ")";
                 }
             }
@@ -434,15 +392,10 @@ void sender_impl::send(const ibv_send_packet *packets, std::size_t n)
             recover_and_throw();
         const std::uint64_t s = posted + chain;
         std::uint8_t *frame = slot(s);
-        const std::size_t udp_len = UDP_HEADER + pkt.size;
         std::memcpy(frame, templates[pkt.substream].data(), templates[pkt.substream].size());
-        std::uint8_t *ip = frame + ETH_HEADER;
-        put16(ip + 2, std::uint16_t(IP_HEADER + udp_len));
-        put16(ip + 4, ip_id++);
-        put16(ip + 10, ipv4_checksum(ip));
-        put16(ip + IP_HEADER + 4, std::uint16_t(udp_len));
+        protocol::finish_eth_ipv4_udp(frame, pkt.size, ip_id++);
         // The SPEAD header (always copied: its buffer is reused).
-        std::size_t fill = ETH_HEADER + IP_HEADER + UDP_HEADER;
+        std::size_t fill = HEADERS;
         std::memcpy(frame + fill, pkt.iov[0].iov_base, pkt.iov[0].iov_len);
         fill += pkt.iov[0].iov_len;
 
