@@ -358,16 +358,15 @@ def _check_ibv_args(parser, args):
         parser.error("--ibv needs --bind ADDRESS: the IPv4 address of the interface to send from")
 
 
+def _given(args, **options):
+    """{keyword: value of args.<attribute>} for each keyword=attribute whose
+    command-line option was given (is not None)."""
+    return {key: getattr(args, attr) for key, attr in options.items() if getattr(args, attr) is not None}
+
+
 def _make_ibv_stream(thread_pool, args, config):
-    kwargs = {"endpoints": args.destinations, "interface_address": args.bind}
-    if args.buffer is not None:
-        kwargs["buffer_size"] = args.buffer
-    if args.ttl is not None:
-        kwargs["ttl"] = args.ttl
-    if args.ibv_vector is not None:
-        kwargs["comp_vector"] = args.ibv_vector
-    if args.ibv_max_poll is not None:
-        kwargs["max_poll"] = args.ibv_max_poll
+    kwargs = {"endpoints": args.destinations, "interface_address": args.bind,
+              **_given(args, buffer_size="buffer", ttl="ttl", comp_vector="ibv_vector", max_poll="ibv_max_poll")}
     return spead2.send.UdpIbvStream(thread_pool, config, spead2.send.UdpIbvConfig(**kwargs))
 
 
@@ -409,11 +408,8 @@ def _check_args(parser, args):
 
 def _udp_kwargs(args):
     """Keyword arguments selecting the UdpStream constructor form (see spead2.send.UdpStream)."""
-    kwargs = {"allow_gso": not args.no_gso}
-    if args.buffer is not None:
-        kwargs["buffer_size"] = args.buffer
+    kwargs = {"allow_gso": not args.no_gso, **_given(args, buffer_size="buffer", ttl="ttl")}
     if args.ttl is not None:
-        kwargs["ttl"] = args.ttl
         if args.bind.isdigit():
             kwargs["interface_index"] = int(args.bind)
         elif args.bind:
@@ -430,9 +426,8 @@ def _make_stream(parser, args, config):
             endpoints = args.destinations or [DEFAULT_PCAP_DESTINATION]
             return spead2.send.PcapFileStream(thread_pool, args.pcap, endpoints, config)
         if args.tcp:
-            kwargs = {"interface_address": args.bind, "connect_timeout": args.connect_timeout}
-            if args.buffer is not None:
-                kwargs["buffer_size"] = args.buffer
+            kwargs = {"interface_address": args.bind, "connect_timeout": args.connect_timeout,
+                      **_given(args, buffer_size="buffer")}
             return spead2.send.TcpStream(thread_pool, args.destinations, config, **kwargs)
         if args.ibv:
             return _make_ibv_stream(thread_pool, args, config)
@@ -514,15 +509,9 @@ def run(args, parser=None, out=None):
         traffic.check()
     except ValueError as exc:
         parser.error(str(exc))
-    config_kwargs = {"max_packet_size": args.packet, "rate": args.rate * 1e9 / 8}
-    if args.burst is not None:
-        config_kwargs["burst_size"] = args.burst
-    if args.burst_rate_ratio is not None:
-        config_kwargs["burst_rate_ratio"] = args.burst_rate_ratio
-    if args.rate_method is not None:
-        config_kwargs["rate_method"] = args.rate_method
-    if args.max_heaps is not None:
-        config_kwargs["max_heaps"] = args.max_heaps
+    config_kwargs = {"max_packet_size": args.packet, "rate": args.rate * 1e9 / 8,
+                     **_given(args, burst_size="burst", burst_rate_ratio="burst_rate_ratio",
+                              rate_method="rate_method", max_heaps="max_heaps")}
     if args.max_heaps is None and args.group_mode is not None:
         # A group must fit in the heaps allowed in flight.
         config_kwargs["max_heaps"] = max(spead2.send.StreamConfig.DEFAULT_MAX_HEAPS,
