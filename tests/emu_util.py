@@ -9,6 +9,7 @@ import os
 import pathlib
 import struct
 import subprocess
+import textwrap
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EMU_DIR = ROOT / "tests" / "ibv_emulator"
@@ -64,3 +65,27 @@ def pcap_frames(path, strict=False):
     if strict:
         assert pos == len(data)
     return frames
+
+
+#: Source of a function for the worker scripts that run a sender or a
+#: receiver as an unprivileged user would: RLIMIT_MEMLOCK set to ``limit``
+#: and CAP_IPC_LOCK dropped (if the process has capabilities to drop).
+UNPRIVILEGED_MEMLOCK = textwrap.dedent(
+    """
+    def run_unprivileged(limit):
+        import ctypes, resource
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
+        class CapHeader(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+        class CapData(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+        libc = ctypes.CDLL(None, use_errno=True)
+        header, data = CapHeader(0x20080522, 0), (CapData * 2)()
+        if libc.capget(ctypes.byref(header), data) == 0:
+            CAP_IPC_LOCK = 14
+            data[0].effective &= ~(1 << CAP_IPC_LOCK)
+            data[0].permitted &= ~(1 << CAP_IPC_LOCK)
+            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+    """
+)

@@ -28,7 +28,7 @@ import pytest
 import spead2
 import spead2.recv
 import spead2.send
-from emu_util import emu_env, emu_stats, pcap_frames
+from emu_util import UNPRIVILEGED_MEMLOCK, emu_env, emu_stats, pcap_frames
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HEAP_SIZE = 1024
@@ -72,7 +72,7 @@ def with_dst_port(frame, port):
 
 # ------------------------------------------------------------- receivers
 
-RECEIVER = textwrap.dedent(
+RECEIVER = UNPRIVILEGED_MEMLOCK + textwrap.dedent(
     """
     import hashlib, json, sys, threading, time
     import numpy as np
@@ -82,21 +82,7 @@ RECEIVER = textwrap.dedent(
     opts = json.loads(sys.argv[1])
     HEAP_SIZE, HPC = opts["heap_size"], opts["heaps_per_chunk"]
     if opts.get("memlock") is not None:
-        # As an unprivileged user would run: a memlock limit, no CAP_IPC_LOCK.
-        import ctypes, resource
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (opts["memlock"], opts["memlock"]))
-        class CapHeader(ctypes.Structure):
-            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-        class CapData(ctypes.Structure):
-            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                        ("inheritable", ctypes.c_uint32)]
-        libc = ctypes.CDLL(None, use_errno=True)
-        header, data = CapHeader(0x20080522, 0), (CapData * 2)()
-        if libc.capget(ctypes.byref(header), data) == 0:
-            CAP_IPC_LOCK = 14
-            data[0].effective &= ~(1 << CAP_IPC_LOCK)
-            data[0].permitted &= ~(1 << CAP_IPC_LOCK)
-            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        run_unprivileged(opts["memlock"])   # as an unprivileged user would run
 
     # Heap counter placement on the position item (0x1000): position i goes to
     # chunk i // HPC at heap index i % HPC.

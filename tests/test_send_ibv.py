@@ -410,26 +410,15 @@ def test_no_cap_net_raw(emulator, tmp_path):
     assert "CAP_NET_RAW" in result["message"]
 
 
-MEMLOCK_SENDER = textwrap.dedent(
+MEMLOCK_SENDER = emu_util.UNPRIVILEGED_MEMLOCK + textwrap.dedent(
     """
-    import ctypes, json, resource, sys
+    import json, resource, sys
     limit = int(sys.argv[1])
     hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
     if hard != resource.RLIM_INFINITY and hard < limit:
         print(json.dumps({"skip": f"hard memlock limit {hard} is below {limit}"}))
         sys.exit(0)
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
-    class CapHeader(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-    class CapData(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-    libc = ctypes.CDLL(None, use_errno=True)
-    header, data = CapHeader(0x20080522, 0), (CapData * 2)()
-    if libc.capget(ctypes.byref(header), data) == 0:
-        data[0].effective &= ~(1 << 14)
-        data[0].permitted &= ~(1 << 14)
-        assert libc.capset(ctypes.byref(header), data) == 0
+    run_unprivileged(limit)
     import numpy as np, spead2, spead2.send
     region = np.zeros(int(sys.argv[2]), np.uint8)
     cfg = spead2.send.UdpIbvConfig(endpoints=[("239.10.1.1", 7200)], interface_address="127.0.0.1",

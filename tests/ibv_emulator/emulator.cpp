@@ -1377,23 +1377,31 @@ bool flow_matches(const flow_t &f, const headers &h)
     return true;
 }
 
-/* Translates (lkey, addr, len) to host memory, or nullptr on a protection
- * error. */
-uint8_t *translate(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
+/* The MR of @a pd that (lkey, addr, len) lies in, or nullptr (a protection
+ * error).  Enough for the NIC to read (a send's gather source). */
+mr_t *translate_read(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
 {
     global &gl = *g;
     auto it = gl.mrs.find(lkey);
     if (it == gl.mrs.end())
         return nullptr;
     mr_t *mr = it->second;
-    if (mr->pd != pd || !(mr->access & IBV_ACCESS_LOCAL_WRITE))
-        return nullptr;
-    if (addr < mr->iova)
+    if (mr->pd != pd || addr < mr->iova)
         return nullptr;
     uint64_t off = addr - mr->iova;
     if (off > mr->mr.length || len > mr->mr.length - off)
         return nullptr;
-    return static_cast<uint8_t *>(mr->mr.addr) + off;
+    return mr;
+}
+
+/* Translates (lkey, addr, len) to host memory the NIC may write (a receive
+ * buffer), or nullptr on a protection error. */
+uint8_t *translate(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
+{
+    mr_t *mr = translate_read(pd, lkey, addr, len);
+    if (!mr || !(mr->access & IBV_ACCESS_LOCAL_WRITE))
+        return nullptr;
+    return static_cast<uint8_t *>(mr->mr.addr) + (addr - mr->iova);
 }
 
 enum class result { delivered, dropped, retry };
@@ -1994,23 +2002,6 @@ int op_post_recv(ibv_qp *qp, ibv_recv_wr *wr, ibv_recv_wr **bad_wr);
 
 /* ------------------------------------------------------------------------ */
 /* Send queues                                                              */
-
-/* Gather source: the MR that (lkey, addr, len) lies in, or nullptr (a
- * protection error).  The NIC only reads, so no access flag is needed. */
-mr_t *translate_read(pd_t *pd, uint32_t lkey, uint64_t addr, uint64_t len)
-{
-    global &gl = *g;
-    auto it = gl.mrs.find(lkey);
-    if (it == gl.mrs.end())
-        return nullptr;
-    mr_t *mr = it->second;
-    if (mr->pd != pd || addr < mr->iova)
-        return nullptr;
-    uint64_t off = addr - mr->iova;
-    if (off > mr->mr.length || len > mr->mr.length - off)
-        return nullptr;
-    return mr;
-}
 
 uint16_t ones_sum(const uint8_t *p, size_t n, uint32_t sum = 0)
 {
