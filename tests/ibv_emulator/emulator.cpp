@@ -1437,20 +1437,25 @@ uint32_t junk_byte_len(uint64_t seq)
  * application resets it (device mutex held). */
 void rx_enter_error(rx_queue &rx);
 
-/* A fatal CQ error (overrun): the CQ produces nothing more, the queue that
- * needed it goes to ERR, and IBV_EVENT_CQ_ERR is raised (device mutex held). */
+/* A fatal CQ error (overrun): the CQ produces nothing more and
+ * IBV_EVENT_CQ_ERR is raised, once (device mutex held). */
+void cq_fail(cq_t *cq)
+{
+    if (cq->broken)
+        return;
+    cq->broken = true;
+    emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
+    ibv_async_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
+    ev.event_type = IBV_EVENT_CQ_ERR;
+    post_async_event(cq->ctx, ev);
+}
+
+/* A receive queue's CQ overran: the CQ fails and the queue goes to ERR. */
 void cq_break(cq_t *cq, rx_queue &rx)
 {
-    if (!cq->broken)
-    {
-        cq->broken = true;
-        emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
-        ibv_async_event ev;
-        memset(&ev, 0, sizeof(ev));
-        ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
-        ev.event_type = IBV_EVENT_CQ_ERR;
-        post_async_event(cq->ctx, ev);
-    }
+    cq_fail(cq);
     rx_enter_error(rx);
 }
 
@@ -2116,13 +2121,7 @@ void sq_complete(qp_t *qp, uint64_t wr_id, ibv_wc_status status, uint32_t byte_l
     if (!cq_has_space(cq, 1))
     {
         bump(gl.stats.cq_overflow);
-        cq->broken = true;
-        emu_warn("CQ %u overrun: fatal CQ error (IBV_EVENT_CQ_ERR)", cq->cq.handle);
-        ibv_async_event ev;
-        memset(&ev, 0, sizeof(ev));
-        ev.element.cq = ibv_cq_ex_to_cq(&cq->cq);
-        ev.event_type = IBV_EVENT_CQ_ERR;
-        post_async_event(cq->ctx, ev);
+        cq_fail(cq);
         if (qp->has_recv_queue)
             rx_enter_error(qp->rx);
         qp->qp.state = IBV_QPS_ERR;
