@@ -132,26 +132,6 @@ void register_ibv_probe(py::module_ &recv)
     }, py::arg("interface_address") = "");
 }
 
-// UdpIbvConfig's checked setters (shared by the constructor and the properties).
-void ibv_set_buffer_size(transport::ibv_config &c, std::size_t v)
-{
-    c.buffer_size = v ? v : transport::IBV_DEFAULT_BUFFER_SIZE;   // 0: the default
-}
-
-void ibv_set_max_size(transport::ibv_config &c, std::size_t v)
-{
-    if (v < 1)
-        throw py::value_error("max_size must be positive");
-    c.max_size = v;
-}
-
-void ibv_set_max_poll(transport::ibv_config &c, int v)
-{
-    if (v < 1)
-        throw py::value_error("max_poll must be at least 1");
-    c.max_poll = v;
-}
-
 void register_udp_ibv_config(py::module_ &recv)
 {
     using endpoint_list = std::vector<std::pair<std::string, std::uint16_t>>;
@@ -162,10 +142,10 @@ void register_udp_ibv_config(py::module_ &recv)
                  transport::ibv_config c;
                  c.endpoints = std::move(endpoints);
                  c.interface_address = std::move(interface_address);
-                 ibv_set_buffer_size(c, buffer_size);
-                 ibv_set_max_size(c, max_size);
+                 c.set_buffer_size(buffer_size);
+                 c.set_max_size(max_size);
                  c.comp_vector = comp_vector;
-                 ibv_set_max_poll(c, max_poll);
+                 c.set_max_poll(max_poll);
                  return c;
              }),
              py::kw_only(),
@@ -183,10 +163,12 @@ void register_udp_ibv_config(py::module_ &recv)
             [](transport::ibv_config &c, endpoint_list v) { c.endpoints = std::move(v); })
         .def_readwrite("interface_address", &transport::ibv_config::interface_address)
         .def_property("buffer_size", [](const transport::ibv_config &c) { return c.buffer_size; },
-                      &ibv_set_buffer_size)
-        .def_property("max_size", [](const transport::ibv_config &c) { return c.max_size; }, &ibv_set_max_size)
+                      &transport::ibv_config::set_buffer_size)
+        .def_property("max_size", [](const transport::ibv_config &c) { return c.max_size; },
+                      &transport::ibv_config::set_max_size)
         .def_readwrite("comp_vector", &transport::ibv_config::comp_vector)
-        .def_property("max_poll", [](const transport::ibv_config &c) { return c.max_poll; }, &ibv_set_max_poll);
+        .def_property("max_poll", [](const transport::ibv_config &c) { return c.max_poll; },
+                      &transport::ibv_config::set_max_poll);
 }
 
 } // anonymous namespace

@@ -67,18 +67,6 @@ struct region_buffers
     }
 };
 
-void set_buffer_size(py_udp_ibv_config &c, std::size_t v)
-{
-    c.config.buffer_size = v ? v : transport::IBV_SEND_DEFAULT_BUFFER_SIZE;   // 0: the default, as the reference
-}
-
-void set_max_poll(py_udp_ibv_config &c, int v)
-{
-    if (v < 1)
-        throw py::value_error("max_poll must be at least 1");
-    c.config.max_poll = v;
-}
-
 } // anonymous namespace
 
 void register_send_ibv(py::module_ &m)
@@ -92,10 +80,10 @@ void register_send_ibv(py::module_ &m)
                  auto c = std::make_unique<py_udp_ibv_config>();
                  c->config.endpoints = std::move(endpoints);
                  c->config.interface_address = std::move(interface_address);
-                 set_buffer_size(*c, buffer_size);
+                 c->config.set_buffer_size(buffer_size);
                  c->config.ttl = ttl;
                  c->config.comp_vector = comp_vector;
-                 set_max_poll(*c, max_poll);
+                 c->config.set_max_poll(max_poll);
                  c->memory_regions.assign(regions.begin(), regions.end());
                  return c;
              }),
@@ -113,7 +101,7 @@ void register_send_ibv(py::module_ &m)
             [](py_udp_ibv_config &c, std::string v) { c.config.interface_address = std::move(v); })
         .def_property("buffer_size",
             [](const py_udp_ibv_config &c) { return c.config.buffer_size; },
-            &set_buffer_size)
+            [](py_udp_ibv_config &c, std::size_t v) { c.config.set_buffer_size(v); })
         .def_property("ttl",
             [](const py_udp_ibv_config &c) { return c.config.ttl; },
             [](py_udp_ibv_config &c, std::uint8_t v) { c.config.ttl = v; })
@@ -122,7 +110,7 @@ void register_send_ibv(py::module_ &m)
             [](py_udp_ibv_config &c, int v) { c.config.comp_vector = v; })
         .def_property("max_poll",
             [](const py_udp_ibv_config &c) { return c.config.max_poll; },
-            &set_max_poll)
+            [](py_udp_ibv_config &c, int v) { c.config.set_max_poll(v); })
         .def_property("memory_regions",
             [](const py_udp_ibv_config &c) {
                 py::list out;

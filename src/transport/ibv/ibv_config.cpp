@@ -31,6 +31,51 @@ bool ibv_compiled()
 #endif
 }
 
+namespace
+{
+
+void check_max_poll(int v)
+{
+    if (v < 1)
+        throw std::invalid_argument("max_poll must be at least 1");
+}
+
+void check_max_size(std::size_t v)
+{
+    if (v < 1)
+        throw std::invalid_argument("max_size must be positive");
+}
+
+} // anonymous namespace
+
+void ibv_config::set_buffer_size(std::size_t v)
+{
+    buffer_size = v ? v : IBV_DEFAULT_BUFFER_SIZE;
+}
+
+void ibv_config::set_max_size(std::size_t v)
+{
+    check_max_size(v);
+    max_size = v;
+}
+
+void ibv_config::set_max_poll(int v)
+{
+    check_max_poll(v);
+    max_poll = v;
+}
+
+void ibv_send_config::set_buffer_size(std::size_t v)
+{
+    buffer_size = v ? v : IBV_SEND_DEFAULT_BUFFER_SIZE;
+}
+
+void ibv_send_config::set_max_poll(int v)
+{
+    check_max_poll(v);
+    max_poll = v;
+}
+
 void ibv_config::validate() const
 {
     if (endpoints.empty())
@@ -43,10 +88,8 @@ void ibv_config::validate() const
     for (const auto &ep : endpoints)
         if (!ep.first.empty())
             resolve_ipv4(ep.first, "endpoint");   // throws "endpoint ... is not an IPv4 address"
-    if (max_size < 1)
-        throw std::invalid_argument("max_size must be positive");
-    if (max_poll < 1)
-        throw std::invalid_argument("max_poll must be at least 1");
+    check_max_size(max_size);
+    check_max_poll(max_poll);
 }
 
 void ibv_send_config::validate() const
@@ -70,8 +113,7 @@ void ibv_send_config::validate() const
         if (sa.ss_family != AF_INET)
             throw std::invalid_argument("interface address is not an IPv4 address");
     }
-    if (max_poll < 1)
-        throw std::invalid_argument("max_poll must be at least 1");
+    check_max_poll(max_poll);
     for (const auto &region : memory_regions)
         if (region.second == 0)
             throw std::invalid_argument("memory region must have non-zero size");

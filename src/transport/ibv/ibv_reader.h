@@ -39,6 +39,12 @@ struct ibv_config
     int comp_vector = 0;     ///< >= 0: interrupt-driven (vector modulo the device's count); < 0: busy polling
     int max_poll = IBV_DEFAULT_MAX_POLL;
 
+    /// 0 selects IBV_DEFAULT_BUFFER_SIZE (as the reference).
+    void set_buffer_size(std::size_t v);
+    /// Throw std::invalid_argument for 0 (max_size) or less than 1 (max_poll).
+    void set_max_size(std::size_t v);
+    void set_max_poll(int v);
+
     /// Throws std::invalid_argument with a clear message if unusable.
     void validate() const;
 };

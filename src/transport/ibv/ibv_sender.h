@@ -41,6 +41,11 @@ struct ibv_send_config
     /// Memory the NIC may read payload from directly (start, length).
     std::vector<std::pair<const void *, std::size_t>> memory_regions;
 
+    /// 0 selects IBV_SEND_DEFAULT_BUFFER_SIZE (as the reference).
+    void set_buffer_size(std::size_t v);
+    /// Throws std::invalid_argument if @a v is less than 1.
+    void set_max_poll(int v);
+
     /// Checks in the reference's order, with its messages
     /// (std::invalid_argument): endpoints empty, interface address empty,
     /// an endpoint that is not an IPv4 multicast address, an interface
