@@ -32,6 +32,18 @@ class clock_source
 {
 public:
     using clock = std::chrono::steady_clock;
+    /// Nanoseconds since the clock's epoch as a timespec.
+    static timespec to_timespec(std::int64_t ns)
+    {
+        timespec ts;
+        ts.tv_sec = time_t(ns / 1000000000);
+        ts.tv_nsec = long(ns % 1000000000);
+        return ts;
+    }
+    static std::int64_t to_ns(std::chrono::steady_clock::time_point t)
+    {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+    }
     using time_point = clock::time_point;
     using duration = clock::duration;
     virtual ~clock_source() = default;
@@ -59,10 +71,7 @@ public:
 
     void sleep_until(time_point when) override
     {
-        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
-        timespec ts;
-        ts.tv_sec = time_t(ns / 1000000000);
-        ts.tv_nsec = long(ns % 1000000000);
+        const timespec ts = to_timespec(to_ns(when));
         const int old_slack = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
         if (old_slack > 0)
             prctl(PR_SET_TIMERSLACK, PACING_TIMER_SLACK_NS, 0, 0, 0);
@@ -98,29 +107,19 @@ public:
     time_point now() override { return time_point(std::chrono::nanoseconds(ns.load())); }
     void sleep_until(time_point when) override
     {
-        const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
-        std::int64_t cur = ns.load();
-        while (w > cur && !ns.compare_exchange_weak(cur, w))
-        {
-        }
+        spin_until(when);
         n_sleeps++;
     }
+    /// Jump to @a when (never backwards).
     void spin_until(time_point when) override
     {
-        const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(when.time_since_epoch()).count();
+        const std::int64_t w = to_ns(when);
         std::int64_t cur = ns.load();
         while (w > cur && !ns.compare_exchange_weak(cur, w))
         {
         }
     }
-    timespec wall_time() override
-    {
-        const std::int64_t t = ns.load();
-        timespec ts;
-        ts.tv_sec = time_t(t / 1000000000);
-        ts.tv_nsec = long(t % 1000000000);
-        return ts;
-    }
+    timespec wall_time() override { return to_timespec(ns.load()); }
     /// Move time forward by @a d nanoseconds (d >= 0).
     void advance(std::int64_t d) { ns += d; }
     std::int64_t get_ns() const { return ns.load(); }
