@@ -74,6 +74,7 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
     first_chunk_stat = config.get_stat_index(CHUNK_STAT_NAMES[0]);
 
     item_values.assign(chunk_config.get_items().size(), -1);
+    item_keys.assign(chunk_config.get_items().size(), 0);
     extra_scratch.assign(chunk_config.get_max_heap_extra(), 0);
 }
 
@@ -247,26 +248,6 @@ std::size_t chunk_stream::new_heap(const packet_header &ph)
     return slot;
 }
 
-bool chunk_stream::scan_pointers(const packet_header &ph, std::uint64_t &max_address, bool &stop_flag) const
-{
-    max_address = 0;
-    stop_flag = false;
-    const int hab = ph.heap_address_bits;
-    for (int i = 0; i < ph.n_items; i++)
-    {
-        const auto ptr = protocol::decode_item_pointer(
-            protocol::load_be64(ph.pointers + i * protocol::ITEM_POINTER_SIZE), hab);
-        if (ptr.immediate)
-        {
-            if (ptr.id == protocol::STREAM_CTRL_ID && ptr.value == protocol::CTRL_STREAM_STOP)
-                stop_flag = true;
-        }
-        else if (ptr.value > max_address)
-            max_address = ptr.value;
-    }
-    return true;
-}
-
 void chunk_stream::process_packet(const packet_header &ph)
 {
     statistics.counters.packets++;
@@ -317,9 +298,8 @@ void chunk_stream::process_packet(const packet_header &ph)
                      (long long) ph.heap_cnt);
         return;
     }
-    std::uint64_t max_address;
-    bool stop_flag;
-    scan_pointers(ph, max_address, stop_flag);
+    const std::uint64_t max_address = ph.max_address;
+    const bool stop_flag = ph.stop;
     const std::uint64_t start = std::uint64_t(ph.payload_offset);
     const std::uint64_t end = start + std::uint64_t(ph.payload_length);
     // The packet's own item addresses do not reject it; they only make the
@@ -390,9 +370,8 @@ void chunk_stream::process_single(const packet_header &ph)
     // substream, evicting the heap that held it.
     statistics.counters.single_packet_heaps++;
     const std::size_t slot = claim_slot(ph.heap_cnt);
-    std::uint64_t max_address;
-    bool stop_flag;
-    scan_pointers(ph, max_address, stop_flag);
+    const std::uint64_t max_address = ph.max_address;
+    const bool stop_flag = ph.stop;
     heap_placement where;
     if (ph.heap_length > 0)
     {
@@ -485,19 +464,34 @@ heap_placement chunk_stream::place(const packet_header &ph)
     heap_placement result;
     // Requested immediate items, from every pointer of the packet (specials included).
     const auto &wanted = chunk_config.get_items();
-    if (!wanted.empty())
+    const std::size_t n_wanted = wanted.size();
+    if (n_wanted)
     {
-        std::fill(item_values.begin(), item_values.end(), -1);
+        // Each wanted item as the top bits (immediate flag and ID) of its
+        // pointer in this flavour, so that a pointer is matched by one mask
+        // and one compare per wanted item, without decoding it.
+        const int hab = ph.heap_address_bits;
+        if (hab != item_keys_hab)
+        {
+            const int id_bits = 63 - hab;
+            for (std::size_t j = 0; j < n_wanted; j++)
+                item_keys[j] = (wanted[j] >> id_bits) != 0
+                    ? 0   // the ID does not fit this flavour: never matches (a key has the top bit set)
+                    : (std::uint64_t(1) << 63) | (wanted[j] << hab);
+            item_keys_hab = hab;
+        }
+        const std::uint64_t value_mask = (std::uint64_t(1) << hab) - 1;
+        const std::uint64_t *keys = item_keys.data();
+        std::int64_t *values = item_values.data();
+        std::fill_n(values, n_wanted, -1);
         const std::uint8_t *ptrs = ph.packet + protocol::HEADER_SIZE;
         for (int i = 0; i < ph.all_items; i++)
         {
-            const auto ptr = protocol::decode_item_pointer(
-                protocol::load_be64(ptrs + i * protocol::ITEM_POINTER_SIZE), ph.heap_address_bits);
-            if (!ptr.immediate)
-                continue;
-            for (std::size_t j = 0; j < wanted.size(); j++)
-                if (wanted[j] == ptr.id)
-                    item_values[j] = std::int64_t(ptr.value);
+            const std::uint64_t raw = protocol::load_be64(ptrs + i * protocol::ITEM_POINTER_SIZE);
+            const std::uint64_t key = raw & ~value_mask;
+            const std::int64_t value = std::int64_t(raw & value_mask);
+            for (std::size_t j = 0; j < n_wanted; j++)
+                values[j] = key == keys[j] ? value : values[j];   // the last match wins
         }
     }
     chunk_place_data &d = place_data;

@@ -137,6 +137,8 @@ private:
     bool stopped_in_batch = false;
     bool network_stop_pending = false;   ///< run network_stop_hook once the batch is merged
     std::vector<std::int64_t> item_values;
+    std::vector<std::uint64_t> item_keys;   ///< wanted items as pointer top bits, for item_keys_hab
+    int item_keys_hab = -1;
     std::vector<std::uint8_t> extra_scratch;
     chunk_place_data place_data;
 
@@ -151,7 +153,6 @@ private:
     std::size_t claim_slot(std::int64_t cnt);   ///< next slot of the substream, evicting its heap
     std::size_t new_heap(const protocol::packet_header &ph);
     void heap_done(live_heap &h, bool complete);
-    bool scan_pointers(const protocol::packet_header &ph, std::uint64_t &max_address, bool &stop_flag) const;
     void flush_heaps();
 
     // Placement

@@ -1,6 +1,7 @@
 // The chunk window: the chunks [head, tail) that are under construction.
 //
-// A window holds at most max_chunks chunk pointers, stored at id % max_chunks.
+// A window holds at most max_chunks chunk pointers, stored at id modulo a
+// power of two >= max_chunks.
 // It does not decide where chunks come from or where they go: every
 // operation that moves it takes three callables,
 //   alloc(id) -> chunk *        a chunk for a new tail ID (may be nullptr),
@@ -20,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "chunk/config.h"
@@ -30,21 +32,36 @@ namespace spead2::chunk
 
 class chunk_window
 {
+    // Slots for IDs [head, tail) at id & mask: a power of two at least
+    // max_chunks, so that finding a chunk (once per heap) needs no division.
+    std::size_t max;
     std::vector<chunk *> slots;
+    std::uint64_t mask;
     std::uint64_t head = 0;
     std::uint64_t tail = 0;
 
-    chunk *&slot(std::uint64_t id) { return slots[id % slots.size()]; }
+    static std::size_t slot_count(std::size_t max_chunks)
+    {
+        if (max_chunks > std::numeric_limits<std::size_t>::max() / 2)
+            throw std::length_error("max_chunks is too large");
+        std::size_t n = 1;
+        while (n < max_chunks)
+            n <<= 1;
+        return n;
+    }
+
+    chunk *&slot(std::uint64_t id) { return slots[id & mask]; }
 
 public:
     /// Past every chunk ID: the head of a window that has been flushed for good.
     static constexpr std::uint64_t END = std::numeric_limits<std::uint64_t>::max();
 
-    explicit chunk_window(std::size_t max_chunks) : slots(max_chunks, nullptr) {}
+    explicit chunk_window(std::size_t max_chunks)
+        : max(max_chunks), slots(slot_count(max_chunks), nullptr), mask(slots.size() - 1) {}
     chunk_window(const chunk_window &) = delete;
     chunk_window &operator=(const chunk_window &) = delete;
 
-    std::size_t max_chunks() const { return slots.size(); }
+    std::size_t max_chunks() const { return max; }
     std::uint64_t get_head() const { return head; }
     std::uint64_t get_tail() const { return tail; }
     bool empty() const { return head == tail; }
@@ -55,7 +72,7 @@ public:
     {
         if (id < head || id >= tail)
             return nullptr;
-        return slots[id % slots.size()];
+        return slots[id & mask];
     }
 
     /// Release the oldest chunk (the window must not be empty).
@@ -102,7 +119,6 @@ public:
     void extend_to(std::uint64_t id, std::uintptr_t stream_id,
                    const Alloc &alloc, const Ready &ready, const Moved &moved)
     {
-        const std::size_t max = slots.size();
         if (id >= tail && id - tail >= max)
         {
             const std::uint64_t restart = id - (max - 1);

@@ -63,7 +63,8 @@ std::int32_t heap_table::find(std::int64_t cnt, std::uint64_t &search_dist) cons
 
 std::size_t heap_table::next_slot(std::int64_t cnt)
 {
-    const std::size_t sub = std::size_t(std::uint64_t(cnt) % substreams);
+    // Called for every heap: no division in the common single-substream case.
+    const std::size_t sub = substreams == 1 ? 0 : std::size_t(std::uint64_t(cnt) % substreams);
     std::size_t &pos = sub_head[sub];
     pos = (pos + 1 == max_heaps) ? 0 : pos + 1;
     return sub * max_heaps + pos;

@@ -1,4 +1,6 @@
 #include "protocol/spead.h"
+
+#include <algorithm>
 #include "common/log_limiter.h"
 #include "common/logging.h"
 
@@ -42,6 +44,11 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
     const int id_shift = heap_address_bits;
     std::int64_t heap_cnt = -1, heap_length = -1, payload_offset = -1, payload_length = -1;
     int first_regular = -1;
+    // Also gathered in this one pass, so that the stream need not walk the
+    // pointers again: the highest item address, and whether the packet stops
+    // the stream.
+    std::uint64_t max_address = 0;
+    bool stop = false;
     const std::uint8_t *ptrs = data + HEADER_SIZE;
     for (int i = 0; i < n_items; i++)
     {
@@ -60,7 +67,13 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
         else if (mode_id == (imm_flag | PAYLOAD_LENGTH_ID))
             payload_length = value;
         else
+        {
             special = false;
+            if (!(raw >> 63))
+                max_address = std::max(max_address, std::uint64_t(value));
+            else if (mode_id == (imm_flag | STREAM_CTRL_ID) && std::uint64_t(value) == CTRL_STREAM_STOP)
+                stop = true;
+        }
         if (!special && first_regular < 0)
             first_regular = i;
     }
@@ -86,6 +99,8 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
     out.payload = ptrs + n_items * ITEM_POINTER_SIZE;
     out.packet = data;
     out.size = size;
+    out.max_address = max_address;
+    out.stop = stop;
     return decode_status::ok;
 }
 

@@ -74,6 +74,10 @@ struct packet_header
     const std::uint8_t *packet = nullptr;    ///< start of the packet (header)
     std::size_t size = 0;                    ///< total packet size: header + pointers + payload
     int all_items = 0;                       ///< total number of item pointers in the packet
+    /// Largest address of the packet's non-immediate item pointers (0 if none).
+    std::uint64_t max_address = 0;
+    /// The packet has an immediate STREAM_CTRL item with value CTRL_STREAM_STOP.
+    bool stop = false;
     /// When the packet arrived, in ns, if the transport knows better than
     /// "when its batch began" (pcap: the record's capture time); -1 otherwise.
     std::int64_t time_ns = -1;

@@ -3,6 +3,8 @@
 // -DSPEAD2_CPP_TESTS=ON and run by ctest (scripts/test.sh does both).
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
+#include <stdexcept>
 #include <memory>
 #include <vector>
 
@@ -94,6 +96,43 @@ void test_window_large_ids()
     CHECK(w.get_head() == top - 3 && w.get_tail() == top + 1 && w.get(top)->chunk_id == std::int64_t(top));
 }
 
+void test_window_sizes()
+{
+    // Slots are a power of two >= max_chunks: a window of 3, 5 or 6 chunks
+    // must still hold exactly that many, each findable by its own ID, while
+    // it slides over many multiples of its slot count.
+    for (std::size_t max : {std::size_t(1), std::size_t(3), std::size_t(5), std::size_t(6), std::size_t(8)})
+    {
+        chunk_window w(max);
+        window_log log;
+        CHECK(w.max_chunks() == max);
+        for (std::uint64_t id = 0; id < 40; id++)
+        {
+            w.extend_to(id, 0, log.alloc(), log.ready(), log.moved());
+            CHECK(w.get_tail() == id + 1 && w.get_tail() - w.get_head() == std::min<std::uint64_t>(id + 1, max));
+            for (std::uint64_t k = w.get_head(); k < w.get_tail(); k++)
+                CHECK(w.get(k) != nullptr && w.get(k)->chunk_id == std::int64_t(k));
+            CHECK(w.get(w.get_tail()) == nullptr);
+            if (w.get_head() > 0)
+                CHECK(w.get(w.get_head() - 1) == nullptr);
+        }
+        // Released in ID order, each once.
+        for (std::size_t i = 0; i < log.released.size(); i++)
+            CHECK(log.released[i] == std::int64_t(i));
+        CHECK(log.released.size() == 40 - max);
+    }
+    bool threw = false;
+    try
+    {
+        chunk_window w(std::numeric_limits<std::size_t>::max() / 2 + 2);
+    }
+    catch (std::length_error &)
+    {
+        threw = true;
+    }
+    CHECK(threw);
+}
+
 void test_range_set()
 {
     using r = range_set::result;
@@ -164,6 +203,7 @@ int main()
     test_window_flush_until();
     test_window_null_chunks();
     test_window_large_ids();
+    test_window_sizes();
     test_range_set();
     test_heap_table();
     return check_result("test_chunk_parts");
