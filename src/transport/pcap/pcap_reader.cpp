@@ -63,17 +63,19 @@ void pcap_reader::run_batch()
             }
             // Records follow each other in the mapping: fetch the next ones early.
             prefetch_ahead(frame.data + frame.size, frame.size + PCAP_RECORD_OVERHEAD, file.end());
-            const bool counted = protocol::passes_udp_filter(frame.link, frame.data, frame.size);
-            if (counted)
-                i++;
-            if (frame.snapped)
-                continue;
+            // A frame that decodes as IPv4 UDP always passes that filter, so
+            // the filter is only evaluated for the others.
             protocol::udp_frame udp;
-            if (protocol::decode_frame(udp, frame.link, frame.data, frame.size) != protocol::frame_status::ok)
+            if (frame.snapped
+                || protocol::decode_frame(udp, frame.link, frame.data, frame.size) != protocol::frame_status::ok)
             {
-                non_udp_frames.fetch_add(1, std::memory_order_relaxed);
+                if (protocol::passes_udp_filter(frame.link, frame.data, frame.size))
+                    i++;
+                if (!frame.snapped)
+                    non_udp_frames.fetch_add(1, std::memory_order_relaxed);
                 continue;
             }
+            i++;
             // Each packet goes to the core right away, while it is still in cache.
             if (protocol::decode_datagram(headers[0], udp.payload, udp.payload_size))
             {
