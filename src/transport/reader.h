@@ -59,11 +59,12 @@ public:
 /// Number of decoded headers a transport gathers before handing them over.
 constexpr std::size_t PACKET_GROUP = 64;
 
-// Readers that walk a large buffer (memory, mmapped capture) prefetch whole
-// packets about PREFETCH_DISTANCE bytes ahead of the one being handled, so
-// the cache misses overlap with the work on this packet (bench/bench_chunk.py
-// measured 2.5-3x the packet rate with the prefetch when the buffer is not
-// cached).
+// The pcap reader, which walks a capture mapped from the page cache,
+// prefetches whole packets about PREFETCH_DISTANCE bytes ahead of the one
+// being handled, so the cache misses overlap with the work on this packet
+// (bench/bench_chunk.py: 1 KiB heaps 1.05-1.1x the packet rate of no
+// prefetch, 8 KiB and 64 KiB heaps the same).  The buffer reader does not:
+// there it measured slower (doc/benchmarking.rst).
 constexpr std::size_t PREFETCH_DISTANCE = 2048;
 constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
 constexpr std::size_t PREFETCH_MAX_BYTES = 16384;    ///< per packet

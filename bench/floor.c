@@ -1,0 +1,229 @@
+/* Floors for chunk placement on this machine: how fast the simplest possible
+ * receiver could go, to read bench_chunk.py's "fraction of the copy limit"
+ * against.  Built and run by bench_floor.py; see there and
+ * doc/benchmarking.rst.
+ *
+ *   floor copy     SPEAD_FILE CHUNK_BYTES N_CHUNKS
+ *       The copy limit in C: memcpy the payload bytes (file size minus
+ *       headers) from the file's contents in memory into a ring of chunks,
+ *       one whole chunk per call (what copylimit.py does with numpy).
+ *   floor place    SPEAD_FILE CHUNK_BYTES N_CHUNKS HEAP_SIZE
+ *       A bare receiver: walk the packets in order, read the header and the
+ *       item pointers (HEAP_CNT, PAYLOAD_OFFSET, PAYLOAD_LENGTH), copy each
+ *       payload to its heap's place in the chunk ring.  No checks, no
+ *       statistics, no callback: nothing a real receiver could leave out
+ *       less.
+ *   floor map      FILE
+ *       The kernel's part of replaying FILE from the page cache through a
+ *       mapping: map it and fill its page tables (MADV_POPULATE_READ), which
+ *       is what the pcap reader's helper thread does; and, for comparison,
+ *       read() of the whole file in 4 MiB blocks.
+ *
+ * Prints one line per measurement: "<what> <seconds> <packets or bytes>".
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+static double seconds_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double) t.tv_sec + 1e-9 * (double) t.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    perror(what);
+    exit(1);
+}
+
+static uint64_t be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return __builtin_bswap64(v);
+}
+
+/* The whole file in anonymous memory (like bench_chunk.py's mem source). */
+static uint8_t *load(const char *path, size_t *size)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        die(path);
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        die("fstat");
+    *size = (size_t) st.st_size;
+    uint8_t *buf = malloc(*size);
+    if (!buf)
+        die("malloc");
+    size_t got = 0;
+    while (got < *size)
+    {
+        ssize_t r = read(fd, buf + got, *size - got);
+        if (r <= 0)
+            die("read");
+        got += (size_t) r;
+    }
+    close(fd);
+    return buf;
+}
+
+static uint8_t *make_ring(size_t chunk_bytes, size_t n_chunks)
+{
+    uint8_t *ring = aligned_alloc(4096, chunk_bytes * n_chunks);
+    if (!ring)
+        die("aligned_alloc");
+    memset(ring, 0xff, chunk_bytes * n_chunks);   /* touched, like the benchmark's chunks */
+    return ring;
+}
+
+/* Payload bytes and packet count of a file of back-to-back SPEAD packets. */
+static void count_packets(const uint8_t *data, size_t size, size_t *payload, size_t *packets)
+{
+    size_t pos = 0;
+    *payload = 0;
+    *packets = 0;
+    while (pos + 8 <= size)
+    {
+        const uint64_t header = be64(data + pos);
+        const unsigned n_items = (unsigned) (header & 0xffff);
+        const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
+        uint64_t length = 0;
+        for (unsigned i = 0; i < n_items; i++)
+        {
+            const uint64_t raw = be64(data + pos + 8 + 8 * i);
+            if ((raw >> hab) == ((UINT64_C(1) << (63 - hab)) | 4))
+                length = raw & ((UINT64_C(1) << hab) - 1);
+        }
+        *payload += length;
+        (*packets)++;
+        pos += 8 + 8 * (size_t) n_items + length;
+    }
+}
+
+static int cmd_copy(const char *path, size_t chunk_bytes, size_t n_chunks)
+{
+    size_t size, payload, packets;
+    uint8_t *data = load(path, &size);
+    count_packets(data, size, &payload, &packets);
+    uint8_t *ring = make_ring(chunk_bytes, n_chunks);
+    const double start = seconds_now();
+    size_t done = 0, i = 0;
+    while (done < payload)
+    {
+        size_t n = chunk_bytes;
+        if (n > payload - done)
+            n = payload - done;
+        memcpy(ring + (i % n_chunks) * chunk_bytes, data + done, n);
+        done += n;
+        i++;
+    }
+    printf("copy %.6f %zu\n", seconds_now() - start, packets);
+    return ring[0] == 0x42;   /* keep the copies */
+}
+
+static int cmd_place(const char *path, size_t chunk_bytes, size_t n_chunks, size_t heap_size)
+{
+    size_t size, payload, packets;
+    uint8_t *data = load(path, &size);
+    count_packets(data, size, &payload, &packets);
+    uint8_t *ring = make_ring(chunk_bytes, n_chunks);
+    const size_t ring_heaps = chunk_bytes * n_chunks / heap_size;
+    const double start = seconds_now();
+    size_t pos = 0, n = 0;
+    while (pos + 8 <= size)
+    {
+        const uint8_t *p = data + pos;
+        const uint64_t header = be64(p);
+        const unsigned n_items = (unsigned) (header & 0xffff);
+        const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
+        const uint64_t mask = (UINT64_C(1) << hab) - 1;
+        const uint64_t imm = UINT64_C(1) << (63 - hab);
+        uint64_t cnt = 0, offset = 0, length = 0;
+        for (unsigned i = 0; i < n_items; i++)
+        {
+            const uint64_t raw = be64(p + 8 + 8 * i);
+            const uint64_t id = raw >> hab;
+            if (id == (imm | 1))
+                cnt = raw & mask;
+            else if (id == (imm | 3))
+                offset = raw & mask;
+            else if (id == (imm | 4))
+                length = raw & mask;
+        }
+        const uint8_t *payload_start = p + 8 + 8 * (size_t) n_items;
+        if (offset + length <= heap_size)
+            memcpy(ring + (cnt % ring_heaps) * heap_size + offset, payload_start, length);
+        pos += 8 + 8 * (size_t) n_items + length;
+        n++;
+    }
+    printf("place %.6f %zu\n", seconds_now() - start, n);
+    return ring[0] == 0x42;
+}
+
+static int cmd_map(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        die(path);
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        die("fstat");
+    const size_t size = (size_t) st.st_size;
+    double start = seconds_now();
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED)
+        die("mmap");
+    if (madvise(map, size, MADV_POPULATE_READ) != 0)
+        die("madvise(MADV_POPULATE_READ)");
+    printf("populate %.6f %zu\n", seconds_now() - start, size);
+    munmap(map, size);
+    const size_t block = (size_t) 4 << 20;
+    uint8_t *buf = malloc(block);
+    if (!buf)
+        die("malloc");
+    memset(buf, 0, block);
+    start = seconds_now();
+    if (lseek(fd, 0, SEEK_SET) != 0)
+        die("lseek");
+    size_t total = 0;
+    for (;;)
+    {
+        ssize_t r = read(fd, buf, block);
+        if (r < 0)
+            die("read");
+        if (r == 0)
+            break;
+        total += (size_t) r;
+    }
+    printf("read %.6f %zu\n", seconds_now() - start, total);
+    close(fd);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && strcmp(argv[1], "copy") == 0)
+        return cmd_copy(argv[2], strtoull(argv[3], NULL, 10), strtoull(argv[4], NULL, 10));
+    if (argc == 6 && strcmp(argv[1], "place") == 0)
+        return cmd_place(argv[2], strtoull(argv[3], NULL, 10), strtoull(argv[4], NULL, 10),
+                         strtoull(argv[5], NULL, 10));
+    if (argc == 3 && strcmp(argv[1], "map") == 0)
+        return cmd_map(argv[2]);
+    fprintf(stderr, "usage: floor copy FILE CHUNK_BYTES N_CHUNKS | place FILE CHUNK_BYTES N_CHUNKS HEAP_SIZE"
+                    " | map FILE\n");
+    return 2;
+}
