@@ -54,7 +54,10 @@ def build(tmpdir):
 
 
 def run(exe, *args):
-    out = subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True).stdout
+    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"floor {args[0]} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    out = proc.stdout
     result = {}
     for line in out.splitlines():
         what, seconds, count = line.split()
@@ -66,6 +69,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", default="1k,64k,8k")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the amount of traffic")
     parser.add_argument("--tmpdir", help="where to write the traffic files")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
@@ -78,7 +82,7 @@ def main():
         print(f"{'scenario':<9}{'what':<10}{'Mpkt/s (median)':>16}{'range':>16}{'/ copy (median)':>17}"
               f"{'range':>12}")
         for scen in scenarios:
-            p = bench_chunk.scenario_params(scen)
+            p = bench_chunk.scenario_params(scen, args.scale)
             raw = os.path.join(tmpdir, f"{scen}.spead")
             pcap = os.path.join(tmpdir, f"{scen}.pcap")
             bench_chunk.generate_traffic(p, raw, pcap)
@@ -88,6 +92,8 @@ def main():
             for _ in range(args.rounds):
                 r = run(exe, "copy", raw, chunk_bytes, N_CHUNKS)
                 r.update(run(exe, "place", raw, chunk_bytes, N_CHUNKS, p["heap_size"]))
+                if r["verified"][1] == 0:
+                    raise SystemExit("floor place: no heap checked")
                 r.update(run(exe, "map", pcap))
                 copy_rate = p["n_packets"] / r["copy"][0]
                 for k in rates:
