@@ -56,8 +56,32 @@ static uint64_t be64(const uint8_t *p)
     return __builtin_bswap64(v);
 }
 
-/* The whole file in anonymous memory (like bench_chunk.py's mem source). */
-static uint8_t *load(const char *path, size_t *size)
+/* The packet at p: its HEAP_CNT, PAYLOAD_OFFSET and PAYLOAD_LENGTH items
+ * (0 if absent); returns the packet's size. */
+static inline size_t parse_packet(const uint8_t *p, uint64_t *cnt, uint64_t *offset, uint64_t *length)
+{
+    const uint64_t header = be64(p);
+    const unsigned n_items = (unsigned) (header & 0xffff);
+    const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
+    const uint64_t mask = (UINT64_C(1) << hab) - 1;
+    const uint64_t imm = UINT64_C(1) << (63 - hab);
+    *cnt = *offset = *length = 0;
+    for (unsigned i = 0; i < n_items; i++)
+    {
+        const uint64_t raw = be64(p + 8 + 8 * i);
+        const uint64_t id = raw >> hab;
+        if (id == (imm | 1))
+            *cnt = raw & mask;
+        else if (id == (imm | 3))
+            *offset = raw & mask;
+        else if (id == (imm | 4))
+            *length = raw & mask;
+    }
+    return 8 + 8 * (size_t) n_items + *length;
+}
+
+/* Open path for reading; its size in *size. */
+static int open_file(const char *path, size_t *size)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
@@ -66,6 +90,13 @@ static uint8_t *load(const char *path, size_t *size)
     if (fstat(fd, &st) != 0)
         die("fstat");
     *size = (size_t) st.st_size;
+    return fd;
+}
+
+/* The whole file in anonymous memory (like bench_chunk.py's mem source). */
+static uint8_t *load(const char *path, size_t *size)
+{
+    int fd = open_file(path, size);
     uint8_t *buf = malloc(*size);
     if (!buf)
         die("malloc");
@@ -98,19 +129,10 @@ static void count_packets(const uint8_t *data, size_t size, size_t *payload, siz
     *packets = 0;
     while (pos + 8 <= size)
     {
-        const uint64_t header = be64(data + pos);
-        const unsigned n_items = (unsigned) (header & 0xffff);
-        const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
-        uint64_t length = 0;
-        for (unsigned i = 0; i < n_items; i++)
-        {
-            const uint64_t raw = be64(data + pos + 8 + 8 * i);
-            if ((raw >> hab) == ((UINT64_C(1) << (63 - hab)) | 4))
-                length = raw & ((UINT64_C(1) << hab) - 1);
-        }
+        uint64_t cnt, offset, length;
+        pos += parse_packet(data + pos, &cnt, &offset, &length);
         *payload += length;
         (*packets)++;
-        pos += 8 + 8 * (size_t) n_items + length;
     }
 }
 
@@ -146,28 +168,12 @@ static int cmd_place(const char *path, size_t chunk_bytes, size_t n_chunks, size
     size_t pos = 0, n = 0;
     while (pos + 8 <= size)
     {
+        uint64_t cnt, offset, length;
         const uint8_t *p = data + pos;
-        const uint64_t header = be64(p);
-        const unsigned n_items = (unsigned) (header & 0xffff);
-        const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
-        const uint64_t mask = (UINT64_C(1) << hab) - 1;
-        const uint64_t imm = UINT64_C(1) << (63 - hab);
-        uint64_t cnt = 0, offset = 0, length = 0;
-        for (unsigned i = 0; i < n_items; i++)
-        {
-            const uint64_t raw = be64(p + 8 + 8 * i);
-            const uint64_t id = raw >> hab;
-            if (id == (imm | 1))
-                cnt = raw & mask;
-            else if (id == (imm | 3))
-                offset = raw & mask;
-            else if (id == (imm | 4))
-                length = raw & mask;
-        }
-        const uint8_t *payload_start = p + 8 + 8 * (size_t) n_items;
+        const size_t packet_size = parse_packet(p, &cnt, &offset, &length);
         if (offset + length <= heap_size)
-            memcpy(ring + (cnt % ring_heaps) * heap_size + offset, payload_start, length);
-        pos += 8 + 8 * (size_t) n_items + length;
+            memcpy(ring + (cnt % ring_heaps) * heap_size + offset, p + packet_size - length, length);
+        pos += packet_size;
         n++;
     }
     printf("place %.6f %zu\n", seconds_now() - start, n);
@@ -178,20 +184,9 @@ static int cmd_place(const char *path, size_t chunk_bytes, size_t n_chunks, size
     uint64_t last = 0;
     for (size_t q = 0; q + 8 <= size;)
     {
-        const uint64_t header = be64(data + q);
-        const unsigned n_items = (unsigned) (header & 0xffff);
-        const unsigned hab = (unsigned) ((header >> 32) & 0xff) * 8;
-        uint64_t length = 0;
-        for (unsigned i = 0; i < n_items; i++)
-        {
-            const uint64_t raw = be64(data + q + 8 + 8 * i);
-            const uint64_t id = raw >> hab;
-            if (id == ((UINT64_C(1) << (63 - hab)) | 1))
-                last = raw & ((UINT64_C(1) << hab) - 1);
-            else if (id == ((UINT64_C(1) << (63 - hab)) | 4))
-                length = raw & ((UINT64_C(1) << hab) - 1);
-        }
-        q += 8 + 8 * (size_t) n_items + length;
+        uint64_t cnt, offset, length;
+        q += parse_packet(data + q, &cnt, &offset, &length);
+        last = cnt;
     }
     size_t checked = 0;
     for (uint64_t c = last >= ring_heaps ? last - ring_heaps + 1 : 1; c <= last; c++, checked++)
@@ -211,13 +206,8 @@ static int cmd_place(const char *path, size_t chunk_bytes, size_t n_chunks, size
 
 static int cmd_map(const char *path)
 {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        die(path);
-    struct stat st;
-    if (fstat(fd, &st) != 0)
-        die("fstat");
-    const size_t size = (size_t) st.st_size;
+    size_t size;
+    int fd = open_file(path, &size);
     double start = seconds_now();
     void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED)
