@@ -68,3 +68,11 @@ def test_multi_packet_heaps_prefetch_destination(functions):
                        if "chunk_stream::process_packet" in name
                        or "chunk_stream::prefetch_next_destination" in name)
     assert "prefetchw" in bodies
+
+
+def test_single_packet_heaps_prefetch_destination(functions):
+    """process_single prefetches the predicted next heap's destination for writing."""
+    bodies = "\n".join(body for name, body in functions.items()
+                       if "chunk_stream::process_single" in name
+                       or "chunk_stream::prefetch_next_single" in name)
+    assert "prefetchw" in bodies

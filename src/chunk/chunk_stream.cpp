@@ -377,6 +377,7 @@ void chunk_stream::process_single(const packet_header &ph)
     {
         where = place(ph);
         copy_payload(where, ph);
+        prefetch_next_single(where, std::uint64_t(ph.payload_length));
     }
     const bool stop = stop_flag && stop_on_stop_item;
     if (max_address <= std::uint64_t(ph.heap_length))
@@ -602,6 +603,31 @@ void chunk_stream::prefetch_next_destination(const live_heap &h, std::uint64_t e
         return;
     const std::uint64_t size = std::min(packet_payload, length - first);
     prefetch_range_write(where.target->data + where.heap_offset + first, std::size_t(size));
+}
+
+void chunk_stream::prefetch_next_single(const heap_placement &where, std::uint64_t length)
+{
+    // Single-packet heaps usually land at a steady stride in their chunk (the
+    // next heap index, or every N-th for a member of a group of N): predict
+    // the next one's destination from the last two and fetch it for writing,
+    // so that its copy does not wait for the lines (chunks larger than the
+    // cache).  A wrong guess costs a few prefetches.  Not with
+    // MEMCPY_NONTEMPORAL (dest_prefetch_max_payload is 0 then).
+    chunk *c = where.target;
+    if (!c || length >= dest_prefetch_max_payload)
+    {
+        last_single_target = nullptr;
+        return;
+    }
+    const std::size_t offset = where.heap_offset;
+    if (c == last_single_target && offset > last_single_offset)
+    {
+        const std::size_t next = offset + (offset - last_single_offset);
+        if (next <= c->data_size && length <= c->data_size - next)
+            prefetch_range_write(c->data + next, std::size_t(length));
+    }
+    last_single_target = c;
+    last_single_offset = offset;
 }
 
 void chunk_stream::mark_complete(const heap_placement &where)

@@ -141,6 +141,10 @@ private:
     int item_keys_hab = -1;
     std::vector<std::uint8_t> extra_scratch;
     chunk_place_data place_data;
+    // The last single-packet heap placed (prefetch_next_single); the chunk is
+    // only compared, never dereferenced.
+    const chunk *last_single_target = nullptr;
+    std::size_t last_single_offset = 0;
 
     std::atomic<bool> stopped{false};
 
@@ -163,6 +167,7 @@ private:
                                                             const protocol::packet_header &ph);
     void mark_complete(const heap_placement &where);
     void prefetch_next_destination(const live_heap &h, std::uint64_t end, std::uint64_t packet_payload);
+    void prefetch_next_single(const heap_placement &where, std::uint64_t length);
     bool behind_window(std::int64_t chunk_id) const
     {
         return std::uint64_t(chunk_id) < window.get_head();
