@@ -67,14 +67,16 @@ def pcap_frames(path, strict=False):
     return frames
 
 
-#: Source of a function for the worker scripts that run a sender or a
-#: receiver as an unprivileged user would: RLIMIT_MEMLOCK set to ``limit``
-#: and CAP_IPC_LOCK dropped (if the process has capabilities to drop).
+#: Source of two functions for worker scripts: ``drop_caps(caps)`` removes the
+#: given capabilities (numbers) from the effective and permitted sets and
+#: returns False if the process's capabilities cannot be read;
+#: ``run_unprivileged(limit)`` runs the rest of the script as an unprivileged
+#: user would: RLIMIT_MEMLOCK set to ``limit`` and CAP_IPC_LOCK dropped (if
+#: the process has capabilities to drop).
 UNPRIVILEGED_MEMLOCK = textwrap.dedent(
     """
-    def run_unprivileged(limit):
-        import ctypes, resource
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
+    def drop_caps(caps):
+        import ctypes
         class CapHeader(ctypes.Structure):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
         class CapData(ctypes.Structure):
@@ -82,10 +84,18 @@ UNPRIVILEGED_MEMLOCK = textwrap.dedent(
                         ("inheritable", ctypes.c_uint32)]
         libc = ctypes.CDLL(None, use_errno=True)
         header, data = CapHeader(0x20080522, 0), (CapData * 2)()
-        if libc.capget(ctypes.byref(header), data) == 0:
-            CAP_IPC_LOCK = 14
-            data[0].effective &= ~(1 << CAP_IPC_LOCK)
-            data[0].permitted &= ~(1 << CAP_IPC_LOCK)
-            assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        if libc.capget(ctypes.byref(header), data) != 0:
+            return False
+        for cap in caps:
+            data[cap // 32].effective &= ~(1 << (cap % 32))
+            data[cap // 32].permitted &= ~(1 << (cap % 32))
+        assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        return True
+
+    def run_unprivileged(limit):
+        import resource
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (limit, limit))
+        CAP_IPC_LOCK = 14
+        drop_caps([CAP_IPC_LOCK])
     """
 )

@@ -22,6 +22,8 @@ import spead2.recv
 from spead2._spead2 import recv as _recv
 from spead2.tools import ibv_emulator
 
+from emu_util import UNPRIVILEGED_MEMLOCK
+
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -45,25 +47,14 @@ def check_env(emulator, **options):  # noqa: F811
 
 #: Runs the check after optionally dropping capabilities and lowering the
 #: memlock limit, as an unprivileged user would be.
-CHECK = textwrap.dedent(
+CHECK = UNPRIVILEGED_MEMLOCK + textwrap.dedent(
     """
-    import ctypes, json, resource, sys
+    import json, resource, sys
     opts = json.loads(sys.argv[1])
     if opts.get("memlock") is not None:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (opts["memlock"], opts["memlock"]))
     if opts.get("drop_caps"):
-        class Header(ctypes.Structure):
-            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-        class Data(ctypes.Structure):
-            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                        ("inheritable", ctypes.c_uint32)]
-        libc = ctypes.CDLL(None, use_errno=True)
-        header, data = Header(0x20080522, 0), (Data * 2)()
-        assert libc.capget(ctypes.byref(header), data) == 0
-        for cap in opts["drop_caps"]:
-            data[cap // 32].effective &= ~(1 << (cap % 32))
-            data[cap // 32].permitted &= ~(1 << (cap % 32))
-        assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+        assert drop_caps(opts["drop_caps"])
     from spead2.tools import ibv_check, recv
     main = recv.main if opts.get("via_recv") else ibv_check.main
     sys.exit(main(opts["argv"]))
