@@ -63,25 +63,28 @@ constexpr std::size_t PACKET_GROUP = 64;
 // prefetches whole packets about PREFETCH_DISTANCE bytes ahead of the one
 // being handled, so the cache misses overlap with the work on this packet
 // (bench/bench_chunk.py: 1 KiB heaps 1.05-1.1x the packet rate of no
-// prefetch, 8 KiB and 64 KiB heaps the same).  The buffer reader does not:
-// there it measured slower (doc/benchmarking.rst).
+// prefetch).  Not packets of PREFETCH_MAX_PACKET bytes or more: their
+// payloads are copied with glibc's memcpy (common/memcpy.cpp), which streams
+// its source well by itself, and 8 KiB heaps replayed 1.15-1.25x faster
+// without the prefetch (doc/benchmarking.rst).  The buffer reader does not
+// prefetch at all: there it measured slower.
 constexpr std::size_t PREFETCH_DISTANCE = 2048;
 constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
-constexpr std::size_t PREFETCH_MAX_BYTES = 16384;    ///< per packet
+constexpr std::size_t PREFETCH_MAX_PACKET = 4096;    ///< bytes
 
 /// Prefetch a whole packet about PREFETCH_DISTANCE bytes beyond @a next (the
 /// start of the packet after the current one), assuming packets of
 /// @a packet_size bytes follow each other; never touches @a end or beyond.
+/// Nothing for packets of PREFETCH_MAX_PACKET bytes or more.
 inline void prefetch_ahead(const std::uint8_t *next, std::size_t packet_size, const std::uint8_t *end)
 {
-    if (packet_size == 0 || next >= end)
+    if (packet_size == 0 || packet_size >= PREFETCH_MAX_PACKET || next >= end)
         return;
     std::size_t ahead = (PREFETCH_DISTANCE + packet_size - 1) / packet_size;
     ahead = ahead < 1 ? 1 : (ahead > PREFETCH_MAX_AHEAD ? PREFETCH_MAX_AHEAD : ahead);
     if (std::size_t(end - next) / packet_size <= ahead)
         return;   // fewer than ahead + 1 whole packets left: the target would pass the end
-    const std::size_t span = packet_size < PREFETCH_MAX_BYTES ? packet_size : PREFETCH_MAX_BYTES;
-    prefetch_range(next + ahead * packet_size, span);
+    prefetch_range(next + ahead * packet_size, packet_size);
 }
 
 /// Base class of readers.  A reader is owned (through shared_ptr, so that

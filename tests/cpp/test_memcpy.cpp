@@ -26,9 +26,16 @@ int main()
     // Line-align the destination buffer's usable part.
     std::uint8_t *base = dst.data() + GUARD;
     base += (64 - (std::uintptr_t(base) & 63)) & 63;
+    // Every size up to 140, then a spread, plus both sides of the switches
+    // between copy routines (256 and 4096 bytes).
+    std::vector<std::size_t> sizes;
+    for (std::size_t n = 0; n <= 8200; n += (n < 140 ? 1 : n < 520 ? 37 : 1127))
+        sizes.push_back(n);
+    for (std::size_t n : {255, 256, 257, 4095, 4096, 4097, 8192})
+        sizes.push_back(n);
     for (auto copy : functions)
         for (std::size_t align = 0; align < 64; align++)
-            for (std::size_t n = 0; n <= 8200; n += (n < 140 ? 1 : n < 520 ? 37 : 1127))
+            for (std::size_t n : sizes)
                 for (std::size_t src_off : {std::size_t(0), std::size_t(5)})
                 {
                     std::memset(dst.data(), 0xAA, dst.size());
