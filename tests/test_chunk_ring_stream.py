@@ -35,6 +35,7 @@ from spead_builder import (  # noqa: E402
     heap_payload,
     make_packet,
     malformed_packet,
+    pointers,
     position_heap,
     stop_heap,
 )
@@ -564,6 +565,36 @@ class TestPlaceInputs:
         assert [c.chunk_id for c in chunks] == [0, 1, 2]
         assert np.flatnonzero(chunks[2].present).tolist() == [3]
         assert chunks[2].heap(0) == payload
+
+    @pytest.mark.parametrize("with_special_item", [False, True])
+    @pytest.mark.parametrize("layout", ["before", "among", "after"])
+    def test_item_position_among_specials(self, place_direct_llc, layout, with_special_item):
+        """Wanted items are found wherever they sit relative to the four special
+        pointers (the stream skips the leading run of specials when no wanted
+        item is a special ID), in single- and multi-packet heaps."""
+        items = DIRECT_ITEMS + ([spead2.HEAP_CNT_ID] if with_special_item else [])
+        h = Harness(place_direct_llc, items=items)
+        wanted = [(0x2000, 2, True), (0x2001, 7, True), (0x2002, 3 * 1024, True)]
+        for cnt, split in [(5, HEAP_PAYLOAD_SIZE), (6, HEAP_PAYLOAD_SIZE // 2)]:
+            payload = heap_payload(cnt)
+            for offset in range(0, HEAP_PAYLOAD_SIZE, split):
+                part = payload[offset:offset + split]
+                specials = [(spead2.HEAP_CNT_ID, cnt, True), (spead2.HEAP_LENGTH_ID, HEAP_PAYLOAD_SIZE, True),
+                            (spead2.PAYLOAD_OFFSET_ID, offset, True), (spead2.PAYLOAD_LENGTH_ID, len(part), True)]
+                if layout == "before":
+                    order = wanted + specials
+                elif layout == "among":
+                    order = specials[:1] + wanted[:2] + specials[1:3] + wanted[2:] + specials[3:]
+                else:
+                    order = specials + wanted
+                h.send([make_packet(cnt, None, offset, part, omit=(1, 2, 3, 4), extra_pointers=pointers(order))])
+        h.queue.stop()
+        chunks = h.collect()
+        assert [c.chunk_id for c in chunks] == [0, 1, 2]
+        assert np.flatnonzero(chunks[2].present).tolist() == [7]
+        # Both heaps went to the same place; the second (cnt 6) is what is there now.
+        assert chunks[2].heap(3) == heap_payload(6)
+        assert h.stats()["rejected_heaps"] == 0
 
     def test_address_items_are_not_values(self, place_direct_llc):
         """Only immediate pointers provide item values."""

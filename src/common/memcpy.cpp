@@ -57,7 +57,8 @@ __attribute__((target("avx2")))
 void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
     const line_split sp = split_lines(d, n);
-    std::memcpy(d, s, sp.head);
+    if (sp.head)
+        std::memcpy(d, s, sp.head);
     std::size_t done = sp.head;
     const std::size_t body_end = sp.head + sp.body;
     for (; done + 128 <= body_end; done += 128)
@@ -78,7 +79,8 @@ void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
         store_vec<Streaming>(d + done, a);
         store_vec<Streaming>(d + done + 32, b);
     }
-    std::memcpy(d + done, s + done, n - done);
+    if (done < n)
+        std::memcpy(d + done, s + done, n - done);
 }
 
 // The regular (cached) copy of payloads from CACHED_COPY_MIN up to
