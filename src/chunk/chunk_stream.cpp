@@ -75,9 +75,6 @@ chunk_stream::chunk_stream(std::shared_ptr<thread_pool> pool,
 
     item_values.assign(chunk_config.get_items().size(), -1);
     item_keys.assign(chunk_config.get_items().size(), 0);
-    for (std::uint64_t id : chunk_config.get_items())
-        if (id >= protocol::HEAP_CNT_ID && id <= protocol::PAYLOAD_LENGTH_ID)
-            items_in_leading_specials = true;
     extra_scratch.assign(chunk_config.get_max_heap_extra(), 0);
 }
 
@@ -488,11 +485,8 @@ heap_placement chunk_stream::place(const packet_header &ph)
         const std::uint64_t *keys = item_keys.data();
         std::int64_t *values = item_values.data();
         std::fill_n(values, n_wanted, -1);
-        // The leading run of special pointers (decode_packet) cannot hold a
-        // wanted item unless one is a special ID: then search every pointer.
-        const std::uint8_t *ptrs = items_in_leading_specials ? ph.packet + protocol::HEADER_SIZE : ph.pointers;
-        const int n_ptrs = items_in_leading_specials ? ph.all_items : ph.n_items;
-        for (int i = 0; i < n_ptrs; i++)
+        const std::uint8_t *ptrs = ph.packet + protocol::HEADER_SIZE;
+        for (int i = 0; i < ph.all_items; i++)
         {
             const std::uint64_t raw = protocol::load_be64(ptrs + i * protocol::ITEM_POINTER_SIZE);
             const std::uint64_t key = raw & ~value_mask;

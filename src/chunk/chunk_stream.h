@@ -139,10 +139,6 @@ private:
     std::vector<std::int64_t> item_values;
     std::vector<std::uint64_t> item_keys;   ///< wanted items as pointer top bits, for item_keys_hab
     int item_keys_hab = -1;
-    /// Some wanted item is one of the IDs the decoder takes as special
-    /// (HEAP_CNT, HEAP_LENGTH, PAYLOAD_OFFSET, PAYLOAD_LENGTH): the leading
-    /// run of special pointers has to be searched as well.
-    bool items_in_leading_specials = false;
     std::vector<std::uint8_t> extra_scratch;
     chunk_place_data place_data;
     // The last single-packet heap placed (prefetch_next_single); the chunk is

@@ -57,8 +57,7 @@ __attribute__((target("avx2")))
 void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 {
     const line_split sp = split_lines(d, n);
-    if (sp.head)
-        std::memcpy(d, s, sp.head);
+    std::memcpy(d, s, sp.head);
     std::size_t done = sp.head;
     const std::size_t body_end = sp.head + sp.body;
     for (; done + 128 <= body_end; done += 128)
@@ -79,8 +78,7 @@ void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
         store_vec<Streaming>(d + done, a);
         store_vec<Streaming>(d + done + 32, b);
     }
-    if (done < n)
-        std::memcpy(d + done, s + done, n - done);
+    std::memcpy(d + done, s + done, n - done);
 }
 
 // The regular (cached) copy of payloads from CACHED_COPY_MIN up to

@@ -39,39 +39,28 @@ inline void prefetch_line_write(const void *p)
 #endif
 }
 
-/// Call @a line for the address of every cache line of [p, p + size), four
-/// lines per loop iteration (a 1 KiB payload spans 16 or 17 lines, and the
-/// loop overhead of one line per iteration was 60 % of the prefetch's
-/// instructions).
-template<typename Line>
-inline void for_each_line(const void *p, std::size_t size, Line &&line)
-{
-    if (size == 0)
-        return;
-    const auto *c = static_cast<const std::uint8_t *>(p);
-    auto a = std::uintptr_t(c) & ~std::uintptr_t(CACHE_LINE_SIZE - 1);
-    std::size_t lines = (std::uintptr_t(c + size - 1) - a) / CACHE_LINE_SIZE + 1;
-    for (; lines >= 4; lines -= 4, a += 4 * CACHE_LINE_SIZE)
-    {
-        line(a);
-        line(a + CACHE_LINE_SIZE);
-        line(a + 2 * CACHE_LINE_SIZE);
-        line(a + 3 * CACHE_LINE_SIZE);
-    }
-    for (; lines > 0; lines--, a += CACHE_LINE_SIZE)
-        line(a);
-}
-
 /// Prefetch every cache line of [p, p + size).
 inline void prefetch_range(const void *p, std::size_t size)
 {
-    for_each_line(p, size, [](std::uintptr_t a) { prefetch_line(reinterpret_cast<const void *>(a)); });
+    const auto *c = static_cast<const std::uint8_t *>(p);
+    const auto first = std::uintptr_t(c) & ~std::uintptr_t(CACHE_LINE_SIZE - 1);
+    const auto last = std::uintptr_t(c + size - 1);
+    if (size == 0)
+        return;
+    for (std::uintptr_t a = first; a <= last; a += CACHE_LINE_SIZE)
+        prefetch_line(reinterpret_cast<const void *>(a));
 }
 
 /// Prefetch every cache line of [p, p + size) with intent to write.
 inline void prefetch_range_write(const void *p, std::size_t size)
 {
-    for_each_line(p, size, [](std::uintptr_t a) { prefetch_line_write(reinterpret_cast<const void *>(a)); });
+    const auto *c = static_cast<const std::uint8_t *>(p);
+    const auto first = std::uintptr_t(c) & ~std::uintptr_t(CACHE_LINE_SIZE - 1);
+    const auto last = std::uintptr_t(c + size - 1);
+    if (size == 0)
+        return;
+    for (std::uintptr_t a = first; a <= last; a += CACHE_LINE_SIZE)
+        prefetch_line_write(reinterpret_cast<const void *>(a));
 }
 
 } // namespace spead2

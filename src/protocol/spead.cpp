@@ -39,16 +39,9 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
     if (std::size_t(n_items) * ITEM_POINTER_SIZE + HEADER_SIZE > max_size)
         return decode_status::items_overflow;
 
-    // The top bits of a pointer, above the value, are the mode bit
-    // (1: immediate) and the ID; XORed with the mode bit they are the ID of
-    // an immediate pointer, and at least imm_flag (>= 2^7) otherwise.
+    // Item ID of an immediate pointer: the top bit (mode) is 1, then the ID.
     const std::uint64_t value_mask = (std::uint64_t(1) << heap_address_bits) - 1;
     const int id_shift = heap_address_bits;
-    const std::uint64_t imm_flag = std::uint64_t(1) << (63 - id_shift);
-    // Immediate HEAP_CNT, HEAP_LENGTH, PAYLOAD_OFFSET and PAYLOAD_LENGTH (the
-    // last one of each wins); -1 where absent.  Not an array indexed by ID:
-    // GCC read that back with vector loads, which waited on the scalar
-    // stores (a failed store forward, 30 % of this function's time).
     std::int64_t heap_cnt = -1, heap_length = -1, payload_offset = -1, payload_length = -1;
     int first_regular = -1;
     // Also gathered in this one pass, so that the stream need not walk the
@@ -60,21 +53,29 @@ decode_status decode_packet(packet_header &out, const std::uint8_t *data, std::s
     for (int i = 0; i < n_items; i++)
     {
         const std::uint64_t raw = load_be64(ptrs + i * ITEM_POINTER_SIZE);
-        const std::uint64_t id = (raw >> id_shift) ^ imm_flag;
+        // Immediate with ID 1..4: the mode bit plus ID occupy the bits above id_shift.
+        const std::uint64_t mode_id = raw >> id_shift;
+        const std::uint64_t imm_flag = std::uint64_t(1) << (63 - id_shift);
         const std::int64_t value = std::int64_t(raw & value_mask);
-        heap_cnt = id == HEAP_CNT_ID ? value : heap_cnt;
-        heap_length = id == HEAP_LENGTH_ID ? value : heap_length;
-        payload_offset = id == PAYLOAD_OFFSET_ID ? value : payload_offset;
-        payload_length = id == PAYLOAD_LENGTH_ID ? value : payload_length;
-        if (id - HEAP_CNT_ID > PAYLOAD_LENGTH_ID - HEAP_CNT_ID)
+        bool special = true;
+        if (mode_id == (imm_flag | HEAP_CNT_ID))
+            heap_cnt = value;
+        else if (mode_id == (imm_flag | HEAP_LENGTH_ID))
+            heap_length = value;
+        else if (mode_id == (imm_flag | PAYLOAD_OFFSET_ID))
+            payload_offset = value;
+        else if (mode_id == (imm_flag | PAYLOAD_LENGTH_ID))
+            payload_length = value;
+        else
         {
-            if (first_regular < 0)
-                first_regular = i;
+            special = false;
             if (!(raw >> 63))
                 max_address = std::max(max_address, std::uint64_t(value));
-            else if (id == STREAM_CTRL_ID && std::uint64_t(value) == CTRL_STREAM_STOP)
+            else if (mode_id == (imm_flag | STREAM_CTRL_ID) && std::uint64_t(value) == CTRL_STREAM_STOP)
                 stop = true;
         }
+        if (!special && first_regular < 0)
+            first_regular = i;
     }
     if (heap_cnt < 0 || payload_offset < 0 || payload_length < 0)
         return decode_status::missing_specials;
