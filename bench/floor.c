@@ -36,19 +36,6 @@
 #define MADV_POPULATE_READ 22
 #endif
 
-static double seconds_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double) t.tv_sec + 1e-9 * (double) t.tv_nsec;
-}
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
 static uint64_t be64(const uint8_t *p)
 {
     uint64_t v;
@@ -78,6 +65,49 @@ static inline size_t parse_packet(const uint8_t *p, uint64_t *cnt, uint64_t *off
             *length = raw & mask;
     }
     return 8 + 8 * (size_t) n_items + *length;
+}
+
+/* The bare receiver's loop: each packet's payload to its heap's place in a
+ * ring of n_chunks chunks of chunk_bytes (heap c in slot c % ring heaps).
+ * Returns the number of packets.  Exported for bench_bare.py, which runs it
+ * beside spead2's receiver in one process (built with -DFLOOR_LIBRARY). */
+size_t floor_place(const uint8_t *data, size_t size, uint8_t *const *chunks, size_t n_chunks,
+                   size_t chunk_bytes, size_t heap_size)
+{
+    const size_t heaps_per_chunk = chunk_bytes / heap_size;
+    const size_t ring_heaps = heaps_per_chunk * n_chunks;
+    size_t pos = 0, n = 0;
+    while (pos + 8 <= size)
+    {
+        uint64_t cnt, offset, length;
+        const uint8_t *p = data + pos;
+        const size_t packet_size = parse_packet(p, &cnt, &offset, &length);
+        if (offset + length <= heap_size)
+        {
+            const size_t slot = cnt % ring_heaps;
+            const size_t chunk = slot / heaps_per_chunk;
+            memcpy(chunks[chunk] + (slot - chunk * heaps_per_chunk) * heap_size + offset,
+                   p + packet_size - length, length);
+        }
+        pos += packet_size;
+        n++;
+    }
+    return n;
+}
+
+#ifndef FLOOR_LIBRARY
+
+static double seconds_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double) t.tv_sec + 1e-9 * (double) t.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    perror(what);
+    exit(1);
 }
 
 /* Open path for reading; its size in *size. */
@@ -163,19 +193,14 @@ static int cmd_place(const char *path, size_t chunk_bytes, size_t n_chunks, size
     uint8_t *data = load(path, &size);
     count_packets(data, size, &payload, &packets);
     uint8_t *ring = make_ring(chunk_bytes, n_chunks);
-    const size_t ring_heaps = chunk_bytes * n_chunks / heap_size;
+    const size_t ring_heaps = chunk_bytes / heap_size * n_chunks;
+    uint8_t **chunks = malloc(n_chunks * sizeof(*chunks));
+    if (!chunks)
+        die("malloc");
+    for (size_t i = 0; i < n_chunks; i++)
+        chunks[i] = ring + i * chunk_bytes;
     const double start = seconds_now();
-    size_t pos = 0, n = 0;
-    while (pos + 8 <= size)
-    {
-        uint64_t cnt, offset, length;
-        const uint8_t *p = data + pos;
-        const size_t packet_size = parse_packet(p, &cnt, &offset, &length);
-        if (offset + length <= heap_size)
-            memcpy(ring + (cnt % ring_heaps) * heap_size + offset, p + packet_size - length, length);
-        pos += packet_size;
-        n++;
-    }
+    const size_t n = floor_place(data, size, chunks, n_chunks, chunk_bytes, heap_size);
     printf("place %.6f %zu\n", seconds_now() - start, n);
     /* Untimed check that the bare receiver really placed the heaps: the
      * traffic of bench_chunk.py numbers heaps from 1 and fills every payload
@@ -252,3 +277,5 @@ int main(int argc, char **argv)
                     " | map FILE\n");
     return 2;
 }
+
+#endif /* FLOOR_LIBRARY */

@@ -57,3 +57,58 @@ def test_floor_place_detects_misplacement(tmp_path):
     bad = subprocess.run([exe, "place", str(raw), str(chunk_bytes), "8", str(p["heap_size"])],
                          capture_output=True, text=True)
     assert bad.returncode == 3 and "expected" in bad.stderr
+
+
+BARE = BENCH.parent / "bench_bare.py"
+
+
+def test_bare_report(tmp_path):
+    """bench_bare.py runs the receiver and floor.c's loop side by side and
+    reports their ratio for each scenario (no speed asserted).  Each side
+    checks its own result: the receiver every heap complete, the loop every
+    packet placed."""
+    pytest.importorskip("numba")
+    pytest.importorskip("scipy")
+    proc = subprocess.run([sys.executable, str(BARE), "--rounds", "1", "--reps", "1", "--scale", "0.01",
+                           "--tmpdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines()[1:]]
+    assert [(r[0], r[1]) for r in rows] == [("1k", "this"), ("64k", "this"), ("8k", "this")]
+    for r in rows:
+        recv, bare, ratio = float(r[2]), float(r[3]), float(r[4])
+        assert recv > 0 and bare > 0
+        assert abs(ratio - recv / bare) < 0.01 + 0.01 * ratio   # one pair: the median ratio is its ratio
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_floor_library_places_like_the_program(tmp_path):
+    """floor_place, as bench_bare.py loads it, writes each heap to slot
+    cnt % (ring heaps) of the chunks it is given, like the floor program."""
+    import ctypes
+
+    import numpy as np
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_bare
+        import bench_chunk
+    finally:
+        sys.path.pop(0)
+    lib = ctypes.CDLL(bench_bare.build_library(str(tmp_path)))
+    lib.floor_place.restype = ctypes.c_size_t
+    p = bench_chunk.scenario_params("64k", 0.01)
+    raw = tmp_path / "64k.spead"
+    bench_chunk.generate_traffic(p, str(raw), None)
+    data = raw.read_bytes()
+    hpc, heap_size = p["heaps_per_chunk"], p["heap_size"]
+    chunks = [np.zeros(hpc * heap_size, np.uint8) for _ in range(3)]
+    ptrs = (ctypes.c_void_p * 3)(*[c.ctypes.data for c in chunks])
+    n = lib.floor_place(data, ctypes.c_size_t(len(data)), ptrs, ctypes.c_size_t(3),
+                        ctypes.c_size_t(hpc * heap_size), ctypes.c_size_t(heap_size))
+    assert n == p["n_packets"]
+    ring = 3 * hpc
+    last = p["n_heaps"]   # heaps are numbered 1..n_heaps
+    for cnt in range(max(1, last - ring + 1), last + 1):
+        slot = cnt % ring
+        heap = chunks[slot // hpc][(slot % hpc) * heap_size:(slot % hpc + 1) * heap_size]
+        assert np.all(heap == bench_chunk.expected_byte(cnt)), cnt
