@@ -93,7 +93,7 @@ void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 // rep_movsb_threshold (2112 bytes on the AMD EPYC this was measured on) it
 // copies with `rep movsb`, which the AVX2 loop does not match there.  8 KiB
 // single-packet heaps from memory, each run beside a bare placement loop in
-// the same process to cancel the VM's drift: the receiver reached 0.82-0.86
+// the same process to cancel the VM's drift: the receiver reached 0.81-0.86
 // of the bare AVX2 loop's rate with glibc against 0.76-0.78 with the AVX2
 // loop (doc/benchmarking.rst).
 

@@ -65,7 +65,7 @@ constexpr std::size_t PACKET_GROUP = 64;
 // (bench/bench_chunk.py: 1 KiB heaps 1.05-1.1x the packet rate of no
 // prefetch).  Not packets of PREFETCH_MAX_PACKET bytes or more: their
 // payloads are copied with glibc's memcpy (common/memcpy.cpp), which streams
-// its source well by itself, and 8 KiB heaps replayed 1.15-1.25x faster
+// its source well by itself, and 8 KiB heaps replayed 1.19-1.30x faster
 // without the prefetch (doc/benchmarking.rst).  The buffer reader does not
 // prefetch at all: there it measured slower.
 constexpr std::size_t PREFETCH_DISTANCE = 2048;
