@@ -35,20 +35,9 @@ import tempfile
 import time
 
 import bench_chunk
+from bench_floor import N_CHUNKS, build
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-N_CHUNKS = 8   # bench_chunk.py's default ring: max_chunks 4 + 4 extra
-MAX_CHUNKS = 4
-
-
-def build_library(tmpdir):
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise SystemExit("bench_bare.py needs a C compiler (cc)")
-    lib = os.path.join(tmpdir, "floor.so")
-    subprocess.run([cc, "-O2", "-march=native", "-shared", "-fPIC", "-DFLOOR_LIBRARY", "-o", lib,
-                    os.path.join(HERE, "floor.c")], check=True)
-    return lib
+MAX_CHUNKS = 4   # bench_chunk.py's default; the ring holds N_CHUNKS = 4 more
 
 
 def worker_main(args):
@@ -134,7 +123,7 @@ def main():
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
     try:
-        lib = build_library(tmpdir)
+        lib = build(tmpdir, library=True)
         print(f"{'scenario':<9}{'build':<10}{'recv Mpkt/s':>12}{'bare Mpkt/s':>12}"
               f"{'recv / bare (median)':>22}{'range':>12}")
         for scen in scenarios:

@@ -44,13 +44,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 N_CHUNKS = 8
 
 
-def build(tmpdir):
+def build(tmpdir, library=False):
+    """Compile floor.c into tmpdir: the program, or (library) the shared
+    library with just floor_place, for bench_bare.py; returns its path."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        raise SystemExit("bench_floor.py needs a C compiler (cc)")
-    exe = os.path.join(tmpdir, "floor")
-    subprocess.run([cc, "-O2", "-march=native", "-o", exe, os.path.join(HERE, "floor.c")], check=True)
-    return exe
+        raise SystemExit("needs a C compiler (cc) to build bench/floor.c")
+    out = os.path.join(tmpdir, "floor.so" if library else "floor")
+    flags = ["-shared", "-fPIC", "-DFLOOR_LIBRARY"] if library else []
+    subprocess.run([cc, "-O2", "-march=native", *flags, "-o", out, os.path.join(HERE, "floor.c")], check=True)
+    return out
 
 
 def run(exe, *args):

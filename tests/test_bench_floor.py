@@ -90,11 +90,11 @@ def test_floor_library_places_like_the_program(tmp_path):
     import numpy as np
     sys.path.insert(0, str(BENCH.parent))
     try:
-        import bench_bare
         import bench_chunk
+        import bench_floor
     finally:
         sys.path.pop(0)
-    lib = ctypes.CDLL(bench_bare.build_library(str(tmp_path)))
+    lib = ctypes.CDLL(bench_floor.build(str(tmp_path), library=True))
     lib.floor_place.restype = ctypes.c_size_t
     p = bench_chunk.scenario_params("64k", 0.01)
     raw = tmp_path / "64k.spead"
