@@ -8,19 +8,23 @@ way right next to the receiver: in one worker process, alternately,
 
 recv
     a ``ChunkRingStream`` with bench_chunk.py's numba place callback,
-    reading the traffic from memory (``add_buffer_reader``);
+    reading the traffic from memory (``add_buffer_reader``) or, with
+    ``--sources pcap``, replaying bench_chunk.py's pcap file
+    (``add_udp_pcap_file_reader``);
 bare
     bench/floor.c's bare receiver (``floor_place``: read the item pointers,
-    copy the payload to its heap's place, nothing else), loaded with ctypes
-    and run on the same bytes into the same chunk arrays.
+    copy the payload to its heap's place, nothing else; for pcap
+    ``floor_place_pcap``, which maps the file and walks its records with
+    nothing done ahead), loaded with ctypes and run on the same traffic into
+    the same chunk arrays.
 
 It reports ``recv / bare`` for each pair of runs.  With several ``--python``
 (interpreters or wrappers whose ``spead2`` is a different build) the ratios
 compare the builds with the drift cancelled.  Needs numba and scipy (for the
 place callback) and a C compiler.
 
-    python3 bench/bench_bare.py [--scenarios 1k,64k,8k] [--rounds 3] \\
-        [--python A=/path/to/python --python B=...]
+    python3 bench/bench_bare.py [--scenarios 1k,64k,8k] [--sources mem,pcap] \\
+        [--rounds 3] [--python A=/path/to/python --python B=...]
 """
 
 import argparse
@@ -48,8 +52,10 @@ def worker_main(args):
 
     p = bench_chunk.scenario_params(args.scenario, args.scale)
     place = bench_chunk.make_place(p)
-    with open(args.file, "rb") as f:
-        source = f.read()
+    pcap = args.source == "pcap"
+    if not pcap:
+        with open(args.file, "rb") as f:
+            source = f.read()
     hpc = p["heaps_per_chunk"]
     chunk_bytes = hpc * p["heap_size"]
     data = [np.full(chunk_bytes, 255, np.uint8) for _ in range(N_CHUNKS)]
@@ -58,6 +64,9 @@ def worker_main(args):
     lib.floor_place.restype = ctypes.c_size_t
     lib.floor_place.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
                                 ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
+    lib.floor_place_pcap.restype = ctypes.c_size_t
+    lib.floor_place_pcap.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p),
+                                     ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
     chunk_ptrs = (ctypes.c_void_p * N_CHUNKS)(*[a.ctypes.data for a in data])
 
     def recv():
@@ -71,7 +80,10 @@ def worker_main(args):
             stream.add_free_chunk(spead2.recv.Chunk(present=present[i], data=data[i]))
         complete = 0
         start = time.perf_counter()
-        stream.add_buffer_reader(source)
+        if pcap:
+            stream.add_udp_pcap_file_reader(args.file)
+        else:
+            stream.add_buffer_reader(source)
         for chunk in data_ring:
             complete += int(np.count_nonzero(chunk.present))
             stream.add_free_chunk(chunk)
@@ -83,7 +95,10 @@ def worker_main(args):
 
     def bare():
         start = time.perf_counter()   # ctypes releases the GIL for the call
-        n = lib.floor_place(source, len(source), chunk_ptrs, N_CHUNKS, chunk_bytes, p["heap_size"])
+        if pcap:
+            n = lib.floor_place_pcap(args.file.encode(), chunk_ptrs, N_CHUNKS, chunk_bytes, p["heap_size"])
+        else:
+            n = lib.floor_place(source, len(source), chunk_ptrs, N_CHUNKS, chunk_bytes, p["heap_size"])
         elapsed = time.perf_counter() - start
         if n != p["n_packets"]:
             raise SystemExit(f"bare loop: {n} packets, expected {p['n_packets']}")
@@ -101,6 +116,7 @@ def worker_main(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenarios", default="1k,64k,8k")
+    parser.add_argument("--sources", default="mem", help="mem, pcap or both (comma-separated) [%(default)s]")
     parser.add_argument("--rounds", type=int, default=3, help="worker processes per build and scenario")
     parser.add_argument("--reps", type=int, default=4, help="recv/bare pairs per worker")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the amount of traffic")
@@ -109,6 +125,7 @@ def main():
     parser.add_argument("--tmpdir", help="where to write the traffic files")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scenario", help=argparse.SUPPRESS)
+    parser.add_argument("--source", default="mem", help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--lib", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -119,32 +136,39 @@ def main():
     for s in scenarios:
         if s not in bench_chunk.SCENARIOS:
             parser.error(f"unknown scenario {s!r}")
+    sources = args.sources.split(",")
+    for s in sources:
+        if s not in ("mem", "pcap"):
+            parser.error(f"unknown source {s!r}")
     tmpdir = tempfile.mkdtemp(prefix="spead2-bare-", dir=args.tmpdir)
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)
     try:
         lib = build(tmpdir, library=True)
-        print(f"{'scenario':<9}{'build':<10}{'recv Mpkt/s':>12}{'bare Mpkt/s':>12}"
+        print(f"{'scenario':<9}{'source':<7}{'build':<10}{'recv Mpkt/s':>12}{'bare Mpkt/s':>12}"
               f"{'recv / bare (median)':>22}{'range':>12}")
         for scen in scenarios:
             p = bench_chunk.scenario_params(scen, args.scale)
-            raw = os.path.join(tmpdir, f"{scen}.spead")
-            bench_chunk.generate_traffic(p, raw, None)
-            pairs = {label: [] for label, _ in pythons}
-            for _ in range(args.rounds):
-                for label, python in pythons:
-                    cmd = [python, os.path.abspath(__file__), "--worker", "--scenario", scen,
-                           "--scale", str(args.scale), "--file", raw, "--lib", lib, "--reps", str(args.reps)]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmpdir)
-                    if proc.returncode != 0:
-                        raise SystemExit(f"worker {label} failed: {proc.stderr.strip()[-2000:]}")
-                    pairs[label] += json.loads(proc.stdout.strip().splitlines()[-1])["pairs"]
-            for label, got in pairs.items():
-                ratios = [r / b for r, b in got]
-                print(f"{scen:<9}{label:<10}{statistics.median(r for r, _ in got) / 1e6:>12.2f}"
-                      f"{statistics.median(b for _, b in got) / 1e6:>12.2f}"
-                      f"{statistics.median(ratios):>22.3f}{min(ratios):>7.3f}-{max(ratios):<5.3f}")
-            os.unlink(raw)
+            files = {"mem": os.path.join(tmpdir, f"{scen}.spead"), "pcap": os.path.join(tmpdir, f"{scen}.pcap")}
+            bench_chunk.generate_traffic(p, files["mem"] if "mem" in sources else None,
+                                         files["pcap"] if "pcap" in sources else None)
+            for source in sources:
+                pairs = {label: [] for label, _ in pythons}
+                for _ in range(args.rounds):
+                    for label, python in pythons:
+                        cmd = [python, os.path.abspath(__file__), "--worker", "--scenario", scen,
+                               "--source", source, "--scale", str(args.scale), "--file", files[source],
+                               "--lib", lib, "--reps", str(args.reps)]
+                        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmpdir)
+                        if proc.returncode != 0:
+                            raise SystemExit(f"worker {label} failed: {proc.stderr.strip()[-2000:]}")
+                        pairs[label] += json.loads(proc.stdout.strip().splitlines()[-1])["pairs"]
+                for label, got in pairs.items():
+                    ratios = [r / b for r, b in got]
+                    print(f"{scen:<9}{source:<7}{label:<10}{statistics.median(r for r, _ in got) / 1e6:>12.2f}"
+                          f"{statistics.median(b for _, b in got) / 1e6:>12.2f}"
+                          f"{statistics.median(ratios):>22.3f}{min(ratios):>7.3f}-{max(ratios):<5.3f}")
+                os.unlink(files[source])
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return 0

@@ -64,27 +64,29 @@ BARE = BENCH.parent / "bench_bare.py"
 
 def test_bare_report(tmp_path):
     """bench_bare.py runs the receiver and floor.c's loop side by side and
-    reports their ratio for each scenario (no speed asserted).  Each side
-    checks its own result: the receiver every heap complete, the loop every
-    packet placed."""
+    reports their ratio for each scenario and source (no speed asserted).
+    Each side checks its own result: the receiver every heap complete, the
+    loop every packet placed."""
     pytest.importorskip("numba")
     pytest.importorskip("scipy")
     proc = subprocess.run([sys.executable, str(BARE), "--rounds", "1", "--reps", "1", "--scale", "0.01",
-                           "--tmpdir", str(tmp_path)],
+                           "--sources", "mem,pcap", "--tmpdir", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines()[1:]]
-    assert [(r[0], r[1]) for r in rows] == [("1k", "this"), ("64k", "this"), ("8k", "this")]
+    assert [tuple(r[:3]) for r in rows] == [(s, src, "this") for s in ("1k", "64k", "8k") for src in ("mem", "pcap")]
     for r in rows:
-        recv, bare, ratio = float(r[2]), float(r[3]), float(r[4])
+        recv, bare, ratio = float(r[3]), float(r[4]), float(r[5])
         assert recv > 0 and bare > 0
         assert abs(ratio - recv / bare) < 0.01 + 0.01 * ratio   # one pair: the median ratio is its ratio
     assert list(tmp_path.iterdir()) == []
 
 
-def test_floor_library_places_like_the_program(tmp_path):
-    """floor_place, as bench_bare.py loads it, writes each heap to slot
-    cnt % (ring heaps) of the chunks it is given, like the floor program."""
+@pytest.mark.parametrize("source", ["mem", "pcap"])
+def test_floor_library_places_like_the_program(tmp_path, source):
+    """floor_place (packets in memory) and floor_place_pcap (bench_chunk's
+    pcap file), as bench_bare.py loads them, write each heap to slot
+    cnt % (ring heaps) of the chunks they are given, like the floor program."""
     import ctypes
 
     import numpy as np
@@ -96,15 +98,19 @@ def test_floor_library_places_like_the_program(tmp_path):
         sys.path.pop(0)
     lib = ctypes.CDLL(bench_floor.build(str(tmp_path), library=True))
     lib.floor_place.restype = ctypes.c_size_t
+    lib.floor_place_pcap.restype = ctypes.c_size_t
     p = bench_chunk.scenario_params("64k", 0.01)
-    raw = tmp_path / "64k.spead"
-    bench_chunk.generate_traffic(p, str(raw), None)
-    data = raw.read_bytes()
+    raw, pcap = tmp_path / "64k.spead", tmp_path / "64k.pcap"
+    bench_chunk.generate_traffic(p, str(raw), str(pcap))
     hpc, heap_size = p["heaps_per_chunk"], p["heap_size"]
     chunks = [np.zeros(hpc * heap_size, np.uint8) for _ in range(3)]
     ptrs = (ctypes.c_void_p * 3)(*[c.ctypes.data for c in chunks])
-    n = lib.floor_place(data, ctypes.c_size_t(len(data)), ptrs, ctypes.c_size_t(3),
-                        ctypes.c_size_t(hpc * heap_size), ctypes.c_size_t(heap_size))
+    sizes = (ctypes.c_size_t(3), ctypes.c_size_t(hpc * heap_size), ctypes.c_size_t(heap_size))
+    if source == "mem":
+        data = raw.read_bytes()
+        n = lib.floor_place(data, ctypes.c_size_t(len(data)), ptrs, *sizes)
+    else:
+        n = lib.floor_place_pcap(str(pcap).encode(), ptrs, *sizes)
     assert n == p["n_packets"]
     ring = 3 * hpc
     last = p["n_heaps"]   # heaps are numbered 1..n_heaps
