@@ -82,14 +82,14 @@ void copy_lines_avx2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 }
 
 // The regular (cached) copy of payloads from CACHED_COPY_MIN up to
-// CACHED_COPY_MAX bytes is copy_lines_avx2<false>.  Payloads of 1424 bytes
+// MEMCPY_STD_LIBC_MIN bytes is copy_lines_avx2<false>.  Payloads of 1424 bytes
 // land 0, 16, 32 or 48 bytes past a line boundary in turn; glibc's memcpy
 // then stores across lines, and this copy placed 64 KiB heaps of 1472-byte
 // packets 5-12 % faster (bench_chunk.py, A/B of two builds on 2026-11-30).
 // For 1 KiB payloads it is also the faster one (11.5 against 9.8 Mpkt/s in
 // the receiver, 2026-12-01).
 //
-// From CACHED_COPY_MAX bytes on, glibc's memcpy is used: above its
+// From MEMCPY_STD_LIBC_MIN bytes on, glibc's memcpy is used: above its
 // rep_movsb_threshold (2112 bytes on the AMD EPYC this was measured on) it
 // copies with `rep movsb`, which the AVX2 loop does not match there.  8 KiB
 // single-packet heaps from memory, each run beside a bare placement loop in
@@ -112,7 +112,6 @@ void copy_nt_sse2(std::uint8_t *d, const std::uint8_t *s, std::size_t n)
 const bool have_avx2 = __builtin_cpu_supports("avx2");
 
 constexpr std::size_t CACHED_COPY_MIN = 256;
-constexpr std::size_t CACHED_COPY_MAX = 4096;
 
 } // anonymous namespace
 #endif
@@ -120,7 +119,7 @@ constexpr std::size_t CACHED_COPY_MAX = 4096;
 void *memcpy_std(void *dest, const void *src, std::size_t n) noexcept
 {
 #if SPEAD2_X86
-    if (n >= CACHED_COPY_MIN && n < CACHED_COPY_MAX && have_avx2)
+    if (n >= CACHED_COPY_MIN && n < MEMCPY_STD_LIBC_MIN && have_avx2)
     {
         copy_lines_avx2<false>(static_cast<std::uint8_t *>(dest), static_cast<const std::uint8_t *>(src), n);
         return dest;

@@ -25,9 +25,14 @@ void *memcpy_nontemporal_unfenced(void *dest, const void *src, std::size_t n) no
 /// before what follows (sfence on x86).
 void store_fence() noexcept;
 
+/// From this many bytes on, memcpy_std is the C library's memcpy (which
+/// streams its source well by itself; see memcpy.cpp).  Readers that
+/// prefetch packets skip those of this size or more (transport/reader.h).
+constexpr std::size_t MEMCPY_STD_LIBC_MIN = 4096;
+
 /// The regular copy (MEMCPY_STD): memcpy's result, with ordinary (cached)
-/// stores; with AVX2, copies of 256 bytes or more align their stores to the
-/// destination's cache lines (see memcpy.cpp).
+/// stores; with AVX2, copies from 256 up to MEMCPY_STD_LIBC_MIN bytes align
+/// their stores to the destination's cache lines (see memcpy.cpp).
 void *memcpy_std(void *dest, const void *src, std::size_t n) noexcept;
 
 /// Map a MEMCPY_* id to its function; throws std::invalid_argument for others.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "common/memcpy.h"
 #include "common/prefetch.h"
 #include "protocol/spead.h"
 
@@ -63,14 +64,14 @@ constexpr std::size_t PACKET_GROUP = 64;
 // prefetches whole packets about PREFETCH_DISTANCE bytes ahead of the one
 // being handled, so the cache misses overlap with the work on this packet
 // (bench/bench_chunk.py: 1 KiB heaps 1.05-1.1x the packet rate of no
-// prefetch).  Not packets of PREFETCH_MAX_PACKET bytes or more: their
-// payloads are copied with glibc's memcpy (common/memcpy.cpp), which streams
-// its source well by itself, and 8 KiB heaps replayed 1.19-1.30x faster
-// without the prefetch (doc/benchmarking.rst).  The buffer reader does not
+// prefetch).  Not packets of PREFETCH_MAX_PACKET bytes or more, the size
+// from which payloads are copied with glibc's memcpy (common/memcpy.h),
+// which streams its source well by itself: 8 KiB heaps replayed
+// 1.19-1.30x faster without the prefetch (doc/benchmarking.rst).  The buffer reader does not
 // prefetch at all: there it measured slower.
 constexpr std::size_t PREFETCH_DISTANCE = 2048;
 constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
-constexpr std::size_t PREFETCH_MAX_PACKET = 4096;    ///< bytes
+constexpr std::size_t PREFETCH_MAX_PACKET = MEMCPY_STD_LIBC_MIN;   ///< bytes
 
 /// Prefetch a whole packet about PREFETCH_DISTANCE bytes beyond @a next (the
 /// start of the packet after the current one), assuming packets of
