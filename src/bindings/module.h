@@ -26,28 +26,29 @@ void register_send(py::module_ &m);
 /// spead2.send.UdpIbvConfig / UdpIbvStream (register_send_ibv.cpp); after register_send.
 void register_send_ibv(py::module_ &m);
 
-/// Set at interpreter exit (atexit).  Threads blocked in a ring operation
-/// without the GIL then never take it back: after atexit, CPython kills
-/// threads that try to, which would unwind through C++ frames and abort.
-bool interpreter_exiting();
+/// Take the GIL back after a without_gil call, unless the interpreter is
+/// exiting (the atexit handler has run); then the thread sleeps until the
+/// process ends: after atexit, CPython kills threads that take the GIL, which
+/// unwinds through C++ frames and aborts.  The check and
+/// the start of the wait for the GIL are one step for the atexit handler,
+/// which lets every thread already past the check take the GIL before
+/// finalisation begins (register_common.cpp).  Checking and then taking the
+/// GIL as two steps left a window in which the handler ran in between, and
+/// CPython then killed the thread inside PyEval_RestoreThread.
+void reacquire_gil(PyThreadState *state) noexcept;
 /// Run @a f without the GIL.  If the interpreter starts exiting meanwhile,
 /// never take the GIL back (the thread sleeps until the process ends): a
 /// thread that tries is killed by CPython with a forced unwind, which aborts
 /// when it crosses C++ frames ("terminate called without an active
 /// exception").  For calls that may be running at exit, e.g. a send from a
-/// daemon thread.
+/// daemon thread, or a consumer blocked on a ring.
 template<typename F>
 auto without_gil(F &&f) -> decltype(f())
 {
     struct reacquire
     {
         PyThreadState *state;
-        ~reacquire()
-        {
-            while (interpreter_exiting())
-                std::this_thread::sleep_for(std::chrono::seconds(1));
-            PyEval_RestoreThread(state);
-        }
+        ~reacquire() { reacquire_gil(state); }
     } guard{PyEval_SaveThread()};
     return f();
 }

@@ -35,16 +35,12 @@ auto interruptible(F &&attempt)
 {
     for (;;)
     {
-        decltype(attempt()) result;
-        {
-            py::gil_scoped_release nogil;
+        auto result = without_gil([&] {
             ring_waiters()++;
-            result = attempt();
-            // At interpreter exit this thread must not take the GIL back.
-            while (interpreter_exiting())
-                std::this_thread::sleep_for(std::chrono::seconds(1));
+            auto r = attempt();
             ring_waiters()--;
-        }
+            return r;
+        });
         if (result)
             return result;
         if (PyErr_CheckSignals() != 0)

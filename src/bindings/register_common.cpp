@@ -27,11 +27,31 @@ namespace
 
 std::mutex stoppables_mutex;
 std::map<const void *, std::function<void()>> stoppables;
-std::atomic<bool> exiting{false};
+bool exiting = false;   // under gil_gate
+// The gate between reacquire_gil and the atexit handler: `exiting` is set,
+// and `reacquiring` counted, under this mutex.
+std::mutex gil_gate;
+int reacquiring = 0;
 
 void stop_everything()
 {
-    exiting.store(true);
+    {
+        std::lock_guard<std::mutex> lock(gil_gate);
+        exiting = true;
+    }
+    // Threads that passed the gate before are waiting for the GIL (or about
+    // to): let them have it now, while CPython still hands it over; once
+    // finalisation begins it would kill them instead.
+    for (;;)
+    {
+        {
+            std::lock_guard<std::mutex> lock(gil_gate);
+            if (reacquiring == 0)
+                break;
+        }
+        py::gil_scoped_release nogil;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
     if (ring_waiters().load() > 0)
     {
         // Give blocked threads time to notice (they wake at least every 50 ms).
@@ -52,9 +72,23 @@ void stop_everything()
 
 } // anonymous namespace
 
-bool interpreter_exiting()
+void reacquire_gil(PyThreadState *state) noexcept
 {
-    return exiting.load();
+    bool proceed;
+    {
+        std::lock_guard<std::mutex> lock(gil_gate);
+        proceed = !exiting;
+        if (proceed)
+            reacquiring++;
+    }
+    if (!proceed)
+    {
+        for (;;)
+            std::this_thread::sleep_for(std::chrono::seconds(1));
+    }
+    PyEval_RestoreThread(state);
+    std::lock_guard<std::mutex> lock(gil_gate);
+    reacquiring--;
 }
 
 std::atomic<int> &ring_waiters()
