@@ -365,22 +365,6 @@ BLOCKED_GET_SCRIPT = textwrap.dedent(
 )
 
 
-# Regression (fixed): a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
-# exits makes the process abort ("terminate called without an active
-# exception", SIGABRT, exit status -6/134) most of the time.  ring_get
-# (src/bindings/register_recv_chunk.cpp, `interruptible` in py_stream.h) wakes every 50 ms and
-# re-takes the GIL in the destructor of py::gil_scoped_release; once
-# Py_FinalizeEx has started, take_gil calls PyThread_exit_thread ->
-# pthread_exit, whose forced unwind cannot pass a destructor (implicitly
-# noexcept), so std::terminate is called (confirmed with gdb: __pthread_unwind
-# <- PyThread_exit_thread <- take_gil <- PyEval_RestoreThread <- _spead2.so).
-# Reproduction (aborts nearly every time):
-#     ring = spead2.recv.ChunkRingbuffer(2)
-#     for _ in range(4):
-#         threading.Thread(target=ring.get, daemon=True).start(); time.sleep(0.013)
-#     time.sleep(0.1)   # then let the interpreter exit
-# The test runs the script in a few processes at once so that the outcome
-# does not depend on one race.
 def run_at_once(args, copies, timeout):
     """Run ``python args...`` in ``copies`` processes at once; their
     (returncode, stdout, stderr), a killed one's after ``timeout`` s."""
@@ -397,6 +381,26 @@ def run_at_once(args, copies, timeout):
     return results
 
 
+# Regression (fixed): a daemon thread blocked in ChunkRingbuffer.get() when the interpreter
+# exits makes the process abort ("terminate called without an active
+# exception", SIGABRT, exit status -6/134) most of the time.  ring_get
+# (src/bindings/register_recv_chunk.cpp, `interruptible` in py_stream.h) wakes every 50 ms and
+# re-takes the GIL in the destructor of py::gil_scoped_release; once
+# Py_FinalizeEx has started, take_gil calls PyThread_exit_thread ->
+# pthread_exit, whose forced unwind cannot pass a destructor (implicitly
+# noexcept), so std::terminate is called (confirmed with gdb: __pthread_unwind
+# <- PyThread_exit_thread <- take_gil <- PyEval_RestoreThread <- _spead2.so).
+# Reproduction (aborts nearly every time):
+#     ring = spead2.recv.ChunkRingbuffer(2)
+#     for _ in range(4):
+#         threading.Thread(target=ring.get, daemon=True).start(); time.sleep(0.013)
+#     time.sleep(0.1)   # then let the interpreter exit
+# The test runs the script in a few processes at once so that the outcome
+# does not depend on one race.  (The first fix checked an "exiting" flag and
+# then took the GIL, two steps; a thread between them when the atexit handler
+# ran was still killed, about 1 run in 50 under load.  The GIL is now taken
+# back only through reacquire_gil in src/bindings, whose check is one step
+# with the handler.)
 def test_exit_with_consumer_blocked_in_get(tmp_path):
     path = tmp_path / "blocked_get.py"
     path.write_text(BLOCKED_GET_SCRIPT)
