@@ -4,8 +4,6 @@
 #include <pybind11/pybind11.h>
 
 #include <atomic>
-#include <chrono>
-#include <thread>
 #include <functional>
 
 namespace spead2::chunk
@@ -28,13 +26,10 @@ void register_send_ibv(py::module_ &m);
 
 /// Take the GIL back after a without_gil call, unless the interpreter is
 /// exiting (the atexit handler has run); then the thread sleeps until the
-/// process ends: after atexit, CPython kills threads that take the GIL, which
-/// unwinds through C++ frames and aborts.  The check and
-/// the start of the wait for the GIL are one step for the atexit handler,
-/// which lets every thread already past the check take the GIL before
-/// finalisation begins (register_common.cpp).  Checking and then taking the
-/// GIL as two steps left a window in which the handler ran in between, and
-/// CPython then killed the thread inside PyEval_RestoreThread.
+/// process ends.  The check is one step with the atexit handler, which lets
+/// every thread already past it take the GIL before finalisation begins
+/// (register_common.cpp); a check followed by a separate wait for the GIL
+/// left a window in which CPython killed the thread.
 void reacquire_gil(PyThreadState *state) noexcept;
 /// Run @a f without the GIL.  If the interpreter starts exiting meanwhile,
 /// never take the GIL back (the thread sleeps until the process ends): a
