@@ -50,11 +50,11 @@ def _body(functions, fragment):
     return "\n".join(matches)
 
 
-# The buffer reader no longer prefetches at all: its buffer is read in order,
-# which the hardware prefetcher follows, and the software prefetch measured
-# slower there (doc/benchmarking.rst).
+# Both readers that walk packets laid out in memory prefetch whole packets ahead
+# (transport/reader.h).
 @pytest.mark.parametrize("function", [
     "spead2::transport::pcap_reader::run_batch()",
+    "spead2::transport::buffer_reader::run()",
     "spead2::chunk::chunk_stream::batch_packets(",
 ])
 def test_hot_loops_prefetch(functions, function):

@@ -60,15 +60,15 @@ public:
 /// Number of decoded headers a transport gathers before handing them over.
 constexpr std::size_t PACKET_GROUP = 64;
 
-// The pcap reader, which walks a capture mapped from the page cache,
-// prefetches whole packets about PREFETCH_DISTANCE bytes ahead of the one
+// The pcap and buffer readers, which walk packets laid out one after the
+// other, prefetch whole packets about PREFETCH_DISTANCE bytes ahead of the one
 // being handled, so the cache misses overlap with the work on this packet
-// (bench/bench_chunk.py: 1 KiB heaps 1.05-1.1x the packet rate of no
-// prefetch).  Not packets of PREFETCH_MAX_PACKET bytes or more, the size
-// from which payloads are copied with glibc's memcpy (common/memcpy.h),
-// which streams its source well by itself: 8 KiB heaps replayed
-// 1.19-1.30x faster without the prefetch (doc/benchmarking.rst).  The buffer reader does not
-// prefetch at all: there it measured slower.
+// (bench/bench_chunk.py: pcap replay of 1 KiB heaps 1.05-1.1x the packet rate
+// of no prefetch on an AMD EPYC VM; from memory 1.1-1.2x for 1 KiB and 64 KiB
+// heaps on an Intel Xeon VM).  Not packets of PREFETCH_MAX_PACKET bytes or
+// more, the size from which payloads are copied with glibc's memcpy
+// (common/memcpy.h), which streams its source well by itself: 8 KiB heaps
+// replayed 1.19-1.30x faster without the prefetch (doc/benchmarking.rst).
 constexpr std::size_t PREFETCH_DISTANCE = 2048;
 constexpr std::size_t PREFETCH_MAX_AHEAD = 4;        ///< packets
 constexpr std::size_t PREFETCH_MAX_PACKET = MEMCPY_STD_LIBC_MIN;   ///< bytes

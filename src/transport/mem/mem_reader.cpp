@@ -26,11 +26,11 @@ void buffer_reader::run()
     batch b(sink);
     if (!b.active())
         return;
-    // One packet at a time, in buffer order.  No software prefetch: the
-    // buffer is read front to back, which the hardware prefetcher follows by
-    // itself, and prefetching whole packets ahead (as this reader used to)
-    // measured slower: 0.8-0.9x for 8 KiB and 64 KiB heaps, no difference
-    // for 1 KiB heaps (doc/benchmarking.rst).
+    // One packet at a time, in buffer order, prefetching whole packets ahead
+    // as the pcap reader does (transport/reader.h).  That depends on the CPU:
+    // on the Intel Xeon VM of 2026-12-01 it placed 1 KiB heaps 1.1-1.2x and
+    // 64 KiB heaps in 1472-byte packets 1.1-1.2x faster, where on the AMD EPYC
+    // VM of the sessions before it measured 0.8-1.0x (doc/benchmarking.rst).
     protocol::packet_header ph;
     std::size_t pos = 0;
     while (pos < size)
@@ -43,6 +43,7 @@ void buffer_reader::run()
             break;
         }
         pos += ph.size;
+        prefetch_ahead(data + pos, ph.size, data + size);
         if (!b.add(&ph, 1))
             return;
     }
