@@ -259,6 +259,24 @@ class TestChunkRingbuffer:
         assert readable(data_fd)
         assert readable(space_fd)
 
+    def test_fds_first_asked_for_late(self):
+        """The eventfds are made when first asked for, and start in the ring's state then."""
+        ring = ChunkRingbuffer(2)
+        ring.put(make_chunk("a"))
+        ring.put(make_chunk("b"))
+        data_fd, space_fd = ring.data_fd, ring.space_fd
+        assert readable(data_fd)
+        assert not readable(space_fd)
+        assert (ring.data_fd, ring.space_fd) == (data_fd, space_fd)   # made once
+        ring.get()
+        assert readable(space_fd)
+        ring.get()
+        assert not readable(data_fd)
+        stopped = ChunkRingbuffer(2)
+        stopped.stop()
+        assert readable(stopped.data_fd)
+        assert readable(stopped.space_fd)
+
     def test_many_threads(self):
         """MPMC: every chunk comes out exactly once, per-producer order kept."""
         ring = ChunkRingbuffer(4)

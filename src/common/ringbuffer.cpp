@@ -9,11 +9,16 @@
 namespace spead2
 {
 
-level_fd::level_fd()
+int level_fd::get(bool readable_now)
 {
-    fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0)
-        throw std::system_error(errno, std::generic_category(), "eventfd");
+    {
+        fd = eventfd(readable_now ? 1 : 0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0)
+            throw std::system_error(errno, std::generic_category(), "eventfd");
+        set = readable_now;
+    }
+    return fd;
 }
 
 level_fd::~level_fd()
@@ -24,7 +29,7 @@ level_fd::~level_fd()
 
 void level_fd::update(bool readable)
 {
-    if (readable == set)
+    if (fd < 0 || readable == set)
         return;
     if (readable)
     {

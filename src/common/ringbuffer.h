@@ -35,18 +35,23 @@ public:
     ringbuffer_full() : std::runtime_error("ringbuffer is full") {}
 };
 
-/// The pollable flag pair; implemented with eventfds.
+/// A flag that can be polled: an eventfd, readable while the flag is set.
+/// The eventfd is made the first time someone asks for it, so owners whose
+/// flag nobody polls (a synchronous consumer) make no system call when it
+/// changes: that was an eventfd write and read per chunk on the stream's
+/// worker.  Both members are called with the owner's mutex held.
 class level_fd
 {
     int fd = -1;
     bool set = false;
 public:
-    level_fd();
+    level_fd() = default;
     ~level_fd();
     level_fd(const level_fd &) = delete;
     level_fd &operator=(const level_fd &) = delete;
-    int get() const { return fd; }
-    void update(bool readable);  ///< call with the owning mutex held
+    /// The eventfd, made readable if @a readable_now when it is first made.
+    int get(bool readable_now);
+    void update(bool readable);
 };
 
 template<typename T>
@@ -62,12 +67,14 @@ class ringbuffer
     std::size_t high_water = 0;            ///< most items ever held at once
     std::uint64_t blocked_pushes = 0;      ///< blocking push() calls that found the ring full
     std::uint64_t blocked_pops = 0;        ///< blocking pop() calls that found the ring empty
-    level_fd data_flag, space_flag;
+    mutable level_fd data_flag, space_flag;
 
+    bool has_data() const { return stopped || !items.empty(); }
+    bool has_space() const { return stopped || items.size() < capacity_; }
     void update_flags()
     {
-        data_flag.update(stopped || !items.empty());
-        space_flag.update(stopped || items.size() < capacity_);
+        data_flag.update(has_data());
+        space_flag.update(has_space());
     }
 
     // Both release the lock before notifying: a thread woken while the lock
@@ -104,8 +111,8 @@ public:
 
     std::size_t capacity() const { return capacity_; }
     std::size_t size() const { std::lock_guard<std::mutex> lock(mutex); return items.size(); }
-    int data_fd() const { return data_flag.get(); }
-    int space_fd() const { return space_flag.get(); }
+    int data_fd() const { std::lock_guard<std::mutex> lock(mutex); return data_flag.get(has_data()); }
+    int space_fd() const { std::lock_guard<std::mutex> lock(mutex); return space_flag.get(has_space()); }
     bool is_stopped() const { std::lock_guard<std::mutex> lock(mutex); return stopped; }
 
     /// Pop, waiting at most @a timeout.  Returns nullopt on timeout.

@@ -68,6 +68,12 @@ void inproc_queue::stop()
     readable.update(true);
 }
 
+int inproc_queue::fd() const
+{
+    std::lock_guard<std::mutex> lock(mutex);
+    return readable.get(stopped || !packets.empty());
+}
+
 bool inproc_queue::pop(std::vector<std::uint8_t> &out, bool &is_stopped)
 {
     std::lock_guard<std::mutex> lock(mutex);

@@ -34,16 +34,16 @@ public:
 
 class inproc_queue
 {
-    std::mutex mutex;
+    mutable std::mutex mutex;
     std::deque<std::vector<std::uint8_t>> packets;
     bool stopped = false;
-    level_fd readable;   ///< readable while packets are queued or the queue is stopped
+    mutable level_fd readable;   ///< readable while packets are queued or the queue is stopped
 public:
     void add_packet(const std::uint8_t *data, std::size_t size);
     void stop();
     /// Pop one packet; returns false if none (then *is_stopped says why).
     bool pop(std::vector<std::uint8_t> &out, bool &is_stopped);
-    int fd() const { return readable.get(); }
+    int fd() const;
 };
 
 class inproc_reader : public reader
