@@ -231,7 +231,9 @@ def worker_main(args):
     expected_chunks = -(-p["n_heaps"] // hpc)
 
     def run(verify):
-        data_ring = spead2.recv.ChunkRingbuffer(n_chunks)
+        # --spin-us is this package's option only (ChunkRingbuffer(spin_us=)).
+        data_ring = (spead2.recv.ChunkRingbuffer(n_chunks, spin_us=args.spin_us) if args.spin_us
+                     else spead2.recv.ChunkRingbuffer(n_chunks))
         free_ring = spead2.recv.ChunkRingbuffer(n_chunks)
         stream_config = spead2.recv.StreamConfig(
             max_heaps=args.max_heaps,
@@ -422,7 +424,8 @@ def driver_main(args):
                 per_impl = {"ours": [], "ref": []}
                 for rnd in range(args.rounds):
                     for label, python in interpreters:
-                        r = run_worker(python, script, case_args, tmpdir, env)
+                        extra = ["--spin-us", str(args.spin_us)] if label == "ours" and args.spin_us else []
+                        r = run_worker(python, script, case_args + extra, tmpdir, env)
                         seen_files.setdefault(label, set()).add(r["spead2_file"])
                         per_impl[label].append(r)
                         print(f"#   {scen}/{source} round {rnd} {label}: "
@@ -498,7 +501,8 @@ def driver_main(args):
               f"{s['ref_of_copy_limit']:>9.2f}"
               f"{min(s['ratio_rounds']):>7.2f}-{max(s['ratio_rounds']):<5.2f}"
               f"{min(s['ours_of_copy_rounds']):>10.2f}-{max(s['ours_of_copy_rounds']):<5.2f}")
-    print(f"# memcpy={args.memcpy}; chunk ring: {args.max_chunks} + {args.extra_chunks} chunks")
+    print(f"# memcpy={args.memcpy}; chunk ring: {args.max_chunks} + {args.extra_chunks} chunks"
+          + (f"; ours: data ring spin_us={args.spin_us:g}" if args.spin_us else ""))
     print(f"# ours: {sorted(ours_files)}")
     print(f"# ref:  {sorted(ref_files)}")
     print(f"# {args.rounds} rounds x {args.reps} reps; 'ratio' = ours/ref of best packets/s, "
@@ -535,6 +539,9 @@ def main():
                         help="StreamConfig.memcpy of both receivers (nontemporal: MEMCPY_NONTEMPORAL, for "
                              "chunks the CPU never reads back; use a ring larger than the cache, e.g. "
                              "--extra-chunks 124, to measure cold destinations) [%(default)s]")
+    parser.add_argument("--spin-us", type=float, default=0.0,
+                        help="ours only: ChunkRingbuffer(spin_us=) of the data ring, how long the consumer "
+                             "polls before it sleeps (the reference has no such option) [%(default)s]")
     parser.add_argument("--ref-python", default=None)
     parser.add_argument("--ours-python", default=None,
                         help="interpreter for the 'ours' side [this one]; with --ref-python, two builds of "

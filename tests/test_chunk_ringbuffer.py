@@ -32,12 +32,38 @@ def readable(fd):
     return bool(r)
 
 
-@pytest.fixture
-def ring():
-    return ChunkRingbuffer(3)
+# Every ring test runs with a consumer that sleeps at once and with one that
+# polls first (spin_us), which must behave the same.
+@pytest.fixture(params=[0, 200], ids=["sleep", "spin"])
+def ring(request):
+    return ChunkRingbuffer(3, spin_us=request.param)
 
 
 class TestChunkRingbuffer:
+    def test_spin_us(self):
+        assert ChunkRingbuffer(2).spin_us == 0
+        assert ChunkRingbuffer(2, spin_us=150).spin_us == 150
+        assert ChunkRingbuffer(2, spin_us=0.5).spin_us == 0.5
+        assert ChunkRingbuffer(2, spin_us=10000).spin_us == 10000
+
+    @pytest.mark.parametrize("bad", [-1, 10001, float("nan"), float("inf")])
+    def test_spin_us_out_of_range(self, bad):
+        with pytest.raises(ValueError, match="spin_us must be between 0 and 10000"):
+            ChunkRingbuffer(2, spin_us=bad)
+
+    def test_spin_us_is_keyword_only(self):
+        with pytest.raises(TypeError):
+            ChunkRingbuffer(2, 100)
+
+    def test_spin_ends_when_item_arrives(self):
+        """A get() polling for longer than the producer takes returns the item."""
+        ring = ChunkRingbuffer(2, spin_us=10000)
+        chunk = make_chunk("soon")
+        thread = threading.Thread(target=lambda: (time.sleep(0.001), ring.put(chunk)))
+        thread.start()
+        assert ring.get() is chunk
+        thread.join(5)
+
     def test_zero_capacity(self):
         with pytest.raises(ValueError):
             ChunkRingbuffer(0)
@@ -277,9 +303,10 @@ class TestChunkRingbuffer:
         assert readable(stopped.data_fd)
         assert readable(stopped.space_fd)
 
-    def test_many_threads(self):
+    @pytest.mark.parametrize("spin_us", [0, 50, 10000])
+    def test_many_threads(self, spin_us):
         """MPMC: every chunk comes out exactly once, per-producer order kept."""
-        ring = ChunkRingbuffer(4)
+        ring = ChunkRingbuffer(4, spin_us=spin_us)
         n_producers, per_producer = 3, 200
         got = []
         lock = threading.Lock()

@@ -4,8 +4,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "bindings/py_chunk.h"
 #include "bindings/recv_parts.h"
@@ -40,6 +43,10 @@ void py_ring_pair::add_free_chunk(py::handle obj)
 
 namespace
 {
+
+// A spin longer than this would delay Ctrl-C (interruptible polls for signals
+// every SIGNAL_POLL_INTERVAL) and is no longer a short wait.
+constexpr double MAX_SPIN_US = 10000.0;
 
 py::object ring_get(chunk_ringbuffer &ring)
 {
@@ -139,8 +146,16 @@ void register_recv_chunks(py::module_ &recv)
 
     // ---- ChunkRingbuffer
     py::class_<chunk_ringbuffer, std::shared_ptr<chunk_ringbuffer>>(recv, "ChunkRingbuffer")
-        .def(py::init<std::size_t>(), py::arg("maxsize"))
+        .def(py::init([](std::size_t maxsize, double spin_us) {
+                 if (!(spin_us >= 0.0 && spin_us <= MAX_SPIN_US))
+                     throw py::value_error("spin_us must be between 0 and " + std::to_string(int(MAX_SPIN_US)));
+                 auto ring = std::make_shared<chunk_ringbuffer>(maxsize);
+                 ring->set_spin(std::chrono::nanoseconds(std::int64_t(spin_us * 1000.0)));
+                 return ring;
+             }),
+             py::arg("maxsize"), py::kw_only(), py::arg("spin_us") = 0.0)
         .def_property_readonly("maxsize", &chunk_ringbuffer::capacity)
+        .def_property_readonly("spin_us", [](const chunk_ringbuffer &r) { return r.get_spin().count() / 1000.0; })
         .def_property_readonly("data_fd", &chunk_ringbuffer::data_fd)
         .def_property_readonly("space_fd", &chunk_ringbuffer::space_fd)
         .def("qsize", &chunk_ringbuffer::size)
