@@ -296,6 +296,10 @@ def test_reference_bytes_to_chunks(ref_python, place_with_extra, tmp_path, heap_
 def test_reference_udp_to_chunks(ref_python, place_with_extra, heap_size, bits):
     n_heaps, channels = 64, 4
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # Room for the whole stream (about 0.5 MiB of payload at 8 KiB heaps), so
+    # a receiver held up on a loaded machine does not drop: with the default
+    # 208 KiB this test failed once in a full run on a noisy VM.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     procs = []
