@@ -65,7 +65,8 @@ constexpr std::size_t PACKET_GROUP = 64;
 // being handled, so the cache misses overlap with the work on this packet
 // (bench/bench_chunk.py: pcap replay of 1 KiB heaps 1.05-1.1x the packet rate
 // of no prefetch on an AMD EPYC VM; from memory 1.1-1.2x for 1 KiB and 64 KiB
-// heaps on an Intel Xeon VM).  Not packets of PREFETCH_MAX_PACKET bytes or
+// heaps on an Intel Xeon VM, so the buffer reader does it on Intel CPUs only:
+// mem_reader.cpp).  Not packets of PREFETCH_MAX_PACKET bytes or
 // more, the size from which payloads are copied with glibc's memcpy
 // (common/memcpy.h), which streams its source well by itself: 8 KiB heaps
 // replayed 1.19-1.30x faster without the prefetch (doc/benchmarking.rst).

@@ -8,6 +8,29 @@ namespace spead2::transport
 
 // ------------------------------------------------------------ buffer_reader
 
+namespace
+{
+// Whether the buffer reader should prefetch whole packets ahead of the one it
+// decodes.  That depends on the CPU (bench_chunk.py worker A/Bs, alternated,
+// doc/benchmarking.rst): on an Intel Xeon VM it placed 1 KiB heaps and 64 KiB
+// heaps in 1472-byte packets 1.1-1.2x faster; on an AMD EPYC VM it placed
+// them at 0.96x and 0.90x (geometric means of 24 and 16 pairs): there the
+// hardware prefetcher follows the buffer well enough by itself.  Other CPUs
+// are not measured, and are left to the hardware prefetcher too.
+bool source_prefetch_helps()
+{
+#if defined(__x86_64__) || defined(__i386__)
+    static const bool helps = [] {
+        __builtin_cpu_init();
+        return bool(__builtin_cpu_is("intel"));
+    }();
+    return helps;
+#else
+    return false;
+#endif
+}
+} // anonymous namespace
+
 buffer_reader::buffer_reader(packet_sink &sink, worker &thread, const std::uint8_t *data, std::size_t size)
     : reader(sink, thread), data(data), size(size)
 {
@@ -26,11 +49,10 @@ void buffer_reader::run()
     batch b(sink);
     if (!b.active())
         return;
-    // One packet at a time, in buffer order, prefetching whole packets ahead
-    // as the pcap reader does (transport/reader.h).  That depends on the CPU:
-    // on the Intel Xeon VM of 2026-12-01 it placed 1 KiB heaps 1.1-1.2x and
-    // 64 KiB heaps in 1472-byte packets 1.1-1.2x faster, where on the AMD EPYC
-    // VM of the sessions before it measured 0.8-1.0x (doc/benchmarking.rst).
+    // One packet at a time, in buffer order.  Whole packets ahead are
+    // prefetched (as the pcap reader does; transport/reader.h) only where that
+    // measured faster: see source_prefetch_helps.
+    const bool prefetch = source_prefetch_helps();
     protocol::packet_header ph;
     std::size_t pos = 0;
     while (pos < size)
@@ -43,7 +65,8 @@ void buffer_reader::run()
             break;
         }
         pos += ph.size;
-        prefetch_ahead(data + pos, ph.size, data + size);
+        if (prefetch)
+            prefetch_ahead(data + pos, ph.size, data + size);
         if (!b.add(&ph, 1))
             return;
     }
